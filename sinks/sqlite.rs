@@ -1,0 +1,270 @@
+//! `sqlite`: stores events in documented tables, idempotently, in batched transactions.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig, create_private_dir};
+use crate::config::{FieldError, FieldPath};
+use crate::event::{Event, Payload, TraceKind};
+
+/// Stores events in an SQLite database (WAL mode), one table per event kind, each with the
+/// event's JSON view in `raw` beside the columns. Rows are keyed by the event's natural id, so
+/// storing the same event twice (a re-run, a restart after a crash) adds no row.
+///
+/// Tables (`PRAGMA user_version` = 1):
+///
+/// - `trace_request(event_id TEXT PRIMARY KEY, session_id, trace_id, timestamp, method, url,
+///   source, raw)`
+/// - `trace_response(…same…, status INTEGER, status_text)`
+/// - `trace_error(…same…, error)`
+/// - `events(seq INTEGER PRIMARY KEY, event_id TEXT UNIQUE, kind, source, timestamp, raw)`:
+///   every other kind of event.
+///
+/// `timestamp` is the record's own (RFC 3339); `raw` is JSON, so
+/// `json_extract(raw, '$.body.model')` reaches inside bodies.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct SqliteConfig {
+    /// The database file (created with mode 0600 if missing).
+    pub path: String,
+    /// The most events written in one transaction.
+    #[serde(default = "default_batch")]
+    pub batch_max_events: usize,
+}
+
+fn default_batch() -> usize {
+    500
+}
+
+const EXAMPLE: &str = r#"path = "${OCPIPE_OUT:-out}/ocpipe.db"
+"#;
+
+crate::register_component!(
+    sink SqliteConfig,
+    "sqlite",
+    "Stores events in documented SQLite tables (WAL, batched, idempotent on natural ids)",
+    EXAMPLE
+);
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS trace_request (
+    event_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, trace_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL, method TEXT, url TEXT, source TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trace_response (
+    event_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, trace_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL, method TEXT, url TEXT, source TEXT NOT NULL, raw TEXT NOT NULL,
+    status INTEGER, status_text TEXT);
+CREATE TABLE IF NOT EXISTS trace_error (
+    event_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, trace_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL, method TEXT, url TEXT, source TEXT NOT NULL, raw TEXT NOT NULL,
+    error TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, event_id TEXT UNIQUE, kind TEXT NOT NULL, source TEXT NOT NULL,
+    timestamp TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS trace_request_session ON trace_request(session_id, timestamp);
+CREATE INDEX IF NOT EXISTS trace_response_session ON trace_response(session_id, timestamp);
+CREATE INDEX IF NOT EXISTS trace_error_session ON trace_error(session_id, timestamp);
+PRAGMA user_version = 1;
+";
+
+impl SinkConfig for SqliteConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.path.trim().is_empty() {
+            errs.push(
+                FieldError::new(FieldPath::key("path"), "`path` is empty")
+                    .help("e.g. path = \"out/ocpipe.db\""),
+            );
+        }
+        if self.batch_max_events == 0 {
+            errs.push(FieldError::new(
+                FieldPath::key("batch_max_events"),
+                "`batch_max_events` must be at least 1",
+            ));
+        }
+        errs
+    }
+
+    fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
+        let path = cx.resolve(&self.path);
+        let conn = open(&path)?;
+        Ok(Box::new(SqliteSink {
+            conn,
+            path,
+            batch: self.batch_max_events,
+            cx: cx.clone(),
+        }))
+    }
+}
+
+/// Opens (creating with mode 0600) and migrates the database.
+pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("preparing tables in {}", path.display()))?;
+    Ok(conn)
+}
+
+struct SqliteSink {
+    conn: Connection,
+    path: PathBuf,
+    batch: usize,
+    cx: Context,
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
+    let mut raw = Vec::with_capacity(1024);
+    ev.write_json(&mut raw);
+    let raw = String::from_utf8(raw).expect("serde_json writes UTF-8");
+    match &ev.payload {
+        Payload::Trace(t) => {
+            let id = ev.meta.id.clone().unwrap_or_else(|| t.natural_id());
+            let common = params![
+                id,
+                t.session_id,
+                t.id_text(),
+                t.timestamp,
+                t.method,
+                t.url,
+                &*ev.meta.source,
+                raw
+            ];
+            match t.kind {
+                TraceKind::Request => tx
+                    .prepare_cached("INSERT OR IGNORE INTO trace_request VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")?
+                    .execute(common)?,
+                TraceKind::Response => tx
+                    .prepare_cached("INSERT OR IGNORE INTO trace_response VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?
+                    .execute(params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw, t.status, t.status_text])?,
+                TraceKind::Error => tx
+                    .prepare_cached("INSERT OR IGNORE INTO trace_error VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")?
+                    .execute(params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw, t.error])?,
+            };
+        }
+        Payload::Json(_) => {
+            tx.prepare_cached("INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)")?
+                .execute(params![ev.meta.id, ev.kind(), &*ev.meta.source, ev.meta.timestamp.to_rfc3339(), raw])?;
+        }
+    }
+    Ok(())
+}
+
+impl SqliteSink {
+    fn write(&mut self, batch: &[Event]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for ev in batch {
+            insert(&tx, ev)?;
+        }
+        tx.commit()
+    }
+}
+
+impl Sink for SqliteSink {
+    fn run(mut self: Box<Self>, mut input: Input) -> ComponentFuture {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut batch = Vec::with_capacity(self.batch);
+                while input.blocking_recv_batch(&mut batch, self.batch) {
+                    if let Err(e) = self.write(&batch) {
+                        self.cx.error(format_args!(
+                            "writing {} events to {}: {e}",
+                            batch.len(),
+                            self.path.display()
+                        ));
+                        batch.iter().for_each(Event::fail);
+                    }
+                    // Dropping the events acknowledges them: they are committed.
+                    batch.clear();
+                }
+                Ok(())
+            })
+            .await?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::TraceRecord;
+    use crate::testing;
+
+    fn trace(kind: &str, id: u32) -> Event {
+        let extra = match kind {
+            "response" => r#","status":200,"statusText":"OK""#,
+            "error" => r#","error":"fetch failed""#,
+            _ => "",
+        };
+        let rec: TraceRecord = serde_json::from_str(&format!(
+            r#"{{"kind":"{kind}","id":{id},"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"ses_1","method":"POST","url":"http://x","headers":{{}},"body":{{"model":"m"}}{extra}}}"#
+        ))
+        .unwrap();
+        let id = rec.natural_id();
+        Event::new(
+            "t".into(),
+            chrono::Utc::now(),
+            Payload::Trace(Box::new(rec)),
+        )
+        .with_id(id)
+    }
+
+    #[tokio::test]
+    async fn stores_each_kind_once_even_when_sent_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: SqliteConfig = toml::from_str(r#"path = "db/t.db""#).unwrap();
+        let batch = || {
+            vec![
+                trace("request", 1),
+                trace("response", 1),
+                trace("error", 2),
+                trace("request", 3),
+            ]
+        };
+        testing::run_sink(&cfg, batch(), dir.path()).await;
+        testing::run_sink(&cfg, batch(), dir.path()).await;
+        let conn = Connection::open(dir.path().join("db/t.db")).unwrap();
+        let count = |t: &str| {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            (
+                count("trace_request"),
+                count("trace_response"),
+                count("trace_error")
+            ),
+            (2, 1, 1)
+        );
+        let (status, model): (i64, String) = conn
+            .query_row(
+                "SELECT status, json_extract(raw, '$.body.model') FROM trace_response",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((status, model.as_str()), (200, "m"));
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

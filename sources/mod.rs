@@ -1,0 +1,4 @@
+//! Sources: one module each. A module registers itself with `register_component!`; this list
+//! is the only place that names it.
+
+pub mod trace_jsonl;

@@ -1,0 +1,610 @@
+//! Tailing many JSONL files with delivery-checked checkpoints.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{StartAt, TraceJsonlConfig};
+use crate::checkpoint::CheckpointFile;
+use crate::component::{Context, Output, SourceContext};
+use crate::event::{Event, Finalizer, Payload, Status, TraceRecord};
+
+/// Bytes of the first line that identify a file.
+const FINGERPRINT_BYTES: usize = 1024;
+/// Bytes read from one file before others get a turn (and acks are handled).
+const READ_BUDGET: usize = 8 * 1024 * 1024;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Checkpoint entries of files not seen for this long are forgotten.
+const FORGET_AFTER_SECS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    path: String,
+    offset: u64,
+    line: u64,
+    updated: i64,
+}
+
+/// Delivery state of the lines read from one file, in order.
+#[derive(Default)]
+struct AckLog {
+    front_seq: u64,
+    /// (end offset, line number, state: 0 pending, 1 done, 2 failed)
+    entries: VecDeque<(u64, u64, u8)>,
+    blocked: bool,
+}
+
+impl AckLog {
+    fn push(&mut self, end: u64, line: u64, done: bool) -> u64 {
+        self.entries
+            .push_back((end, line, if done { 1 } else { 0 }));
+        self.front_seq + self.entries.len() as u64 - 1
+    }
+
+    fn mark(&mut self, seq: u64, status: Status) {
+        if let Some(i) = seq.checked_sub(self.front_seq) {
+            if let Some(e) = self.entries.get_mut(i as usize) {
+                e.2 = if status == Status::Delivered { 1 } else { 2 };
+            }
+        }
+    }
+
+    /// Pops delivered lines from the front; returns the new committed position, if it moved.
+    fn advance(&mut self) -> Option<(u64, u64)> {
+        let mut moved = None;
+        while let Some(&(end, line, state)) = self.entries.front() {
+            match state {
+                1 => {
+                    self.entries.pop_front();
+                    self.front_seq += 1;
+                    moved = Some((end, line));
+                }
+                2 => {
+                    self.blocked = true;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        moved
+    }
+
+    fn pending(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+struct Tracked {
+    path: PathBuf,
+    ino: u64,
+    fingerprint: u64,
+    instance: u64,
+    reader: BufReader<File>,
+    /// Bytes consumed by the reader (including a partial last line).
+    read_pos: u64,
+    /// Lines completed so far.
+    line: u64,
+    partial: Vec<u8>,
+    /// Inside a line longer than the limit: discard up to its newline.
+    skipping: bool,
+    acks: AckLog,
+    committed: (u64, u64),
+    eof: bool,
+}
+
+enum Line {
+    Data { data: Vec<u8>, line: u64, end: u64 },
+    TooLong { line: u64, end: u64 },
+}
+
+type Ack = (u64, u64, u64, Status);
+
+pub struct Reader {
+    root: PathBuf,
+    pattern: String,
+    exclude: GlobSet,
+    max_line: usize,
+    start_at_end: bool,
+    checkpoint: CheckpointFile,
+    saved: HashMap<String, Saved>,
+    files: HashMap<u64, Tracked>,
+    next_instance: u64,
+    ack_tx: mpsc::UnboundedSender<Ack>,
+    ack_rx: mpsc::UnboundedReceiver<Ack>,
+    dirty: bool,
+    first_scan: bool,
+    warned_missing: bool,
+    cx: Context,
+}
+
+impl Reader {
+    pub fn new(cfg: &TraceJsonlConfig, cx: &Context) -> anyhow::Result<Reader> {
+        let root = cx.resolve(&cfg.path);
+        let mut b = GlobSetBuilder::new();
+        for p in &cfg.exclude {
+            b.add(Glob::new(p)?);
+        }
+        let checkpoint = CheckpointFile::new(cx.data_dir()?.join("checkpoints.json"));
+        let saved = checkpoint
+            .load::<HashMap<String, Saved>>()?
+            .unwrap_or_default();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        Ok(Reader {
+            pattern: root.to_string_lossy().into_owned(),
+            root,
+            exclude: b.build()?,
+            max_line: cfg.max_line_bytes,
+            start_at_end: cfg.start_at == StartAt::End,
+            checkpoint,
+            saved,
+            files: HashMap::new(),
+            next_instance: 0,
+            ack_tx,
+            ack_rx,
+            dirty: false,
+            first_scan: true,
+            warned_missing: false,
+            cx: cx.clone(),
+        })
+    }
+
+    pub async fn run(
+        mut self,
+        sc: SourceContext,
+        follow: bool,
+        poll: Duration,
+    ) -> anyhow::Result<()> {
+        let SourceContext {
+            cx: _,
+            mut out,
+            shutdown,
+        } = sc;
+        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+        let _watcher = if follow { self.watch(wake_tx) } else { None };
+        let mut last_flush = Instant::now();
+        loop {
+            self.scan();
+            let more = self.read_all(&mut out, &shutdown).await;
+            self.drain_acks();
+            if last_flush.elapsed() >= CHECKPOINT_EVERY {
+                self.save();
+                last_flush = Instant::now();
+            }
+            if shutdown.is_cancelled() || (!follow && !more) {
+                break;
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake_rx.recv() => {}
+                _ = tokio::time::sleep(poll) => {}
+                Some(ack) = self.ack_rx.recv() => self.on_ack(ack),
+            }
+        }
+        // Let everything downstream drain, then record what was delivered.
+        drop(out);
+        while self.pending() > 0 {
+            match self.ack_rx.recv().await {
+                Some(ack) => self.on_ack(ack),
+                None => break,
+            }
+            self.drain_acks();
+        }
+        self.save();
+        Ok(())
+    }
+
+    fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let dir = if self.root.is_dir() {
+            self.root.clone()
+        } else {
+            literal_dir(&self.pattern)
+        };
+        let mut w = notify::recommended_watcher(move |_res| {
+            let _ = wake.try_send(());
+        })
+        .ok()?;
+        match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::debug!(
+                    component = &*self.cx.id,
+                    "not watching {} ({e}); polling",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn candidates(&mut self) -> Vec<PathBuf> {
+        let paths: Vec<PathBuf> = if self.root.is_dir() {
+            match std::fs::read_dir(&self.root) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                    .collect(),
+                Err(e) => {
+                    self.cx
+                        .error(format_args!("cannot list {}: {e}", self.root.display()));
+                    Vec::new()
+                }
+            }
+        } else {
+            glob::glob(&self.pattern)
+                .map(|g| g.filter_map(Result::ok).collect())
+                .unwrap_or_default()
+        };
+        if paths.is_empty()
+            && !self.warned_missing
+            && !self.root.exists()
+            && !self.pattern.contains(['*', '?', '['])
+        {
+            tracing::warn!(
+                component = &*self.cx.id,
+                "{} does not exist (yet); waiting for it",
+                self.root.display()
+            );
+            self.warned_missing = true;
+        }
+        let mut paths: Vec<PathBuf> = paths
+            .into_iter()
+            .filter(|p| p.is_file())
+            .filter(|p| !p.file_name().is_some_and(|n| self.exclude.is_match(n)))
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Finds new, renamed and replaced files.
+    fn scan(&mut self) {
+        let start_at_end = self.first_scan && self.start_at_end;
+        self.first_scan = false;
+        for path in self.candidates() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if self
+                .files
+                .values()
+                .any(|t| t.path == path && t.ino == meta.ino())
+            {
+                continue;
+            }
+            let fp = match fingerprint(&path) {
+                Ok(Some(fp)) => fp,
+                Ok(None) => continue, // no complete first line yet
+                Err(e) => {
+                    self.cx
+                        .error(format_args!("cannot read {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if let Some(t) = self.files.get_mut(&fp) {
+                tracing::debug!(
+                    component = &*self.cx.id,
+                    "{} is now {}",
+                    t.path.display(),
+                    path.display()
+                );
+                t.path = path;
+                t.ino = meta.ino();
+                continue;
+            }
+            let key = format!("{fp:016x}");
+            let (offset, line) = match self.saved.get(&key) {
+                Some(s) if s.offset <= meta.len() => (s.offset, s.line),
+                Some(_) => {
+                    tracing::warn!(
+                        component = &*self.cx.id,
+                        "{} is shorter than its checkpoint: reading it again from the start",
+                        path.display()
+                    );
+                    (0, 0)
+                }
+                None if start_at_end => (meta.len(), 0),
+                None => (0, 0),
+            };
+            match open_at(&path, offset) {
+                Ok(reader) => {
+                    self.next_instance += 1;
+                    self.files.insert(
+                        fp,
+                        Tracked {
+                            path,
+                            ino: meta.ino(),
+                            fingerprint: fp,
+                            instance: self.next_instance,
+                            reader,
+                            read_pos: offset,
+                            line,
+                            partial: Vec::new(),
+                            skipping: false,
+                            acks: AckLog::default(),
+                            committed: (offset, line),
+                            eof: false,
+                        },
+                    );
+                }
+                Err(e) => self
+                    .cx
+                    .error(format_args!("cannot open {}: {e}", path.display())),
+            }
+        }
+    }
+
+    /// Reads every file up to its budget. Returns whether any file has more to read now.
+    async fn read_all(&mut self, out: &mut Output, shutdown: &CancellationToken) -> bool {
+        let mut keys: Vec<u64> = self.files.keys().copied().collect();
+        keys.sort_by(|a, b| self.files[a].path.cmp(&self.files[b].path));
+        let mut more = false;
+        for fp in keys {
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            let t = self.files.get_mut(&fp).expect("key from map");
+            // Truncated in place: start over as a new file.
+            if t.reader
+                .get_ref()
+                .metadata()
+                .map(|m| m.len() < t.read_pos)
+                .unwrap_or(false)
+            {
+                tracing::warn!(
+                    component = &*self.cx.id,
+                    "{} was truncated: reading it again from the start",
+                    t.path.display()
+                );
+                self.saved.remove(&format!("{fp:016x}"));
+                self.files.remove(&fp);
+                self.dirty = true;
+                more = true;
+                continue;
+            }
+            let (lines, eof) = match read_lines(t, self.max_line, READ_BUDGET) {
+                Ok(x) => x,
+                Err(e) => {
+                    let msg = format!("reading {}: {e}", t.path.display());
+                    self.cx.error(format_args!("{msg}"));
+                    continue;
+                }
+            };
+            t.eof = eof;
+            more |= !eof;
+            let (path, instance) = (t.path.clone(), t.instance);
+            for line in lines {
+                self.emit(fp, instance, &path, line, out).await;
+            }
+            self.drain_acks();
+            // A rotated-away or deleted file that is fully read and delivered is done.
+            let t = &self.files[&fp];
+            if t.eof && t.acks.pending() == 0 {
+                let gone = std::fs::metadata(&t.path)
+                    .map(|m| m.ino() != t.ino)
+                    .unwrap_or(true);
+                if gone {
+                    self.files.remove(&fp);
+                }
+            }
+        }
+        more
+    }
+
+    async fn emit(&mut self, fp: u64, instance: u64, path: &Path, line: Line, out: &mut Output) {
+        let t = self.files.get_mut(&fp).expect("tracked");
+        match line {
+            Line::TooLong { line, end } => {
+                t.acks.push(end, line, true);
+                self.cx.error(format_args!(
+                    "{}:{line}: line longer than max_line_bytes ({}); skipped",
+                    path.display(),
+                    self.max_line
+                ));
+            }
+            Line::Data { data, line, end } => {
+                let text = data.strip_suffix(b"\r").unwrap_or(&data);
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    t.acks.push(end, line, true);
+                    return;
+                }
+                match serde_json::from_slice::<TraceRecord>(text) {
+                    Ok(rec) => {
+                        let seq = t.acks.push(end, line, false);
+                        let ts = DateTime::parse_from_rfc3339(&rec.timestamp)
+                            .map(|d| d.with_timezone(&Utc))
+                            .unwrap_or_else(|_| Utc::now());
+                        let ack = self.ack_tx.clone();
+                        let event =
+                            Event::new(self.cx.id.clone(), ts, Payload::Trace(Box::new(rec)));
+                        let id = match &event.payload {
+                            Payload::Trace(r) => r.natural_id(),
+                            _ => unreachable!(),
+                        };
+                        let event =
+                            event
+                                .with_id(id)
+                                .with_finalizer(Finalizer::new(move |status| {
+                                    let _ = ack.send((fp, instance, seq, status));
+                                }));
+                        out.send(event).await;
+                    }
+                    Err(e) => {
+                        t.acks.push(end, line, true);
+                        self.cx.error(format_args!(
+                            "{}:{line}: malformed trace record, skipped: {e}",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, (fp, instance, seq, status): Ack) {
+        if let Some(t) = self.files.get_mut(&fp).filter(|t| t.instance == instance) {
+            t.acks.mark(seq, status);
+            if status == Status::Failed && !t.acks.blocked {
+                tracing::warn!(
+                    component = &*self.cx.id,
+                    "a record of {} was not delivered; its checkpoint stays before it until restart",
+                    t.path.display()
+                );
+            }
+        }
+    }
+
+    fn drain_acks(&mut self) {
+        while let Ok(ack) = self.ack_rx.try_recv() {
+            self.on_ack(ack);
+        }
+        for t in self.files.values_mut() {
+            if let Some(pos) = t.acks.advance() {
+                t.committed = pos;
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.files.values().map(|t| t.acks.pending()).sum()
+    }
+
+    fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let now = Utc::now().timestamp();
+        for t in self.files.values() {
+            self.saved.insert(
+                format!("{:016x}", t.fingerprint),
+                Saved {
+                    path: t.path.display().to_string(),
+                    offset: t.committed.0,
+                    line: t.committed.1,
+                    updated: now,
+                },
+            );
+        }
+        self.saved
+            .retain(|_, s| now - s.updated < FORGET_AFTER_SECS);
+        match self.checkpoint.store(&self.saved) {
+            Ok(()) => self.dirty = false,
+            Err(e) => self.cx.error(format_args!(
+                "writing checkpoint {}: {e}",
+                self.checkpoint.path().display()
+            )),
+        }
+    }
+}
+
+/// The directory part of a glob before its first wildcard.
+fn literal_dir(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::new();
+    for comp in Path::new(pattern).components() {
+        if comp.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+            break;
+        }
+        dir.push(comp);
+    }
+    if dir.as_os_str() == pattern {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+fn open_at(path: &Path, offset: u64) -> io::Result<BufReader<File>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    Ok(BufReader::with_capacity(256 * 1024, f))
+}
+
+/// A hash of the file's first line (at most [`FINGERPRINT_BYTES`]); `None` until the file has a
+/// complete first line or that many bytes.
+fn fingerprint(path: &Path) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; FINGERPRINT_BYTES];
+    let mut f = File::open(path)?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = &buf[..n];
+    let end = match memchr::memchr(b'\n', head) {
+        Some(i) => i + 1,
+        None if n == FINGERPRINT_BYTES => n,
+        None => return Ok(None),
+    };
+    Ok(Some(xxhash_rust::xxh3::xxh3_64(&head[..end])))
+}
+
+/// Reads complete lines until `budget` bytes or the end of the file. A partial last line stays
+/// in `t.partial` until its newline arrives.
+fn read_lines(t: &mut Tracked, max_line: usize, budget: usize) -> io::Result<(Vec<Line>, bool)> {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let buf = t.reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((lines, true));
+        }
+        match memchr::memchr(b'\n', buf) {
+            Some(i) => {
+                let too_long = t.skipping || t.partial.len() + i > max_line;
+                if !too_long {
+                    t.partial.extend_from_slice(&buf[..i]);
+                }
+                t.reader.consume(i + 1);
+                t.read_pos += i as u64 + 1;
+                t.line += 1;
+                t.skipping = false;
+                if too_long {
+                    t.partial.clear();
+                    lines.push(Line::TooLong {
+                        line: t.line,
+                        end: t.read_pos,
+                    });
+                } else {
+                    let data = std::mem::take(&mut t.partial);
+                    bytes += data.len();
+                    lines.push(Line::Data {
+                        data,
+                        line: t.line,
+                        end: t.read_pos,
+                    });
+                }
+                if bytes >= budget {
+                    return Ok((lines, false));
+                }
+            }
+            None => {
+                let n = buf.len();
+                if !t.skipping {
+                    if t.partial.len() + n > max_line {
+                        t.skipping = true;
+                        t.partial = Vec::new();
+                    } else {
+                        t.partial.extend_from_slice(buf);
+                    }
+                }
+                t.reader.consume(n);
+                t.read_pos += n as u64;
+            }
+        }
+    }
+}

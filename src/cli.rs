@@ -1,0 +1,351 @@
+//! The command line: `run`, `validate`, `list`, `doc`, `tap`, `top`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::component::{create_private_dir, expand_home, home_dir};
+use crate::config::{self, Report};
+use crate::control;
+use crate::registry;
+use crate::runtime::{RunOptions, Topology};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ocpipe",
+    version,
+    about = "An event pipeline for watching OpenCode coding agents"
+)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (RUST_LOG is used when this is not given).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline until its sources finish or SIGINT/SIGTERM.
+    Run {
+        /// Pipeline files (TOML); several are merged. A checked-in pipeline such as
+        /// `pipelines/trace.toml` also works where the file is absent (the binary embeds it).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// State directory (checkpoints, control socket). Default: the config's `data_dir`,
+        /// else $XDG_STATE_HOME/ocpipe or ~/.local/state/ocpipe.
+        #[arg(long, env = "OCPIPE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check pipeline files without running them (touches no files or network). Exit 0 or 1.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List every component type with its description.
+    List {
+        /// Machine-readable: kind, type, description, example and JSON schema of each.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a reference page for every component (Markdown) into a directory.
+    Doc {
+        #[arg(long, default_value = "docs/components")]
+        out: PathBuf,
+    },
+    /// Print the events leaving one component of a running pipeline, as JSON lines. The viewer
+    /// never slows the pipeline: when it falls behind, it misses events.
+    Tap {
+        component: String,
+        #[arg(long, env = "OCPIPE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Show every component's counters (received, sent, dropped, errors) of a running pipeline.
+    Top {
+        #[arg(long, env = "OCPIPE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print once as JSON and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Run { files, data_dir } => run(files, data_dir),
+        Command::Validate { files } => validate(files),
+        Command::List { json } => list(json),
+        Command::Doc { out } => match crate::registry::write_docs(&out) {
+            Ok(n) => {
+                println!("wrote {n} reference pages to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format_args!("{e:#}")),
+        },
+        Command::Tap {
+            component,
+            data_dir,
+            limit,
+        } => tap(component, data_dir, limit),
+        Command::Top { data_dir, once } => top(data_dir, once),
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Pipelines shipped in the binary, so `ocpipe run pipelines/x.toml` works from any directory.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "pipelines/trace.toml",
+        include_str!("../pipelines/trace.toml"),
+    ),
+    (
+        "pipelines/monitor.toml",
+        include_str!("../pipelines/monitor.toml"),
+    ),
+];
+
+fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
+    if let [file] = files {
+        if let (false, Some(text)) = (file.exists(), embedded(file)) {
+            tracing::info!(
+                "{} is not here; using the copy built into ocpipe",
+                file.display()
+            );
+            return config::load_str(&file.display().to_string(), text);
+        }
+    }
+    config::load(files)
+}
+
+fn embedded(path: &Path) -> Option<&'static str> {
+    let p = path.to_string_lossy();
+    let p = p.trim_start_matches("./");
+    EMBEDDED
+        .iter()
+        .find(|(name, _)| *name == p)
+        .map(|(_, text)| *text)
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("ocpipe"),
+        None => home_dir().join(".local/state/ocpipe"),
+    }
+}
+
+fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let (pipeline, warnings) = match load_files(&files) {
+        Ok(x) => x,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !warnings.diagnostics.is_empty() {
+        eprint!("{warnings}");
+    }
+    let data_dir = data_dir
+        .or_else(|| {
+            pipeline
+                .data_dir
+                .as_ref()
+                .map(|d| expand_home(&d.to_string_lossy()))
+        })
+        .unwrap_or_else(default_data_dir);
+    if let Err(e) = create_private_dir(&data_dir) {
+        return fail(format_args!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ));
+    }
+    let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let listener = match control::bind(&data_dir).await {
+            Ok(l) => l,
+            Err(e) => return fail(format_args!("{e:#}")),
+        };
+        let topology = match Topology::build(pipeline, &RunOptions { data_dir: data_dir.clone(), base_dir }) {
+            Ok(t) => t,
+            Err(e) => return fail(format_args!("{e:#}")),
+        };
+        let shutdown = CancellationToken::new();
+        let control_stop = CancellationToken::new();
+        tokio::spawn(control::serve(listener, topology.handles(), control_stop.clone()));
+        tokio::spawn(signals(shutdown.clone()));
+        tracing::info!(data_dir = %data_dir.display(), "pipeline running; `ocpipe tap ID` and `ocpipe top` watch it");
+        let summary = topology.run(shutdown).await;
+        control_stop.cancel();
+        for (id, kind, t, m) in &summary.metrics {
+            tracing::info!(
+                component = %id, kind = %kind, r#type = t,
+                received = m.received, sent = m.sent, dropped = m.dropped, errors = m.errors,
+                "final counters"
+            );
+        }
+        if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    })
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    shutdown.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}
+
+fn validate(files: Vec<PathBuf>) -> ExitCode {
+    match load_files(&files) {
+        Ok((pipeline, warnings)) => {
+            eprint!("{warnings}");
+            println!(
+                "ok: {} component{} ({})",
+                pipeline.components.len(),
+                if pipeline.components.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                pipeline
+                    .components
+                    .iter()
+                    .map(|c| format!("{} {}", c.kind, c.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(report) => {
+            eprint!("{report}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list(json: bool) -> ExitCode {
+    let regs = registry::all();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let items: Vec<_> = regs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "kind": r.kind, "type": r.type_name, "description": r.description,
+                    "example": r.example, "schema": (r.schema)(),
+                })
+            })
+            .collect();
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&items).unwrap());
+    } else {
+        let width = regs.iter().map(|r| r.type_name.len()).max().unwrap_or(0);
+        for r in regs {
+            let _ = writeln!(
+                out,
+                "{:<9} {:<width$}  {}",
+                r.kind, r.type_name, r.description
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn tap(component: String, data_dir: Option<PathBuf>, limit: Option<u64>) -> ExitCode {
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut seen = 0u64;
+    let result = rt.block_on(control::request(
+        &data_dir,
+        &control::Request::Tap(component),
+        |line| {
+            println!("{line}");
+            seen += 1;
+            limit.is_none_or(|l| seen < l)
+        },
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format_args!("{e:#}")),
+    }
+}
+
+fn top(data_dir: Option<PathBuf>, once: bool) -> ExitCode {
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    loop {
+        let mut rows: Vec<control::ComponentMetricsRow> = Vec::new();
+        let result = rt.block_on(control::request(
+            &data_dir,
+            &control::Request::Metrics(true),
+            |line| {
+                rows = serde_json::from_str(line).unwrap_or_default();
+                false
+            },
+        ));
+        if let Err(e) = result {
+            return fail(format_args!("{e:#}"));
+        }
+        if once {
+            println!("{}", serde_json::to_string_pretty(&rows).unwrap());
+            return ExitCode::SUCCESS;
+        }
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>8}",
+            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROPPED", "ERRORS"
+        );
+        for r in rows {
+            let c = r.counters;
+            println!(
+                "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>8}",
+                r.id, r.kind, r.type_name, c.received, c.sent, c.dropped, c.errors
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

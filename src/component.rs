@@ -1,0 +1,306 @@
+//! The traits a component implements and what the host hands it.
+//!
+//! - A **source** is a future that pushes events into its [`Output`] until its shutdown token
+//!   fires (or its input is exhausted), then returns.
+//! - A **transform** is either a [`FunctionTransform`] (one event in, zero or more out; the host
+//!   drives the loop) or a [`TaskTransform`] (owns its input stream: timers, state).
+//! - A **sink** is one async `run` over its [`Input`].
+//!
+//! Config structs implement [`SourceConfig`], [`TransformConfig`] or [`SinkConfig`] and are
+//! registered with [`register_component!`](crate::register_component). `validate` must not touch
+//! files or the network: it runs for `ocpipe validate`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FieldError, WhenFull};
+use crate::event::Event;
+use crate::metrics::ComponentMetrics;
+
+pub type RunResult = anyhow::Result<()>;
+pub type ComponentFuture = BoxFuture<'static, RunResult>;
+
+pub trait SourceConfig: Send + Sync + std::fmt::Debug {
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+    fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentFuture>;
+}
+
+pub trait TransformConfig: Send + Sync + std::fmt::Debug {
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+    fn build(&self, cx: &Context) -> anyhow::Result<Transform>;
+}
+
+pub trait SinkConfig: Send + Sync + std::fmt::Debug {
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+    fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>>;
+}
+
+pub enum Transform {
+    Function(Box<dyn FunctionTransform>),
+    Task(Box<dyn TaskTransform>),
+}
+
+/// A per-event transform. The host counts what goes in and out.
+pub trait FunctionTransform: Send + 'static {
+    fn transform(&mut self, event: Event, out: &mut Vec<Event>);
+}
+
+/// A transform that owns its input stream (for timers and state). It must flush what it holds
+/// when its input ends.
+pub trait TaskTransform: Send + 'static {
+    fn run(self: Box<Self>, input: Input, output: Output) -> ComponentFuture;
+}
+
+pub trait Sink: Send + 'static {
+    /// Consumes events until the input ends, delivering (and flushing) everything received.
+    fn run(self: Box<Self>, input: Input) -> ComponentFuture;
+}
+
+/// What every component gets: its id, its counters, and where its files live.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub id: Arc<str>,
+    pub metrics: Arc<ComponentMetrics>,
+    data_root: PathBuf,
+    base_dir: PathBuf,
+}
+
+impl Context {
+    pub fn new(id: &str, data_root: PathBuf, base_dir: PathBuf) -> Self {
+        Context {
+            id: id.into(),
+            metrics: Arc::default(),
+            data_root,
+            base_dir,
+        }
+    }
+
+    /// The component's private state directory (`DATA_DIR/<id>`), created with mode 0700.
+    pub fn data_dir(&self) -> io::Result<PathBuf> {
+        let dir = self.data_root.join(&*self.id);
+        create_private_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Resolves a configured path: `~/` is the home directory, relative paths are relative to
+    /// the directory ocpipe was started in.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let expanded = expand_home(path);
+        if expanded.is_absolute() {
+            expanded
+        } else {
+            self.base_dir.join(expanded)
+        }
+    }
+
+    /// Counts an error and logs it at warn level.
+    pub fn error(&self, what: std::fmt::Arguments<'_>) {
+        self.metrics.error();
+        tracing::warn!(component = &*self.id, "{what}");
+    }
+}
+
+pub fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => home_dir().join(rest),
+        None if path == "~" => home_dir(),
+        None => PathBuf::from(path),
+    }
+}
+
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+pub struct SourceContext {
+    pub cx: Context,
+    pub out: Output,
+    pub shutdown: CancellationToken,
+}
+
+/// The receiving end of a component's input buffer. Counts received events.
+pub struct Input {
+    rx: mpsc::Receiver<Event>,
+    metrics: Arc<ComponentMetrics>,
+}
+
+impl Input {
+    pub fn new(rx: mpsc::Receiver<Event>, metrics: Arc<ComponentMetrics>) -> Self {
+        Input { rx, metrics }
+    }
+
+    pub async fn recv(&mut self) -> Option<Event> {
+        let ev = self.rx.recv().await;
+        if ev.is_some() {
+            self.metrics.received(1);
+        }
+        ev
+    }
+
+    /// For sinks that run on their own thread.
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        let ev = self.rx.blocking_recv();
+        if ev.is_some() {
+            self.metrics.received(1);
+        }
+        ev
+    }
+
+    /// Moves events that are already waiting into `batch`, up to `max` in all. Never waits.
+    pub fn drain_ready(&mut self, batch: &mut Vec<Event>, max: usize) {
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(ev) => {
+                    self.metrics.received(1);
+                    batch.push(ev);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Waits for one event, then takes whatever else is ready (up to `max`). Returns false when
+    /// the input has ended and nothing was read.
+    pub async fn recv_batch(&mut self, batch: &mut Vec<Event>, max: usize) -> bool {
+        match self.recv().await {
+            Some(ev) => {
+                batch.push(ev);
+                self.drain_ready(batch, max);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Blocking form of [`recv_batch`](Self::recv_batch).
+    pub fn blocking_recv_batch(&mut self, batch: &mut Vec<Event>, max: usize) -> bool {
+        match self.blocking_recv() {
+            Some(ev) => {
+                batch.push(ev);
+                self.drain_ready(batch, max);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One downstream consumer of an output.
+#[derive(Clone)]
+pub struct Target {
+    pub tx: mpsc::Sender<Event>,
+    pub when_full: WhenFull,
+    /// The consumer's counters: its buffer's drops count there.
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+/// Observers of a component's output (`ocpipe tap`). Each has its own small buffer and misses
+/// events when it falls behind, so watching never slows the pipeline.
+#[derive(Default)]
+pub struct TapPoint {
+    active: AtomicUsize,
+    subscribers: std::sync::Mutex<Vec<mpsc::Sender<String>>>,
+}
+
+impl TapPoint {
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel(capacity);
+        let mut subs = self.subscribers.lock().unwrap();
+        subs.push(tx);
+        self.active.store(subs.len(), Ordering::Release);
+        rx
+    }
+
+    fn publish(&self, event: &Event) {
+        if self.active.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(b"{\"meta\":");
+        serde_json::to_writer(&mut line, &event.meta_json()).expect("in-memory write");
+        line.extend_from_slice(b",\"event\":");
+        event.write_json(&mut line);
+        line.push(b'}');
+        let line = String::from_utf8(line).expect("serde_json writes UTF-8");
+        let mut subs = self.subscribers.lock().unwrap();
+        subs.retain(|tx| !matches!(tx.try_send(line.clone()), Err(TrySendError::Closed(_))));
+        self.active.store(subs.len(), Ordering::Release);
+    }
+}
+
+/// The sending side of a component: fans each event out to every consumer.
+#[derive(Clone)]
+pub struct Output {
+    targets: Vec<Target>,
+    metrics: Arc<ComponentMetrics>,
+    tap: Arc<TapPoint>,
+}
+
+impl Output {
+    pub fn new(targets: Vec<Target>, metrics: Arc<ComponentMetrics>, tap: Arc<TapPoint>) -> Self {
+        Output {
+            targets,
+            metrics,
+            tap,
+        }
+    }
+
+    /// Sends to every consumer. A `block` consumer with a full buffer makes this wait (and so
+    /// slows this component); a `drop_newest` consumer with a full buffer loses the event.
+    pub async fn send(&mut self, event: Event) {
+        self.metrics.sent(1);
+        self.tap.publish(&event);
+        let Some((last, rest)) = self.targets.split_last() else {
+            return;
+        };
+        for target in rest {
+            deliver(target, event.clone()).await;
+        }
+        deliver(last, event).await;
+    }
+
+    pub async fn send_all(&mut self, events: impl IntoIterator<Item = Event>) {
+        for ev in events {
+            self.send(ev).await;
+        }
+    }
+}
+
+async fn deliver(target: &Target, event: Event) {
+    match target.when_full {
+        WhenFull::Block => {
+            // The consumer is gone (it failed, or the shutdown deadline passed): the event is
+            // not delivered, so its source must not checkpoint past it.
+            if let Err(returned) = target.tx.send(event).await {
+                returned.0.fail();
+            }
+        }
+        WhenFull::DropNewest => {
+            if let Err(TrySendError::Full(_)) = target.tx.try_send(event) {
+                target.metrics.dropped(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Reads TOML files into a checked [`Pipeline`], collecting every problem before reporting.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::diagnostic::{Diagnostic, Report, SourceFiles};
+use super::interpolate::interpolate_value;
+use super::topology::{self, Node};
+use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
+use crate::registry::{self, AnyConfig, Kind};
+
+const TOP_LEVEL: [&str; 5] = [
+    "data_dir",
+    "shutdown_timeout_secs",
+    "sources",
+    "transforms",
+    "sinks",
+];
+
+/// Loads and checks the given files. `Ok` carries warnings (possibly none).
+pub fn load(paths: &[PathBuf]) -> Result<(Pipeline, Report), Report> {
+    let inputs = paths
+        .iter()
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|e| read_error(p, e)),
+            )
+        })
+        .collect();
+    load_texts(inputs, &|name| std::env::var(name).ok())
+}
+
+/// Loads one config from a string (tests, embedded pipelines).
+pub fn load_str(name: &str, text: &str) -> Result<(Pipeline, Report), Report> {
+    load_texts(vec![(name.to_string(), Ok(text.to_string()))], &|n| {
+        std::env::var(n).ok()
+    })
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!("cannot read {}: no such file", path.display()),
+        _ => format!("cannot read {}: {e}", path.display()),
+    }
+}
+
+struct Pending {
+    id: String,
+    kind: Kind,
+    file: usize,
+    type_name: &'static str,
+    inputs: Vec<String>,
+    buffer: BufferConfig,
+    config: Option<AnyConfig>,
+}
+
+struct Loader<'e> {
+    files: SourceFiles,
+    docs: HashMap<usize, toml_edit::Document<String>>,
+    diags: Vec<Diagnostic>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Loader<'_> {
+    fn error_at(
+        &mut self,
+        file: usize,
+        path: &FieldPath,
+        at_key: bool,
+        message: String,
+        help: Option<String>,
+    ) {
+        let span = self
+            .docs
+            .get(&file)
+            .and_then(|d| spans::find(d, path, at_key));
+        let mut d = Diagnostic::error(message).at(file, span);
+        if !path.0.is_empty() {
+            d = d.path(path);
+        }
+        if let Some(h) = help {
+            d = d.help(h);
+        }
+        self.diags.push(d);
+    }
+
+    fn field_errors(&mut self, file: usize, base: &FieldPath, errors: Vec<FieldError>) {
+        for e in errors {
+            self.error_at(file, &base.join(&e.path), e.at_key, e.message, e.help);
+        }
+    }
+}
+
+fn load_texts(
+    inputs: Vec<(String, Result<String, String>)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Pipeline, Report), Report> {
+    let mut l = Loader {
+        files: SourceFiles::default(),
+        docs: HashMap::new(),
+        diags: Vec::new(),
+        env,
+    };
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut first_seen: HashMap<String, (usize, FieldPath)> = HashMap::new();
+    let mut data_dir: Option<(PathBuf, usize)> = None;
+    let mut shutdown_timeout = Duration::from_secs(60);
+
+    if inputs.is_empty() {
+        l.diags
+            .push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
+    }
+    for (name, text) in inputs {
+        let text = match text {
+            Ok(t) => t,
+            Err(msg) => {
+                l.diags.push(Diagnostic::error(msg).help("check the path"));
+                continue;
+            }
+        };
+        let file = l.files.add(name, text.clone());
+        let doc = match toml_edit::Document::parse(text.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                l.diags.push(
+                    Diagnostic::error(format!("invalid TOML: {}", e.message().trim()))
+                        .at(file, e.span())
+                        .help("fix the syntax; see https://toml.io"),
+                );
+                continue;
+            }
+        };
+        l.docs.insert(file, doc);
+        let table: toml::Table = match toml::from_str(&text) {
+            Ok(t) => t,
+            Err(e) => {
+                l.diags.push(
+                    Diagnostic::error(format!("invalid TOML: {}", e.message())).at(file, e.span()),
+                );
+                continue;
+            }
+        };
+
+        for (key, value) in table {
+            let path = FieldPath::key(&key);
+            match (key.as_str(), Kind::from_table(&key)) {
+                (_, Some(kind)) => {
+                    let toml::Value::Table(components) = value else {
+                        l.error_at(
+                            file,
+                            &path,
+                            false,
+                            format!("`{key}` must be a table of components"),
+                            Some(format!("write `[{key}.ID]` sections")),
+                        );
+                        continue;
+                    };
+                    for (id, body) in components {
+                        let cpath = path.clone().child(&id);
+                        if let Some((prev_file, _)) = first_seen.get(&id) {
+                            let prev = l.files.name(*prev_file).to_string();
+                            l.error_at(file, &cpath, true, format!("component id `{id}` is defined twice"), Some(format!("it is also defined in {prev}; ids are shared by sources, transforms and sinks")));
+                            continue;
+                        }
+                        first_seen.insert(id.clone(), (file, cpath.clone()));
+                        if id.is_empty()
+                            || !id
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                        {
+                            l.error_at(
+                                file,
+                                &cpath,
+                                true,
+                                format!("component id `{id}` is not valid"),
+                                Some("ids use letters, digits, `_` and `-`".into()),
+                            );
+                        }
+                        if let Some(p) = component(&mut l, file, kind, id, body, &cpath) {
+                            pending.push(p);
+                        }
+                    }
+                }
+                ("data_dir", _) => match value {
+                    toml::Value::String(s) => {
+                        let mut v = toml::Value::String(s);
+                        let mut errs = Vec::new();
+                        interpolate_value(&mut v, &FieldPath::default(), l.env, &mut errs);
+                        l.field_errors(file, &path, errs);
+                        let dir = PathBuf::from(v.as_str().unwrap_or_default());
+                        if let Some((prev, prev_file)) = &data_dir {
+                            if *prev != dir {
+                                let prev_name = l.files.name(*prev_file).to_string();
+                                l.error_at(
+                                    file,
+                                    &path,
+                                    false,
+                                    format!(
+                                        "data_dir differs from the one in {prev_name} ({})",
+                                        prev.display()
+                                    ),
+                                    Some("set it in one file only".into()),
+                                );
+                            }
+                        }
+                        data_dir = Some((dir, file));
+                    }
+                    _ => l.error_at(
+                        file,
+                        &path,
+                        false,
+                        "`data_dir` must be a string".into(),
+                        Some("e.g. data_dir = \"~/.local/state/ocpipe\"".into()),
+                    ),
+                },
+                ("shutdown_timeout_secs", _) => match value.as_integer() {
+                    Some(n) if n > 0 => shutdown_timeout = Duration::from_secs(n as u64),
+                    _ => l.error_at(
+                        file,
+                        &path,
+                        false,
+                        "`shutdown_timeout_secs` must be a positive integer".into(),
+                        None,
+                    ),
+                },
+                _ => {
+                    let close = registry::suggest(&key, TOP_LEVEL);
+                    let help = match close.first() {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("top-level keys are: {}", TOP_LEVEL.join(", ")),
+                    };
+                    l.error_at(
+                        file,
+                        &path,
+                        true,
+                        format!("unknown top-level key `{key}`"),
+                        Some(help),
+                    );
+                }
+            }
+        }
+    }
+
+    // Graph checks.
+    let nodes: Vec<Node<'_>> = pending
+        .iter()
+        .map(|p| Node {
+            id: &p.id,
+            kind: p.kind,
+            inputs: &p.inputs,
+        })
+        .collect();
+    if nodes.is_empty() && !l.diags.iter().any(|d| d.severity == super::Severity::Error) {
+        l.diags.push(
+            Diagnostic::error("the configuration defines no components")
+                .help("add `[sources.ID]` and `[sinks.ID]` tables; `ocpipe list` shows the types"),
+        );
+    }
+    let checked = topology::check(&nodes);
+    let locate = |p: &Pending| FieldPath::key(p.kind.table()).child(&p.id);
+    for e in checked.errors {
+        let p = &pending[e.component];
+        let (path, at_key) = match e.input {
+            Some(i) => (locate(p).child("inputs").index(i), false),
+            None if e.message.starts_with("cycle") => (locate(p).child("inputs"), false),
+            None => (locate(p), true),
+        };
+        l.error_at(p.file, &path, at_key, e.message, e.help);
+    }
+    let mut warnings = Vec::new();
+    for i in checked.unused {
+        let p = &pending[i];
+        let span = l
+            .docs
+            .get(&p.file)
+            .and_then(|d| spans::find(d, &locate(p), true));
+        warnings.push(
+            Diagnostic::warning(format!("nothing reads the output of {} `{}`", p.kind, p.id))
+                .at(p.file, span)
+                .path(locate(p))
+                .help("add it to some component's `inputs`, or remove it"),
+        );
+    }
+    l.diags.extend(warnings);
+
+    let report = Report {
+        diagnostics: l.diags,
+        files: l.files,
+    };
+    if report.has_errors() {
+        return Err(report);
+    }
+    let components = pending
+        .into_iter()
+        .zip(checked.inputs)
+        .map(|(p, inputs)| ComponentDef {
+            id: p.id,
+            kind: p.kind,
+            type_name: p.type_name,
+            inputs,
+            buffer: p.buffer,
+            config: p.config.expect("no errors means every component parsed"),
+        })
+        .collect();
+    let pipeline = Pipeline {
+        data_dir: data_dir.map(|(d, _)| d),
+        shutdown_timeout,
+        components,
+    };
+    Ok((
+        pipeline,
+        Report {
+            diagnostics: report.diagnostics,
+            files: report.files,
+        },
+    ))
+}
+
+/// Parses one `[kind.id]` table: the shared options, then the component's own config.
+fn component(
+    l: &mut Loader<'_>,
+    file: usize,
+    kind: Kind,
+    id: String,
+    body: toml::Value,
+    cpath: &FieldPath,
+) -> Option<Pending> {
+    let toml::Value::Table(mut table) = body else {
+        l.error_at(
+            file,
+            cpath,
+            false,
+            format!("{kind} `{id}` must be a table"),
+            Some(format!(
+                "write `[{}.{id}]` with `type = \"…\"`",
+                kind.table()
+            )),
+        );
+        return None;
+    };
+    let types: Vec<&str> = registry::all()
+        .into_iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.type_name)
+        .collect();
+    let reg = match table.remove("type") {
+        None => {
+            l.error_at(
+                file,
+                cpath,
+                true,
+                format!("{kind} `{id}` has no `type`"),
+                Some(format!("add `type = \"…\"`, one of: {}", types.join(", "))),
+            );
+            None
+        }
+        Some(toml::Value::String(t)) => match registry::find(kind, &t) {
+            Some(r) => Some(r),
+            None => {
+                let close = registry::suggest(&t, types.iter().copied());
+                let help = match close.first() {
+                    Some(c) => format!("did you mean `{c}`? {kind} types: {}", types.join(", ")),
+                    None => format!("{kind} types: {}", types.join(", ")),
+                };
+                l.error_at(
+                    file,
+                    &cpath.clone().child("type"),
+                    false,
+                    format!("unknown {kind} type `{t}`"),
+                    Some(help),
+                );
+                None
+            }
+        },
+        Some(_) => {
+            l.error_at(
+                file,
+                &cpath.clone().child("type"),
+                false,
+                "`type` must be a string".into(),
+                None,
+            );
+            None
+        }
+    };
+
+    // Options every transform and sink shares, declared once here.
+    let mut inputs = Vec::new();
+    match (kind, table.remove("inputs")) {
+        (Kind::Source, Some(_)) => {
+            l.error_at(
+                file,
+                &cpath.clone().child("inputs"),
+                true,
+                "sources take no inputs".into(),
+                Some("remove `inputs`".into()),
+            );
+        }
+        (_, Some(v)) => match Vec::<String>::deserialize(v) {
+            Ok(v) => inputs = v,
+            Err(_) => l.error_at(
+                file,
+                &cpath.clone().child("inputs"),
+                false,
+                "`inputs` must be a list of component ids".into(),
+                Some("e.g. inputs = [\"traces\"]".into()),
+            ),
+        },
+        (_, None) => {}
+    }
+    let mut buffer = BufferConfig::default();
+    if let Some(v) = table.remove("buffer") {
+        if kind == Kind::Sink {
+            match registry::parse_strict::<BufferConfig>(v) {
+                Ok(b) if b.max_events == 0 => l.error_at(
+                    file,
+                    &cpath.clone().child("buffer").child("max_events"),
+                    false,
+                    "`max_events` must be at least 1".into(),
+                    None,
+                ),
+                Ok(b) => buffer = b,
+                Err(errs) => l.field_errors(file, &cpath.clone().child("buffer"), errs),
+            }
+        } else {
+            l.error_at(
+                file,
+                &cpath.clone().child("buffer"),
+                true,
+                format!("`buffer` is a sink option; {kind}s have none"),
+                Some("remove it".into()),
+            );
+        }
+    }
+
+    let reg = reg?;
+    let mut value = toml::Value::Table(table);
+    let mut errs = Vec::new();
+    interpolate_value(&mut value, &FieldPath::default(), l.env, &mut errs);
+    let config = if errs.is_empty() {
+        match (reg.parse)(value) {
+            Ok(c) => {
+                let problems = c.validate();
+                if problems.is_empty() {
+                    Some(c)
+                } else {
+                    l.field_errors(file, cpath, problems);
+                    None
+                }
+            }
+            Err(problems) => {
+                l.field_errors(file, cpath, problems);
+                None
+            }
+        }
+    } else {
+        l.field_errors(file, cpath, errs);
+        None
+    };
+    Some(Pending {
+        id,
+        kind,
+        file,
+        type_name: reg.type_name,
+        inputs,
+        buffer,
+        config,
+    })
+}

@@ -1,0 +1,163 @@
+//! The event model: every event is a typed payload plus metadata.
+//!
+//! Payloads are typed so that components can work on fields without re-parsing; every payload
+//! also has a JSON view (`Event::to_json`, `Event::write_json`) that expressions, redaction and
+//! generic sinks use.
+
+mod finalizer;
+mod trace;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use finalizer::{Finalizer, Status};
+pub use trace::{TraceKind, TraceRecord};
+
+/// One event travelling through a pipeline.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub meta: Meta,
+    pub payload: Payload,
+}
+
+/// What every event carries besides its payload.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// The id of the component that emitted the event.
+    pub source: Arc<str>,
+    /// When the thing the event describes happened (falls back to when it was read).
+    pub timestamp: DateTime<Utc>,
+    /// A natural id for sinks that must be idempotent (e.g. `trace:ses_1:3:request:...`).
+    pub id: Option<String>,
+    /// Notified when every copy of the event has been delivered or dropped.
+    pub finalizer: Option<Finalizer>,
+}
+
+/// The typed body of an event. New event families add a variant here.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// One record of an LLM API trace (request, response or error).
+    Trace(Box<TraceRecord>),
+    /// An untyped JSON document (tests, generic sources).
+    Json(Value),
+}
+
+impl Event {
+    pub fn new(source: Arc<str>, timestamp: DateTime<Utc>, payload: Payload) -> Self {
+        Event {
+            meta: Meta {
+                source,
+                timestamp,
+                id: None,
+                finalizer: None,
+            },
+            payload,
+        }
+    }
+
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.meta.id = Some(id.into());
+        self
+    }
+
+    pub fn with_finalizer(mut self, finalizer: Finalizer) -> Self {
+        self.meta.finalizer = Some(finalizer);
+        self
+    }
+
+    /// A dotted name of the event's kind, e.g. `trace.request`.
+    pub fn kind(&self) -> &'static str {
+        match &self.payload {
+            Payload::Trace(t) => t.kind.event_kind(),
+            Payload::Json(_) => "json",
+        }
+    }
+
+    /// The JSON view of the payload.
+    pub fn to_json(&self) -> Value {
+        match &self.payload {
+            Payload::Trace(t) => serde_json::to_value(t).expect("trace records serialize"),
+            Payload::Json(v) => v.clone(),
+        }
+    }
+
+    /// Appends the JSON view as one line (without the newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let result = match &self.payload {
+            Payload::Trace(t) => serde_json::to_writer(&mut *out, t),
+            Payload::Json(v) => serde_json::to_writer(&mut *out, v),
+        };
+        result.expect("writing JSON into memory cannot fail");
+    }
+
+    /// Metadata as JSON, bound to `$meta` in expressions.
+    pub fn meta_json(&self) -> Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "source": &*self.meta.source,
+            "timestamp": self.meta.timestamp.to_rfc3339(),
+            "id": self.meta.id,
+        })
+    }
+
+    /// A field of the JSON view (dotted path) as text, for path templates and keys; `_kind` and
+    /// `_source` name the metadata.
+    /// Typed payloads answer without building the JSON view.
+    pub fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        match (name, &self.payload) {
+            ("_kind", _) => Some(Cow::Borrowed(self.kind())),
+            ("_source", _) => Some(Cow::Borrowed(&self.meta.source)),
+            (_, Payload::Trace(t)) => t.field(name),
+            (_, Payload::Json(v)) => lookup(v, name).and_then(scalar_text),
+        }
+    }
+
+    /// Marks the event as failed to deliver: its source will not checkpoint past it.
+    pub fn fail(&self) {
+        if let Some(f) = &self.meta.finalizer {
+            f.fail();
+        }
+    }
+}
+
+/// Looks up a dotted path (`a.b.c`) in a JSON value.
+pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| match v {
+        Value::Object(map) => map.get(key),
+        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_field_lookup_handles_nesting_and_scalars() {
+        let ev = Event::new(
+            "src".into(),
+            Utc::now(),
+            Payload::Json(serde_json::json!({"a": {"b": 3, "c": [true]}, "s": "x"})),
+        );
+        assert_eq!(ev.field("a.b").as_deref(), Some("3"));
+        assert_eq!(ev.field("a.c.0").as_deref(), Some("true"));
+        assert_eq!(ev.field("s").as_deref(), Some("x"));
+        assert_eq!(ev.field("a").as_deref(), None);
+        assert_eq!(ev.field("_source").as_deref(), Some("src"));
+        assert_eq!(ev.field("_kind").as_deref(), Some("json"));
+        assert_eq!(ev.field("kind").as_deref(), None);
+    }
+}

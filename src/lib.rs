@@ -1,0 +1,27 @@
+//! ocpipe: an event pipeline for watching OpenCode coding agents.
+//!
+//! The host lives in `src/` (events, config, registry, runtime, CLI); components live in the
+//! top-level `sources/`, `transforms/` and `sinks/` folders and register themselves with
+//! [`register_component!`]. See ARCHITECTURE.md.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod component;
+pub mod config;
+pub mod control;
+pub mod event;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod template;
+pub mod testing;
+
+#[path = "../sinks/mod.rs"]
+pub mod sinks;
+#[path = "../sources/mod.rs"]
+pub mod sources;
+#[path = "../transforms/mod.rs"]
+pub mod transforms;
+
+#[doc(hidden)]
+pub use inventory;

@@ -1,0 +1,193 @@
+//! The component test harness. Every component's tests run it through these functions, which
+//! check what all components promise:
+//! - the host's counters add up (received = events fed in; sent = events that came out);
+//! - a transform or sink ends by itself once its input ends (after flushing);
+//! - a source stops promptly when shut down.
+//!
+//! `tests/compliance.rs` fails when a registered component has no compliance case.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::{
+    Context, Input, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform,
+    TransformConfig,
+};
+use crate::config::{FieldError, WhenFull};
+use crate::event::Event;
+use crate::metrics::{ComponentMetrics, MetricsSnapshot};
+use crate::registry::{self, AnyConfig, Kind};
+
+/// How long a component may take to stop once it should.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Parses and validates a component config the way the loader does.
+pub fn parse(kind: Kind, type_name: &str, body: &str) -> Result<AnyConfig, Vec<FieldError>> {
+    let reg = registry::find(kind, type_name)
+        .unwrap_or_else(|| panic!("no {kind} `{type_name}` registered"));
+    let table: toml::Table = toml::from_str(body).expect("test config is valid TOML");
+    let cfg = (reg.parse)(toml::Value::Table(table))?;
+    let problems = cfg.validate();
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn context(id: &str, dir: &Path) -> Context {
+    Context::new(id, dir.join("data"), dir.to_path_buf())
+}
+
+/// An output that collects into a channel, counting on the component's own metrics.
+fn capture(metrics: &Arc<ComponentMetrics>) -> (Output, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(1_000_000);
+    let target = Target {
+        tx,
+        when_full: WhenFull::Block,
+        metrics: Arc::default(),
+    };
+    (
+        Output::new(vec![target], metrics.clone(), Arc::new(TapPoint::default())),
+        rx,
+    )
+}
+
+fn feed(events: Vec<Event>, metrics: Arc<ComponentMetrics>) -> Input {
+    let (tx, rx) = mpsc::channel(events.len().max(1));
+    for e in events {
+        tx.try_send(e).expect("channel sized for all events");
+    }
+    Input::new(rx, metrics)
+}
+
+/// Acknowledges an event as a sink would once it is stored.
+fn delivered(mut e: Event) -> Event {
+    e.meta.finalizer = None;
+    e
+}
+
+/// What a harness run saw.
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub metrics: MetricsSnapshot,
+}
+
+/// Feeds `events` to a transform, ends its input, and checks that it finishes and that its
+/// counters match what went in and came out.
+pub async fn run_transform(cfg: &dyn TransformConfig, events: Vec<Event>, dir: &Path) -> Outcome {
+    let n = events.len() as u64;
+    let cx = context("transform_under_test", dir);
+    let transform = cfg.build(&cx).expect("transform builds");
+    let input = feed(events, cx.metrics.clone());
+    let (mut out, mut rx) = capture(&cx.metrics);
+    let task = async move {
+        match transform {
+            Transform::Function(mut f) => {
+                let mut input = input;
+                let mut buf = Vec::new();
+                while let Some(ev) = input.recv().await {
+                    f.transform(ev, &mut buf);
+                    out.send_all(buf.drain(..)).await;
+                }
+                Ok(())
+            }
+            Transform::Task(t) => t.run(input, out).await,
+        }
+    };
+    tokio::time::timeout(STOP_DEADLINE, task)
+        .await
+        .expect("transform must finish once its input ends")
+        .expect("transform runs without error");
+    let mut got = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        got.push(e);
+    }
+    let metrics = cx.metrics.snapshot();
+    assert_eq!(
+        metrics.received, n,
+        "transform must count every event received"
+    );
+    assert_eq!(
+        metrics.sent,
+        got.len() as u64,
+        "transform must count every event sent"
+    );
+    Outcome {
+        events: got,
+        metrics,
+    }
+}
+
+/// Feeds `events` to a sink, ends its input, and checks that it finishes and counts them.
+pub async fn run_sink(cfg: &dyn SinkConfig, events: Vec<Event>, dir: &Path) -> MetricsSnapshot {
+    let n = events.len() as u64;
+    let cx = context("sink_under_test", dir);
+    let sink = cfg.build(&cx).expect("sink builds");
+    let input = feed(events, cx.metrics.clone());
+    tokio::time::timeout(STOP_DEADLINE, sink.run(input))
+        .await
+        .expect("sink must finish once its input ends")
+        .expect("sink runs without error");
+    let m = cx.metrics.snapshot();
+    assert_eq!(m.received, n, "sink must count every event received");
+    m
+}
+
+/// Runs a source until `done` says so (given what it emitted so far) or `max` passes, shuts it
+/// down, and checks that it stops in time and counted what it sent.
+pub async fn run_source(
+    cfg: &dyn SourceConfig,
+    dir: &Path,
+    max: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) -> Outcome {
+    let cx = context("source_under_test", dir);
+    let (out, mut rx) = capture(&cx.metrics);
+    let shutdown = CancellationToken::new();
+    let fut = cfg
+        .build(SourceContext {
+            cx: cx.clone(),
+            out,
+            shutdown: shutdown.clone(),
+        })
+        .expect("source builds");
+    let handle = tokio::spawn(fut);
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + max;
+    while !done(&got) && tokio::time::Instant::now() < until {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(e)) => got.push(delivered(e)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    shutdown.cancel();
+    // Keep receiving while it stops: a source may still be handing over events.
+    let stop = async {
+        while let Some(e) = rx.recv().await {
+            got.push(delivered(e));
+        }
+    };
+    tokio::time::timeout(STOP_DEADLINE, stop)
+        .await
+        .expect("source must stop after shutdown");
+    tokio::time::timeout(STOP_DEADLINE, handle)
+        .await
+        .expect("source must stop after shutdown")
+        .expect("source task does not panic")
+        .expect("source runs without error");
+    let metrics = cx.metrics.snapshot();
+    assert_eq!(
+        metrics.sent,
+        got.len() as u64,
+        "source must count every event sent"
+    );
+    Outcome {
+        events: got,
+        metrics,
+    }
+}

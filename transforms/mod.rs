@@ -1,0 +1,4 @@
+//! Transforms: one module each, self-registered with `register_component!`.
+
+pub mod filter;
+pub mod redact;
