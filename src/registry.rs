@@ -37,7 +37,7 @@ impl Kind {
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Kind::Source => "source",
             Kind::Transform => "transform",
             Kind::Sink => "sink",

@@ -285,7 +285,10 @@ fn load_texts(
                 .help("add it to some component's `inputs`, or remove it"),
         );
     }
-    l.diags.extend(warnings);
+    // Warnings only matter once the errors are fixed (an unknown input also orphans its source).
+    if !l.diags.iter().any(|d| d.severity == super::Severity::Error) {
+        l.diags.extend(warnings);
+    }
 
     let report = Report {
         diagnostics: l.diags,

@@ -1,0 +1,383 @@
+//! End to end: the ocpipe binary over trace files captured from a real OpenCode.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECRETS: [&str; 2] = [
+    "sk-ocpipe-fixture-0123456789abcdef",
+    "sk-ant-api03-fixtureSecretValue0123456789",
+];
+
+fn pipeline(dir: &Path, follow: bool) -> std::path::PathBuf {
+    let cfg = format!(
+        r#"
+[sources.traces]
+type = "trace_jsonl"
+path = "traces"
+follow = {follow}
+poll_interval_ms = 50
+
+[transforms.redacted]
+type = "redact"
+inputs = ["traces"]
+
+[sinks.db]
+type = "sqlite"
+inputs = ["redacted"]
+path = "out/traces.db"
+
+[sinks.files]
+type = "jsonl"
+inputs = ["redact*"]
+path = "out/jsonl/{{sessionID}}.jsonl"
+"#
+    );
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+#[test]
+fn checked_in_pipelines_validate() {
+    for p in ["pipelines/trace.toml", "pipelines/monitor.toml"] {
+        let out = Command::new(bin())
+            .args(["validate", p])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{p}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with("ok: 4 components"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    // The binary carries them, so they work from any directory.
+    let dir = tempfile::tempdir().unwrap();
+    let out = ocpipe(dir.path(), &["validate", "pipelines/monitor.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn config_errors_come_all_at_once_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "\
+[sources.traces]
+type = \"trace_jsonl\"
+path = \"traces\"
+folow = true
+
+[transforms.a]
+type = \"filter\"
+inputs = [\"b\"]
+condition = \"true\"
+
+[transforms.b]
+type = \"redact\"
+inputs = [\"a\"]
+
+[sinks.out]
+type = \"jsonl\"
+inputs = [\"tracez\"]
+path = \"out/{sessionID}.jsonl\"
+";
+    std::fs::write(dir.path().join("bad.toml"), cfg).unwrap();
+    let out = ocpipe(dir.path(), &["validate", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error: unknown field `folow`"), "{err}");
+    assert!(
+        err.contains("--> bad.toml:4:1 (sources.traces.folow)"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `follow`?"), "{err}");
+    assert!(
+        err.contains("error: unknown input `tracez` for sink `out`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--> bad.toml:17:11 (sinks.out.inputs[0])"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `traces`?"), "{err}");
+    assert!(
+        err.contains("error: cycle: a -> b -> a") || err.contains("error: cycle: b -> a -> b"),
+        "{err}"
+    );
+    assert!(err.contains("3 errors in the configuration"), "{err}");
+    // `run` refuses the same file the same way.
+    let out = ocpipe(dir.path(), &["run", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("3 errors in the configuration"));
+}
+
+#[test]
+fn unknown_types_and_bad_values_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "\
+[sources.t]
+type = \"trace_json\"
+path = \"x\"
+
+[sinks.s]
+type = \"sqlite\"
+inputs = [\"t\"]
+path = \"x.db\"
+buffer = { max_events = 10, when_full = \"drop_oldest\" }
+
+[transforms.f]
+type = \"filter\"
+inputs = [\"t\"]
+condition = '.kind =='
+";
+    std::fs::write(dir.path().join("bad.toml"), cfg).unwrap();
+    let err = text(&ocpipe(dir.path(), &["validate", "bad.toml"]).stderr);
+    assert!(err.contains("unknown source type `trace_json`"), "{err}");
+    assert!(err.contains("did you mean `trace_jsonl`?"), "{err}");
+    assert!(err.contains("bad.toml:2:8 (sources.t.type)"), "{err}");
+    assert!(err.contains("unknown variant `drop_oldest`"), "{err}");
+    assert!(err.contains("(sinks.s.buffer.when_full)"), "{err}");
+    assert!(err.contains("condition does not compile"), "{err}");
+    assert!(
+        err.contains("bad.toml:14:13 (transforms.f.condition)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stores_every_record_reports_bad_lines_leaks_no_secret_and_reruns_add_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = copy_traces(&dir.path().join("traces"));
+    // A malformed line in the middle of a real file, and a partial last line.
+    let f = dir.path().join("traces/session-plain.jsonl");
+    let mut body = std::fs::read_to_string(&f).unwrap();
+    body.insert_str(
+        body.find('\n').unwrap() + 1,
+        "{\"kind\":\"request\", truncated\n",
+    );
+    body.push_str("{\"kind\":\"request\",\"id\":9");
+    std::fs::write(&f, body).unwrap();
+    let cfg = pipeline(dir.path(), false);
+
+    let out = ocpipe(dir.path(), &["run", cfg.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("session-plain.jsonl:2: malformed trace record"),
+        "{err}"
+    );
+    let db = dir.path().join("out/traces.db");
+    assert_eq!(stored_traces(&db), records as i64);
+    assert_eq!(count(&db, "SELECT count(*) FROM trace_error"), 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM trace_response WHERE status = 500"
+        ),
+        1
+    );
+    let jsonl_lines: usize = std::fs::read_dir(dir.path().join("out/jsonl"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(jsonl_lines, records);
+    for secret in SECRETS {
+        assert!(
+            files_containing(&dir.path().join("traces"), secret).len() > 0,
+            "fixture lacks {secret}"
+        );
+        let leaks = files_containing(&dir.path().join("out"), secret);
+        assert!(leaks.is_empty(), "{secret} leaked into {leaks:?}");
+    }
+    let auth = count(
+        &db,
+        "SELECT count(*) FROM trace_request WHERE json_extract(raw, '$.headers.authorization') = '[REDACTED]'",
+    );
+    assert_eq!(auth, count(&db, "SELECT count(*) FROM trace_request"));
+
+    // Again: the checkpoint means nothing is re-read.
+    let out = ocpipe(dir.path(), &["run", cfg.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(stored_traces(&db), records as i64);
+    // Without the checkpoint, everything is read again and the store stays the same.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let out = ocpipe(dir.path(), &["run", cfg.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(stored_traces(&db), records as i64);
+}
+
+/// Writes `n` synthetic records (~2 KB each) over 4 files.
+fn write_records(dir: &Path, from: usize, n: usize) {
+    let pad = "p".repeat(2000);
+    let mut files: Vec<_> = (0..4)
+        .map(|i| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("s{i}.jsonl")))
+                .unwrap()
+        })
+        .collect();
+    for i in from..from + n {
+        let line = format!(
+            r#"{{"kind":"request","id":{i},"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"ses_{}","method":"POST","url":"http://127.0.0.1/v1/chat/completions","headers":{{"authorization":"Bearer sk-bulk-0123456789abcdefghij"}},"body":{{"pad":"{pad}"}}}}"#,
+            i % 4
+        );
+        writeln!(files[i % 4], "{line}").unwrap();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stored_if_any(db: &Path) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM trace_request", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_mid_run_then_restart_stores_exactly_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let total = 40_000;
+    write_records(&traces, 0, total);
+    let cfg = pipeline(dir.path(), true);
+    let db = dir.path().join("out/traces.db");
+    let mut child = Command::new(bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a partial store", Duration::from_secs(60), || {
+        stored_if_any(&db) >= 2_000
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = stored_if_any(&db);
+    assert!(
+        partial < total as i64,
+        "the run should have been cut short ({partial})"
+    );
+
+    let out = ocpipe(
+        dir.path(),
+        &["run", pipeline(dir.path(), false).to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stored_if_any(&db), total as i64);
+}
+
+#[test]
+fn sigterm_mid_file_then_append_and_restart_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    write_records(&traces, 0, 20_000);
+    let cfg = pipeline(dir.path(), true);
+    let db = dir.path().join("out/traces.db");
+    let child = Command::new(bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("a partial store", Duration::from_secs(60), || {
+        stored_if_any(&db) >= 1_000
+    });
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("shutting down"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    write_records(&traces, 20_000, 5_000);
+    let out = ocpipe(
+        dir.path(),
+        &["run", pipeline(dir.path(), false).to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stored_if_any(&db), 25_000);
+    // A graceful stop checkpoints exactly what was delivered: the JSONL has no duplicate.
+    let lines: usize = std::fs::read_dir(dir.path().join("out/jsonl"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(lines, 25_000);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn tap_and_top_watch_a_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("traces")).unwrap();
+    let cfg = pipeline(dir.path(), true);
+    let mut child = Command::new(bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the control socket", Duration::from_secs(10), || {
+        dir.path().join("state/control.sock").exists()
+    });
+    let tap = Command::new(bin())
+        .args(["tap", "redacted", "--limit", "2"])
+        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    write_records(&dir.path().join("traces"), 0, 4);
+    let tapped = tap.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = text(&tapped.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["meta"]["kind"], "trace.request");
+    assert_eq!(lines[0]["event"]["headers"]["authorization"], "[REDACTED]");
+
+    let top = ocpipe(dir.path(), &["top", "--once"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&top.stdout).unwrap();
+    let traces = rows.iter().find(|r| r["id"] == "traces").unwrap();
+    assert_eq!(traces["sent"], 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
