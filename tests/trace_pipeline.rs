@@ -381,3 +381,14 @@ fn tap_and_top_watch_a_running_pipeline() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn the_readme_example_validates() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("readme.toml"), &readme[start..end]).unwrap();
+    let out = ocpipe(dir.path(), &["validate", "readme.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -474,3 +474,69 @@ fn component(
         config,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(
+        files: &[(&str, &str)],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Pipeline, Report), Report> {
+        load_texts(
+            files
+                .iter()
+                .map(|(n, t)| (n.to_string(), Ok(t.to_string())))
+                .collect(),
+            env,
+        )
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn files_merge_and_duplicate_ids_are_located() {
+        let a = "[sources.t]\ntype = \"trace_jsonl\"\npath = \"x\"\n";
+        let b = "[sinks.s]\ntype = \"jsonl\"\ninputs = [\"t\"]\npath = \"o/{sessionID}.jsonl\"\n";
+        let (p, _) = load(&[("a.toml", a), ("b.toml", b)], &no_env).unwrap();
+        assert_eq!(p.components.len(), 2);
+        assert_eq!(p.get("s").unwrap().inputs, ["t"]);
+        let err = load(&[("a.toml", a), ("c.toml", a)], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("component id `t` is defined twice"), "{err}");
+        assert!(err.contains("c.toml:1:10"), "{err}");
+        assert!(err.contains("also defined in a.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_values_are_expanded_inside_strings_and_missing_ones_located() {
+        let cfg = "data_dir = \"${STATE:-/var/x}\"\n[sources.t]\ntype = \"trace_jsonl\"\npath = \"${DIR}/traces\"\n\
+                   [sinks.s]\ntype = \"sqlite\"\ninputs = [\"t\"]\npath = \"${OUT}/t.db\"\n";
+        let env = |n: &str| (n == "DIR").then(|| "/home/u".to_string());
+        let err = load(&[("p.toml", cfg)], &env).unwrap_err().to_string();
+        assert!(err.contains("environment variable OUT is not set"), "{err}");
+        assert!(err.contains("p.toml:8:8 (sinks.s.path)"), "{err}");
+        let env = |n: &str| matches!(n, "DIR" | "OUT").then(|| "/home/u".to_string());
+        let (p, _) = load(&[("p.toml", cfg)], &env).unwrap();
+        assert_eq!(p.data_dir.as_deref(), Some(std::path::Path::new("/var/x")));
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        let cfg = "nonsense = 1\n[sources.t]\ntype = \"trace_jsonl\"\npath = \"x\"\ninputs = [\"a\"]\n\
+                   [sinks.s]\ntype = \"jsonl\"\npath = \"o/x.jsonl\"\n[sinks.\"a.b\"]\ntype = \"nope\"\n";
+        let err = load(&[("p.toml", cfg)], &no_env).unwrap_err().to_string();
+        for want in [
+            "unknown top-level key `nonsense`",
+            "sources take no inputs",
+            "sink `s` has no inputs",
+            "component id `a.b` is not valid",
+            "unknown sink type `nope`",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
+}
