@@ -223,7 +223,8 @@ impl Topology {
 
         let mut timed_out = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
-        let mut report = tokio::time::interval(Duration::from_secs(5));
+        let every = Duration::from_secs(5);
+        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             if set.is_empty() {
                 break;
