@@ -16,14 +16,31 @@ use crate::event::{Event, Payload, TraceKind};
 /// event's JSON view in `raw` beside the columns. Rows are keyed by the event's natural id, so
 /// storing the same event twice (a re-run, a restart after a crash) adds no row.
 ///
-/// Tables (`PRAGMA user_version` = 1):
+/// Tables (`PRAGMA user_version` = 2):
 ///
 /// - `trace_request(event_id TEXT PRIMARY KEY, session_id, trace_id, timestamp, method, url,
 ///   source, raw)`
 /// - `trace_response(…same…, status INTEGER, status_text)`
 /// - `trace_error(…same…, error)`
+/// - `opencode_session(id PRIMARY KEY, project_id, project, parent_id, title, directory,
+///   time_created, time_updated, source, raw)`
+/// - `opencode_message(id PRIMARY KEY, session_id, role, provider_id, model_id, agent, root,
+///   input, output, reasoning, cache_read, cache_write, total, cost, time_created,
+///   time_completed, finish, error, fork_copy, source, raw)`: one row per message, updated in
+///   place when OpenCode updates it (tokens arrive at completion); `fork_copy = 1` marks the
+///   copies a fork makes of its parent's history.
+/// - `opencode_part(id PRIMARY KEY, message_id, session_id, type, tool, status, input, output,
+///   reasoning, cache_read, cache_write, cost, source, raw)`: tool calls and step-finish parts.
+/// - `rollup(id PRIMARY KEY, group_by, range, key, sessions, messages, responses, input,
+///   output, reasoning, cache_read, cache_write, total, cost, fork_copy_messages, updated,
+///   raw)`: the latest rollup of each group from the `aggregate` transform.
 /// - `events(seq INTEGER PRIMARY KEY, event_id TEXT UNIQUE, kind, source, timestamp, raw)`:
 ///   every other kind of event.
+///
+/// Times in the `opencode_*` tables are milliseconds since the epoch, as OpenCode keeps them.
+/// Token usage by model, fork copies counted once:
+/// `SELECT provider_id || '/' || model_id, sum(total) FROM opencode_message WHERE NOT fork_copy
+/// GROUP BY 1`.
 ///
 /// `timestamp` is the record's own (RFC 3339); `raw` is JSON, so
 /// `json_extract(raw, '$.body.model')` reaches inside bodies.
@@ -67,10 +84,29 @@ CREATE TABLE IF NOT EXISTS trace_error (
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, event_id TEXT UNIQUE, kind TEXT NOT NULL, source TEXT NOT NULL,
     timestamp TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS opencode_session (
+    id TEXT PRIMARY KEY, project_id TEXT, project TEXT, parent_id TEXT, title TEXT, directory TEXT,
+    time_created INTEGER, time_updated INTEGER, source TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS opencode_message (
+    id TEXT PRIMARY KEY, session_id TEXT NOT NULL, role TEXT, provider_id TEXT, model_id TEXT,
+    agent TEXT, root TEXT, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
+    cache_write INTEGER, total INTEGER, cost REAL, time_created INTEGER, time_completed INTEGER,
+    finish TEXT, error TEXT, fork_copy INTEGER NOT NULL, source TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS opencode_part (
+    id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL, type TEXT, tool TEXT,
+    status TEXT, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
+    cache_write INTEGER, cost REAL, source TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rollup (
+    id TEXT PRIMARY KEY, group_by TEXT, range TEXT, key TEXT, sessions INTEGER, messages INTEGER,
+    responses INTEGER, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
+    cache_write INTEGER, total INTEGER, cost REAL, fork_copy_messages INTEGER, updated TEXT,
+    raw TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS opencode_message_session ON opencode_message(session_id, time_created);
+CREATE INDEX IF NOT EXISTS opencode_message_created ON opencode_message(time_created);
 CREATE INDEX IF NOT EXISTS trace_request_session ON trace_request(session_id, timestamp);
 CREATE INDEX IF NOT EXISTS trace_response_session ON trace_response(session_id, timestamp);
 CREATE INDEX IF NOT EXISTS trace_error_session ON trace_error(session_id, timestamp);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 impl SinkConfig for SqliteConfig {
@@ -158,11 +194,46 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
                     .execute(params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw, t.error])?,
             };
         }
+        Payload::Session(s) => {
+            upsert(tx, "opencode_session", &["id", "project_id", "project", "parent_id", "title", "directory", "time_created", "time_updated", "source", "raw"],
+                params![s.id, s.project_id, s.project, s.parent_id, s.title, s.directory, s.time_created, s.time_updated, &*ev.meta.source, raw])?;
+        }
+        Payload::Message(m) => {
+            let t = &m.tokens;
+            upsert(tx, "opencode_message", &["id", "session_id", "role", "provider_id", "model_id", "agent", "root", "input", "output", "reasoning", "cache_read", "cache_write", "total", "cost", "time_created", "time_completed", "finish", "error", "fork_copy", "source", "raw"],
+                params![m.id, m.session_id, m.role, m.provider_id, m.model_id, m.agent, m.root, t.input as i64, t.output as i64, t.reasoning as i64, t.cache_read as i64, t.cache_write as i64, t.total() as i64, m.cost, m.time_created, m.time_completed, m.finish, m.error, m.fork_copy, &*ev.meta.source, raw])?;
+        }
+        Payload::Part(p) => {
+            let t = p.tokens.unwrap_or_default();
+            let has = p.tokens.is_some();
+            let n = |v: u64| has.then_some(v as i64);
+            upsert(tx, "opencode_part", &["id", "message_id", "session_id", "type", "tool", "status", "input", "output", "reasoning", "cache_read", "cache_write", "cost", "source", "raw"],
+                params![p.id, p.message_id, p.session_id, p.part_type, p.tool, p.status, n(t.input), n(t.output), n(t.reasoning), n(t.cache_read), n(t.cache_write), p.cost, &*ev.meta.source, raw])?;
+        }
+        Payload::Rollup(r) => {
+            let t = &r.tokens;
+            upsert(tx, "rollup", &["id", "group_by", "range", "key", "sessions", "messages", "responses", "input", "output", "reasoning", "cache_read", "cache_write", "total", "cost", "fork_copy_messages", "updated", "raw"],
+                params![r.natural_id(), r.group_by, r.range, r.key, r.sessions as i64, r.messages as i64, r.responses as i64, t.input as i64, t.output as i64, t.reasoning as i64, t.cache_read as i64, t.cache_write as i64, r.total as i64, r.cost, r.fork_copy_messages as i64, ev.meta.timestamp.to_rfc3339(), raw])?;
+        }
         Payload::Json(_) => {
             tx.prepare_cached("INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)")?
                 .execute(params![ev.meta.id, ev.kind(), &*ev.meta.source, ev.meta.timestamp.to_rfc3339(), raw])?;
         }
     }
+    Ok(())
+}
+
+/// Inserts a row, or updates the row with the same `id` when any value differs.
+fn upsert(tx: &rusqlite::Transaction<'_>, table: &str, cols: &[&str], values: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<()> {
+    let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw",
+        cols.join(", "),
+        placeholders.join(", "),
+        updates.join(", ")
+    );
+    tx.prepare_cached(&sql)?.execute(values)?;
     Ok(())
 }
 

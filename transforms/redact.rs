@@ -375,6 +375,17 @@ impl FunctionTransform for Redactor {
                 self.redact_paths(v);
                 self.redact_value(v);
             }
+            Payload::Session(s) => {
+                if let Cow::Owned(t) = self.redact_text(&s.title) {
+                    s.title = t;
+                }
+            }
+            Payload::Message(m) => {
+                if let Some(Cow::Owned(e)) = m.error.as_deref().map(|e| self.redact_text(e)) {
+                    m.error = Some(e);
+                }
+            }
+            Payload::Part(_) | Payload::Rollup(_) => {}
         }
         out.push(event);
     }

@@ -5,6 +5,7 @@
 //! generic sinks use.
 
 mod finalizer;
+mod opencode;
 mod trace;
 
 use std::borrow::Cow;
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use finalizer::{Finalizer, Status};
+pub use opencode::{MessageInfo, PartInfo, Rollup, SessionInfo, Tokens};
 pub use trace::{TraceKind, TraceRecord};
 
 /// One event travelling through a pipeline.
@@ -41,6 +43,14 @@ pub struct Meta {
 pub enum Payload {
     /// One record of an LLM API trace (request, response or error).
     Trace(Box<TraceRecord>),
+    /// An OpenCode session (created or updated).
+    Session(Box<SessionInfo>),
+    /// An OpenCode message; the same id again is an update (tokens arrive at completion).
+    Message(Box<MessageInfo>),
+    /// A tool call or step-finish part of a message.
+    Part(Box<PartInfo>),
+    /// Token usage of one group, from the `aggregate` transform.
+    Rollup(Box<Rollup>),
     /// An untyped JSON document (tests, generic sources).
     Json(Value),
 }
@@ -72,6 +82,10 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match &self.payload {
             Payload::Trace(t) => t.kind.event_kind(),
+            Payload::Session(_) => "opencode.session",
+            Payload::Message(_) => "opencode.message",
+            Payload::Part(_) => "opencode.part",
+            Payload::Rollup(_) => "rollup",
             Payload::Json(_) => "json",
         }
     }
@@ -80,6 +94,10 @@ impl Event {
     pub fn to_json(&self) -> Value {
         match &self.payload {
             Payload::Trace(t) => serde_json::to_value(t).expect("trace records serialize"),
+            Payload::Session(s) => serde_json::to_value(s).expect("serializes"),
+            Payload::Message(m) => serde_json::to_value(m).expect("serializes"),
+            Payload::Part(p) => serde_json::to_value(p).expect("serializes"),
+            Payload::Rollup(r) => serde_json::to_value(r).expect("serializes"),
             Payload::Json(v) => v.clone(),
         }
     }
@@ -88,6 +106,10 @@ impl Event {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let result = match &self.payload {
             Payload::Trace(t) => serde_json::to_writer(&mut *out, t),
+            Payload::Session(s) => serde_json::to_writer(&mut *out, s),
+            Payload::Message(m) => serde_json::to_writer(&mut *out, m),
+            Payload::Part(p) => serde_json::to_writer(&mut *out, p),
+            Payload::Rollup(r) => serde_json::to_writer(&mut *out, r),
             Payload::Json(v) => serde_json::to_writer(&mut *out, v),
         };
         result.expect("writing JSON into memory cannot fail");
@@ -112,6 +134,7 @@ impl Event {
             ("_source", _) => Some(Cow::Borrowed(&self.meta.source)),
             (_, Payload::Trace(t)) => t.field(name),
             (_, Payload::Json(v)) => lookup(v, name).and_then(scalar_text),
+            (_, _) => lookup(&self.to_json(), name).and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),
         }
     }
 

@@ -1,0 +1,146 @@
+//! OpenCode's own records: sessions, messages, the part facts token views need, and rollups of
+//! token usage. Field names follow OpenCode's JSON where it has them.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts as OpenCode stores them: `input` excludes cached tokens, `output` excludes
+/// reasoning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl Tokens {
+    pub fn total(&self) -> u64 {
+        self.input + self.output + self.reasoning + self.cache_read + self.cache_write
+    }
+
+    pub fn add(&mut self, o: &Tokens) {
+        self.input += o.input;
+        self.output += o.output;
+        self.reasoning += o.reasoning;
+        self.cache_read += o.cache_read;
+        self.cache_write += o.cache_write;
+    }
+
+    pub fn sub(&mut self, o: &Tokens) {
+        self.input = self.input.saturating_sub(o.input);
+        self.output = self.output.saturating_sub(o.output);
+        self.reasoning = self.reasoning.saturating_sub(o.reasoning);
+        self.cache_read = self.cache_read.saturating_sub(o.cache_read);
+        self.cache_write = self.cache_write.saturating_sub(o.cache_write);
+    }
+}
+
+/// An OpenCode session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub id: String,
+    #[serde(rename = "projectID")]
+    pub project_id: String,
+    /// The project's worktree (`None` for the `global` project).
+    pub project: Option<String>,
+    #[serde(rename = "parentID")]
+    pub parent_id: Option<String>,
+    pub title: String,
+    pub directory: String,
+    pub slug: Option<String>,
+    pub version: Option<String>,
+    /// Milliseconds since the epoch.
+    pub time_created: i64,
+    pub time_updated: i64,
+    /// Where it was read: `sqlite`, `json` or `event`.
+    pub origin: String,
+}
+
+/// An OpenCode message (user or assistant) with its token usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageInfo {
+    pub id: String,
+    #[serde(rename = "sessionID")]
+    pub session_id: String,
+    pub role: String,
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
+    #[serde(rename = "modelID")]
+    pub model_id: Option<String>,
+    pub agent: Option<String>,
+    pub mode: Option<String>,
+    /// `path.root`: the project root the agent worked in.
+    pub root: Option<String>,
+    pub cwd: Option<String>,
+    pub tokens: Tokens,
+    pub cost: f64,
+    pub time_created: i64,
+    pub time_completed: Option<i64>,
+    pub finish: Option<String>,
+    /// `error.name: error.data.message`, when the message failed.
+    pub error: Option<String>,
+    /// A copy of a parent session's message made by a fork (same creation time, model and
+    /// tokens, new id): counted once, in the original.
+    pub fork_copy: bool,
+    pub origin: String,
+}
+
+impl MessageInfo {
+    /// `provider/model`, or `unknown`.
+    pub fn model_key(&self) -> String {
+        match (&self.provider_id, &self.model_id) {
+            (Some(p), Some(m)) => format!("{p}/{m}"),
+            (None, Some(m)) => m.clone(),
+            _ => "unknown".to_string(),
+        }
+    }
+}
+
+/// The facts of a message part that token views need: tool calls and step-finish tokens.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartInfo {
+    pub id: String,
+    #[serde(rename = "messageID")]
+    pub message_id: String,
+    #[serde(rename = "sessionID")]
+    pub session_id: String,
+    /// `tool` or `step-finish`.
+    #[serde(rename = "type")]
+    pub part_type: String,
+    /// The tool's name, for tool parts.
+    pub tool: Option<String>,
+    /// pending / running / completed / error, for tool parts.
+    pub status: Option<String>,
+    pub tokens: Option<Tokens>,
+    pub cost: Option<f64>,
+}
+
+/// Token usage of one group over one range, as the `aggregate` transform emits it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollup {
+    /// session / project / model / agent / day / all
+    pub group_by: String,
+    /// today / week / month / all / custom
+    pub range: String,
+    pub key: String,
+    pub sessions: u64,
+    pub messages: u64,
+    /// Assistant messages.
+    pub responses: u64,
+    pub tokens: Tokens,
+    pub total: u64,
+    pub cost: f64,
+    /// Fork copies seen (not counted above).
+    pub fork_copy_messages: u64,
+}
+
+impl Rollup {
+    pub fn natural_id(&self) -> String {
+        format!("rollup:{}:{}:{}", self.group_by, self.range, self.key)
+    }
+}
