@@ -195,25 +195,173 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
             };
         }
         Payload::Session(s) => {
-            upsert(tx, "opencode_session", &["id", "project_id", "project", "parent_id", "title", "directory", "time_created", "time_updated", "source", "raw"],
-                params![s.id, s.project_id, s.project, s.parent_id, s.title, s.directory, s.time_created, s.time_updated, &*ev.meta.source, raw])?;
+            upsert(
+                tx,
+                "opencode_session",
+                &[
+                    "id",
+                    "project_id",
+                    "project",
+                    "parent_id",
+                    "title",
+                    "directory",
+                    "time_created",
+                    "time_updated",
+                    "source",
+                    "raw",
+                ],
+                params![
+                    s.id,
+                    s.project_id,
+                    s.project,
+                    s.parent_id,
+                    s.title,
+                    s.directory,
+                    s.time_created,
+                    s.time_updated,
+                    &*ev.meta.source,
+                    raw
+                ],
+            )?;
         }
         Payload::Message(m) => {
             let t = &m.tokens;
-            upsert(tx, "opencode_message", &["id", "session_id", "role", "provider_id", "model_id", "agent", "root", "input", "output", "reasoning", "cache_read", "cache_write", "total", "cost", "time_created", "time_completed", "finish", "error", "fork_copy", "source", "raw"],
-                params![m.id, m.session_id, m.role, m.provider_id, m.model_id, m.agent, m.root, t.input as i64, t.output as i64, t.reasoning as i64, t.cache_read as i64, t.cache_write as i64, t.total() as i64, m.cost, m.time_created, m.time_completed, m.finish, m.error, m.fork_copy, &*ev.meta.source, raw])?;
+            upsert(
+                tx,
+                "opencode_message",
+                &[
+                    "id",
+                    "session_id",
+                    "role",
+                    "provider_id",
+                    "model_id",
+                    "agent",
+                    "root",
+                    "input",
+                    "output",
+                    "reasoning",
+                    "cache_read",
+                    "cache_write",
+                    "total",
+                    "cost",
+                    "time_created",
+                    "time_completed",
+                    "finish",
+                    "error",
+                    "fork_copy",
+                    "source",
+                    "raw",
+                ],
+                params![
+                    m.id,
+                    m.session_id,
+                    m.role,
+                    m.provider_id,
+                    m.model_id,
+                    m.agent,
+                    m.root,
+                    t.input as i64,
+                    t.output as i64,
+                    t.reasoning as i64,
+                    t.cache_read as i64,
+                    t.cache_write as i64,
+                    t.total() as i64,
+                    m.cost,
+                    m.time_created,
+                    m.time_completed,
+                    m.finish,
+                    m.error,
+                    m.fork_copy,
+                    &*ev.meta.source,
+                    raw
+                ],
+            )?;
         }
         Payload::Part(p) => {
             let t = p.tokens.unwrap_or_default();
             let has = p.tokens.is_some();
             let n = |v: u64| has.then_some(v as i64);
-            upsert(tx, "opencode_part", &["id", "message_id", "session_id", "type", "tool", "status", "input", "output", "reasoning", "cache_read", "cache_write", "cost", "source", "raw"],
-                params![p.id, p.message_id, p.session_id, p.part_type, p.tool, p.status, n(t.input), n(t.output), n(t.reasoning), n(t.cache_read), n(t.cache_write), p.cost, &*ev.meta.source, raw])?;
+            upsert(
+                tx,
+                "opencode_part",
+                &[
+                    "id",
+                    "message_id",
+                    "session_id",
+                    "type",
+                    "tool",
+                    "status",
+                    "input",
+                    "output",
+                    "reasoning",
+                    "cache_read",
+                    "cache_write",
+                    "cost",
+                    "source",
+                    "raw",
+                ],
+                params![
+                    p.id,
+                    p.message_id,
+                    p.session_id,
+                    p.part_type,
+                    p.tool,
+                    p.status,
+                    n(t.input),
+                    n(t.output),
+                    n(t.reasoning),
+                    n(t.cache_read),
+                    n(t.cache_write),
+                    p.cost,
+                    &*ev.meta.source,
+                    raw
+                ],
+            )?;
         }
         Payload::Rollup(r) => {
             let t = &r.tokens;
-            upsert(tx, "rollup", &["id", "group_by", "range", "key", "sessions", "messages", "responses", "input", "output", "reasoning", "cache_read", "cache_write", "total", "cost", "fork_copy_messages", "updated", "raw"],
-                params![r.natural_id(), r.group_by, r.range, r.key, r.sessions as i64, r.messages as i64, r.responses as i64, t.input as i64, t.output as i64, t.reasoning as i64, t.cache_read as i64, t.cache_write as i64, r.total as i64, r.cost, r.fork_copy_messages as i64, ev.meta.timestamp.to_rfc3339(), raw])?;
+            upsert(
+                tx,
+                "rollup",
+                &[
+                    "id",
+                    "group_by",
+                    "range",
+                    "key",
+                    "sessions",
+                    "messages",
+                    "responses",
+                    "input",
+                    "output",
+                    "reasoning",
+                    "cache_read",
+                    "cache_write",
+                    "total",
+                    "cost",
+                    "fork_copy_messages",
+                    "updated",
+                    "raw",
+                ],
+                params![
+                    r.natural_id(),
+                    r.group_by,
+                    r.range,
+                    r.key,
+                    r.sessions as i64,
+                    r.messages as i64,
+                    r.responses as i64,
+                    t.input as i64,
+                    t.output as i64,
+                    t.reasoning as i64,
+                    t.cache_read as i64,
+                    t.cache_write as i64,
+                    r.total as i64,
+                    r.cost,
+                    r.fork_copy_messages as i64,
+                    ev.meta.timestamp.to_rfc3339(),
+                    raw
+                ],
+            )?;
         }
         Payload::Json(_) => {
             tx.prepare_cached("INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)")?
@@ -224,9 +372,17 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
 }
 
 /// Inserts a row, or updates the row with the same `id` when any value differs.
-fn upsert(tx: &rusqlite::Transaction<'_>, table: &str, cols: &[&str], values: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<()> {
+fn upsert(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    cols: &[&str],
+    values: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<()> {
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let updates: Vec<String> = cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
+    let updates: Vec<String> = cols[1..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
     let sql = format!(
         "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw",
         cols.join(", "),

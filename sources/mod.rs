@@ -1,4 +1,5 @@
 //! Sources: one module each. A module registers itself with `register_component!`; this list
 //! is the only place that names it.
 
+pub mod opencode_storage;
 pub mod trace_jsonl;

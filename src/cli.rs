@@ -77,7 +77,25 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // Subcommands that components contribute join the built-in ones.
+    let extra = registry::commands();
+    let matches = Cli::command()
+        .subcommands(extra.iter().map(|c| (c.command)()))
+        .get_matches();
+    let level = matches.get_one::<String>("log_level").cloned();
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(c) = extra.iter().find(|c| c.name == name) {
+            // Commands print answers, not progress: quiet unless asked.
+            let quiet = std::env::var_os("RUST_LOG").is_none().then_some("warn");
+            init_logging(level.as_deref().or(quiet));
+            return (c.run)(sub);
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_level.as_deref());
     match cli.command {
         Command::Run { files, data_dir } => run(files, data_dir),

@@ -385,6 +385,33 @@ fn type_name_of(schema: &Value, prop: &Value) -> String {
     }
 }
 
+/// A subcommand a component contributes (e.g. `ocpipe stats`), registered with
+/// [`register_command!`](crate::register_command).
+pub struct CommandRegistration {
+    pub name: &'static str,
+    /// The clap definition of the subcommand (name, about, arguments).
+    pub command: fn() -> clap::Command,
+    pub run: fn(&clap::ArgMatches) -> std::process::ExitCode,
+}
+
+inventory::collect!(CommandRegistration);
+
+pub fn commands() -> Vec<&'static CommandRegistration> {
+    let mut c: Vec<_> = inventory::iter::<CommandRegistration>.into_iter().collect();
+    c.sort_by_key(|c| c.name);
+    c
+}
+
+/// Registers a subcommand: `register_command!("stats", command_fn, run_fn);`
+#[macro_export]
+macro_rules! register_command {
+    ($name:literal, $command:path, $run:path) => {
+        $crate::inventory::submit! {
+            $crate::registry::CommandRegistration { name: $name, command: $command, run: $run }
+        }
+    };
+}
+
 /// Registers a component: `register_component!(source TraceJsonlConfig, "trace_jsonl",
 /// "description", EXAMPLE_TOML);` (likewise `transform` and `sink`).
 #[macro_export]

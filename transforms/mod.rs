@@ -1,4 +1,5 @@
 //! Transforms: one module each, self-registered with `register_component!`.
 
+pub mod aggregate;
 pub mod filter;
 pub mod redact;

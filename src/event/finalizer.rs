@@ -82,3 +82,98 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![Status::Failed]);
     }
 }
+
+/// Tracks batches of events for sources whose checkpoint is a position per batch (for example
+/// "read the change feed up to row 812"). [`BatchTracker::committed`] is the mark of the latest
+/// batch that, with every batch before it, has been delivered.
+pub struct BatchTracker<M> {
+    batches: std::collections::VecDeque<(M, Arc<std::sync::atomic::AtomicUsize>, Arc<AtomicBool>)>,
+}
+
+impl<M: Clone> Default for BatchTracker<M> {
+    fn default() -> Self {
+        BatchTracker {
+            batches: Default::default(),
+        }
+    }
+}
+
+/// Hands out the finalizers of one batch.
+pub struct Batch {
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Batch {
+    pub fn finalizer(&self) -> Finalizer {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let (pending, failed) = (self.pending.clone(), self.failed.clone());
+        Finalizer::new(move |status| {
+            if status == Status::Failed {
+                failed.store(true, Ordering::Release);
+            }
+            pending.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+}
+
+impl<M: Clone> BatchTracker<M> {
+    /// Starts a batch that, once delivered, moves the checkpoint to `mark`.
+    pub fn batch(&mut self, mark: M) -> Batch {
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        self.batches
+            .push_back((mark, pending.clone(), failed.clone()));
+        Batch { pending, failed }
+    }
+
+    /// The newest mark whose batch and all earlier ones are delivered; a failed batch stops
+    /// the checkpoint before it.
+    pub fn committed(&mut self) -> Option<M> {
+        let mut mark = None;
+        while let Some((m, pending, failed)) = self.batches.front() {
+            if pending.load(Ordering::Acquire) != 0 || failed.load(Ordering::Acquire) {
+                break;
+            }
+            mark = Some(m.clone());
+            self.batches.pop_front();
+        }
+        mark
+    }
+
+    pub fn in_flight(&self) -> bool {
+        !self.batches.is_empty()
+    }
+
+    /// The oldest batch failed and nothing of it is pending: the checkpoint cannot move.
+    pub fn stuck(&self) -> bool {
+        self.batches
+            .front()
+            .is_some_and(|(_, p, f)| f.load(Ordering::Acquire) && p.load(Ordering::Acquire) == 0)
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn marks_advance_in_order_once_delivered() {
+        let mut t = BatchTracker::default();
+        let a = t.batch(1);
+        let fa = a.finalizer();
+        let b = t.batch(2);
+        let fb = b.finalizer();
+        let _empty = t.batch(3);
+        drop(fb);
+        assert_eq!(t.committed(), None, "batch 1 is still in flight");
+        drop(fa);
+        assert_eq!(t.committed(), Some(3));
+        let c = t.batch(4);
+        let fc = c.finalizer();
+        fc.fail();
+        drop(fc);
+        assert_eq!(t.committed(), None);
+        assert!(t.in_flight());
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use finalizer::{Finalizer, Status};
+pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
 pub use opencode::{MessageInfo, PartInfo, Rollup, SessionInfo, Tokens};
 pub use trace::{TraceKind, TraceRecord};
 
@@ -134,7 +134,8 @@ impl Event {
             ("_source", _) => Some(Cow::Borrowed(&self.meta.source)),
             (_, Payload::Trace(t)) => t.field(name),
             (_, Payload::Json(v)) => lookup(v, name).and_then(scalar_text),
-            (_, _) => lookup(&self.to_json(), name).and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),
+            (_, _) => lookup(&self.to_json(), name)
+                .and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),
         }
     }
 

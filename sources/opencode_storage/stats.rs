@@ -1,0 +1,407 @@
+//! `ocpipe stats`: the token-statistics views without writing a pipeline.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::Local;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde_json::json;
+
+use super::catalog::Catalog;
+use super::index;
+use super::store::Location;
+use crate::transforms::aggregate::{GroupBy, RangeName, Usage, Window, parse_date};
+
+/// Token usage from OpenCode's storage (every generation), fork copies counted once.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Group by session, project, model, agent or day (default: an overview with the top models).
+    #[arg(long, value_enum)]
+    pub by: Option<GroupBy>,
+    /// today, week (last 7 days), month or all; local time zone.
+    #[arg(long, value_enum, default_value = "all")]
+    pub range: RangeName,
+    /// First day (YYYY-MM-DD, local); overrides --range.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Last day (YYYY-MM-DD, local), inclusive; overrides --range.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// OpenCode's data directory (default $XDG_DATA_HOME/opencode or ~/.local/share/opencode).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// One database file to read instead (otherwise OPENCODE_DB, or every opencode*.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    #[arg(long)]
+    pub csv: bool,
+    /// Count the history forks copy from their parents again, as OpenCode's own sums do.
+    #[arg(long)]
+    pub include_fork_copies: bool,
+    /// How many models the overview lists.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Read everything again instead of using ocpipe's index of already-read rows.
+    #[arg(long)]
+    pub no_index: bool,
+}
+
+fn command() -> clap::Command {
+    StatsArgs::augment_args(clap::Command::new("stats").about(
+        "Token usage from OpenCode's storage: overview, or --by session|project|model|agent|day",
+    ))
+}
+
+fn run(m: &ArgMatches) -> ExitCode {
+    let args = match StatsArgs::from_arg_matches(m) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match stats(&args, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+crate::register_command!("stats", command, run);
+
+pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let since = args
+        .since
+        .as_deref()
+        .map(parse_date)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let until = args
+        .until
+        .as_deref()
+        .map(parse_date)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let window = Window::resolve(args.range, since, until, Local::now());
+    let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
+    let cat = if args.no_index {
+        Catalog::load(&loc)
+    } else {
+        index::load_or_build(&loc)
+    };
+    for w in &cat.report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if cat.messages.is_empty() && cat.sessions.is_empty() {
+        eprintln!("note: no OpenCode data found: {}", loc.explain_empty());
+    }
+    let group = args.by.unwrap_or(GroupBy::Model);
+    let (mut rows, totals, forks) = cat.aggregate(group, window, args.include_fork_copies);
+    if args.by.is_none() {
+        rows.truncate(args.top);
+    }
+    let range_name = window.name;
+    if args.json {
+        let groups: Vec<_> = rows
+            .iter()
+            .map(|(k, u)| {
+                let mut v = json!({"key": k});
+                if group == GroupBy::Session {
+                    v["title"] = json!(cat.title_of(k));
+                }
+                merge(&mut v, u);
+                v
+            })
+            .collect();
+        let doc = json!({
+            "range": range_name,
+            "since": args.since, "until": args.until,
+            "group_by": args.by.map(GroupBy::name).unwrap_or("overview"),
+            "include_fork_copies": args.include_fork_copies,
+            "totals": totals,
+            "fork_copies": forks,
+            "groups": groups,
+            "sources": {"dbs": loc.dbs, "storage": loc.storage},
+            "warnings": cat.report.warnings,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else if args.csv {
+        writeln!(
+            out,
+            "key,sessions,messages,responses,input,output,reasoning,cache_read,cache_write,total,cost"
+        )?;
+        for (k, u) in rows
+            .iter()
+            .chain(std::iter::once(&("TOTAL".to_string(), totals.clone())))
+        {
+            let t = &u.tokens;
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{:.6}",
+                csv_field(k),
+                u.sessions,
+                u.messages,
+                u.responses,
+                t.input,
+                t.output,
+                t.reasoning,
+                t.cache_read,
+                t.cache_write,
+                u.total,
+                u.cost
+            )?;
+        }
+    } else if args.by.is_none() {
+        overview(
+            out,
+            &loc,
+            range_name,
+            &rows,
+            &totals,
+            &forks,
+            args.include_fork_copies,
+        )?;
+    } else {
+        table(
+            out,
+            &cat,
+            group,
+            range_name,
+            &rows,
+            &totals,
+            &forks,
+            args.include_fork_copies,
+        )?;
+    }
+    Ok(())
+}
+
+fn merge(v: &mut serde_json::Value, u: &Usage) {
+    if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), json!(u)) {
+        obj.extend(extra);
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn range_title(range: &str) -> &str {
+    match range {
+        "all" => "all time",
+        "today" => "today",
+        "week" => "last 7 days",
+        "month" => "this month",
+        _ => "selected days",
+    }
+}
+
+fn fork_note(out: &mut dyn Write, forks: &Usage, included: bool) -> std::io::Result<()> {
+    if included {
+        writeln!(
+            out,
+            "\nFork copies are counted (--include-fork-copies), as OpenCode's own sums do."
+        )
+    } else if forks.messages > 0 {
+        writeln!(
+            out,
+            "\nFork copies, counted once above: {} copied messages ({} tokens) in {} forked session{}; --include-fork-copies counts them again, as OpenCode does.",
+            thousands(forks.messages),
+            thousands(forks.total),
+            forks.sessions,
+            if forks.sessions == 1 { "" } else { "s" }
+        )
+    } else {
+        Ok(())
+    }
+}
+
+fn overview(
+    out: &mut dyn Write,
+    loc: &Location,
+    range: &str,
+    models: &[(String, Usage)],
+    t: &Usage,
+    forks: &Usage,
+    included: bool,
+) -> std::io::Result<()> {
+    writeln!(out, "OpenCode token usage, {}", range_title(range))?;
+    let sources: Vec<String> = loc
+        .dbs
+        .iter()
+        .chain(loc.storage.iter())
+        .map(|p| p.display().to_string())
+        .collect();
+    writeln!(
+        out,
+        "from {}\n",
+        if sources.is_empty() {
+            loc.data_dir.display().to_string()
+        } else {
+            sources.join(", ")
+        }
+    )?;
+    let w = thousands(t.total.max(t.messages)).len().max(5);
+    writeln!(out, "Sessions     {:>w$}", thousands(t.sessions))?;
+    writeln!(
+        out,
+        "Messages     {:>w$}   ({} responses)\n",
+        thousands(t.messages),
+        thousands(t.responses)
+    )?;
+    for (label, v) in [
+        ("Input", t.tokens.input),
+        ("Output", t.tokens.output),
+        ("Reasoning", t.tokens.reasoning),
+        ("Cache read", t.tokens.cache_read),
+        ("Cache write", t.tokens.cache_write),
+    ] {
+        writeln!(out, "{label:<12} {:>w$}", thousands(v))?;
+    }
+    writeln!(out, "{}", "─".repeat(13 + w))?;
+    writeln!(out, "{:<12} {:>w$}", "Total", thousands(t.total))?;
+    writeln!(out, "{:<12} {:>w$}", "Cost", format!("${:.2}", t.cost))?;
+    if !models.is_empty() {
+        writeln!(out, "\nTop models")?;
+        let kw = models
+            .iter()
+            .map(|m| m.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (k, u) in models {
+            let pct = if t.total > 0 {
+                100.0 * u.total as f64 / t.total as f64
+            } else {
+                0.0
+            };
+            writeln!(
+                out,
+                "  {k:<kw$}  {pct:>5.1}%  ({} tokens, {} responses)",
+                thousands(u.total),
+                thousands(u.responses)
+            )?;
+        }
+    }
+    fork_note(out, forks, included)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn table(
+    out: &mut dyn Write,
+    cat: &Catalog,
+    group: GroupBy,
+    range: &str,
+    rows: &[(String, Usage)],
+    t: &Usage,
+    forks: &Usage,
+    included: bool,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "OpenCode token usage by {}, {}\n",
+        group.name(),
+        range_title(range)
+    )?;
+    let label = |k: &str| -> String {
+        match (group, cat.title_of(k)) {
+            (GroupBy::Session, Some(title)) if !title.is_empty() => {
+                let short: String = title.chars().take(32).collect();
+                format!("{k}  {short}")
+            }
+            _ => k.to_string(),
+        }
+    };
+    let labels: Vec<String> = rows.iter().map(|r| label(&r.0)).collect();
+    let kw = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(group.name().len())
+        .max(5);
+    let cells = |u: &Usage| {
+        [
+            u.sessions,
+            u.messages,
+            u.tokens.input,
+            u.tokens.output,
+            u.tokens.reasoning,
+            u.tokens.cache_read,
+            u.tokens.cache_write,
+            u.total,
+        ]
+        .map(thousands)
+    };
+    let heads = [
+        "SESSIONS",
+        "MESSAGES",
+        "INPUT",
+        "OUTPUT",
+        "REASONING",
+        "CACHE READ",
+        "CACHE WRITE",
+        "TOTAL",
+    ];
+    let mut widths = heads.map(str::len);
+    for u in rows.iter().map(|r| &r.1).chain(std::iter::once(t)) {
+        for (i, c) in cells(u).iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line =
+        |out: &mut dyn Write, key: &str, cols: &[String], cost: &str| -> std::io::Result<()> {
+            write!(out, "{:<kw$}", key)?;
+            for (i, c) in cols.iter().enumerate() {
+                write!(out, "  {:>w$}", c, w = widths[i])?;
+            }
+            writeln!(out, "  {cost:>9}")
+        };
+    line(
+        out,
+        &group.name().to_uppercase(),
+        &heads.map(String::from),
+        "COST",
+    )?;
+    for (l, (_, u)) in labels.iter().zip(rows) {
+        line(out, l, &cells(u), &format!("${:.2}", u.cost))?;
+    }
+    writeln!(
+        out,
+        "{}",
+        "─".repeat(kw + widths.iter().map(|w| w + 2).sum::<usize>() + 11)
+    )?;
+    line(out, "TOTAL", &cells(t), &format!("${:.2}", t.cost))?;
+    fork_note(out, forks, included)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn groups_digits_by_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

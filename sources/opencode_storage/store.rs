@@ -1,0 +1,719 @@
+//! Reading everything OpenCode has stored, in every generation, without disturbing it.
+//!
+//! - SQLite `opencode.db` (and channel databases `opencode-*.db`): `session`, `project`,
+//!   `message`, `part`, and the newer `session_message` rows when the table exists;
+//! - legacy JSON files under `storage/` (`session/<project>/<id>.json`, `message/<session>/…`,
+//!   `part/<message>/…`, `project/<id>.json`).
+//!
+//! The same message seen twice (JSON and SQLite, v1 and v2 tables) counts once: the first
+//! reading wins, in that order. Databases are opened read-only and each query is its own short
+//! transaction, so OpenCode can keep writing (WAL).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Deserialize;
+
+use crate::event::{MessageInfo, PartInfo, SessionInfo, Tokens};
+
+/// Where OpenCode's data is.
+#[derive(Debug, Clone, Default)]
+pub struct Location {
+    pub data_dir: PathBuf,
+    pub dbs: Vec<PathBuf>,
+    /// The legacy `storage/` directory, when it exists.
+    pub storage: Option<PathBuf>,
+}
+
+impl Location {
+    /// `db` wins; then `OPENCODE_DB` (absolute, or relative to the data dir); then
+    /// `opencode.db` and `opencode-*.db` in the data dir (`data_dir`, else
+    /// `$XDG_DATA_HOME/opencode`, else `~/.local/share/opencode`).
+    pub fn find(data_dir: Option<&Path>, db: Option<&Path>) -> Location {
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(default_data_dir);
+        let dbs = if let Some(db) = db {
+            vec![db.to_path_buf()]
+        } else if let Some(env) = std::env::var_os("OPENCODE_DB").filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(env);
+            vec![if p.is_absolute() { p } else { data_dir.join(p) }]
+        } else {
+            let mut dbs: Vec<PathBuf> = std::fs::read_dir(&data_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name == "opencode.db"
+                        || (name.starts_with("opencode-") && name.ends_with(".db"))
+                })
+                .collect();
+            dbs.sort();
+            dbs
+        };
+        let storage = Some(data_dir.join("storage")).filter(|s| s.is_dir());
+        Location {
+            data_dir,
+            dbs,
+            storage,
+        }
+    }
+
+    /// Why nothing was found, for a data dir that yields nothing.
+    pub fn explain_empty(&self) -> String {
+        if !self.data_dir.exists() {
+            format!(
+                "{} does not exist: OpenCode has not run as this user, or its data is elsewhere (set data_dir / --data-dir, OPENCODE_DB or db)",
+                self.data_dir.display()
+            )
+        } else if self.dbs.is_empty() && self.storage.is_none() {
+            format!(
+                "{} has no opencode.db, opencode-*.db or storage/ directory",
+                self.data_dir.display()
+            )
+        } else {
+            let what: Vec<String> = self
+                .dbs
+                .iter()
+                .map(|d| d.display().to_string())
+                .chain(self.storage.iter().map(|s| s.display().to_string()))
+                .collect();
+            format!("{} hold no sessions or messages yet", what.join(" and "))
+        }
+    }
+}
+
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("opencode"),
+        None => crate::component::home_dir().join(".local/share/opencode"),
+    }
+}
+
+/// Opens a database read-only, without creating anything.
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+pub fn has_table(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// A message's JSON as OpenCode stores it (SQLite `data`, or a JSON file), borrowed.
+#[derive(Debug, Deserialize)]
+pub struct RawMessage<'a> {
+    #[serde(borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(rename = "sessionID", borrow)]
+    pub session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub role: Option<Cow<'a, str>>,
+    #[serde(rename = "providerID", borrow)]
+    pub provider_id: Option<Cow<'a, str>>,
+    #[serde(rename = "modelID", borrow)]
+    pub model_id: Option<Cow<'a, str>>,
+    /// User messages name their model here.
+    pub model: Option<RawModel<'a>>,
+    #[serde(borrow)]
+    pub agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub mode: Option<Cow<'a, str>>,
+    pub path: Option<RawPath<'a>>,
+    pub cost: Option<f64>,
+    pub tokens: Option<RawTokens>,
+    pub time: Option<RawTime>,
+    #[serde(borrow)]
+    pub finish: Option<Cow<'a, str>>,
+    pub error: Option<RawError<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawModel<'a> {
+    #[serde(rename = "providerID", borrow)]
+    pub provider_id: Option<Cow<'a, str>>,
+    #[serde(rename = "modelID", borrow)]
+    pub model_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPath<'a> {
+    #[serde(borrow)]
+    pub cwd: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub root: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTokens {
+    #[serde(default)]
+    pub input: f64,
+    #[serde(default)]
+    pub output: f64,
+    #[serde(default)]
+    pub reasoning: f64,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCache {
+    #[serde(default)]
+    pub read: f64,
+    #[serde(default)]
+    pub write: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTime {
+    pub created: Option<f64>,
+    pub completed: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawError<'a> {
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    pub data: Option<RawErrorData<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawErrorData<'a> {
+    #[serde(borrow)]
+    pub message: Option<Cow<'a, str>>,
+}
+
+impl RawTokens {
+    pub fn to_tokens(&self) -> Tokens {
+        let n = |v: f64| {
+            if v.is_finite() && v > 0.0 {
+                v as u64
+            } else {
+                0
+            }
+        };
+        Tokens {
+            input: n(self.input),
+            output: n(self.output),
+            reasoning: n(self.reasoning),
+            cache_read: n(self.cache.read),
+            cache_write: n(self.cache.write),
+        }
+    }
+}
+
+impl<'a> RawMessage<'a> {
+    pub fn provider(&self) -> Option<&str> {
+        self.provider_id
+            .as_deref()
+            .or_else(|| self.model.as_ref().and_then(|m| m.provider_id.as_deref()))
+    }
+    pub fn model_name(&self) -> Option<&str> {
+        self.model_id
+            .as_deref()
+            .or_else(|| self.model.as_ref().and_then(|m| m.model_id.as_deref()))
+    }
+    pub fn tokens(&self) -> Tokens {
+        self.tokens
+            .as_ref()
+            .map(RawTokens::to_tokens)
+            .unwrap_or_default()
+    }
+    pub fn created(&self) -> Option<i64> {
+        self.time.as_ref().and_then(|t| t.created).map(|c| c as i64)
+    }
+
+    /// The full typed message. `id` and `session` fill in what SQLite keeps outside `data`.
+    pub fn to_info(&self, id: &str, session: &str, row_created: i64, origin: &str) -> MessageInfo {
+        MessageInfo {
+            id: self.id.as_deref().unwrap_or(id).to_string(),
+            session_id: self.session_id.as_deref().unwrap_or(session).to_string(),
+            role: self.role.as_deref().unwrap_or("unknown").to_string(),
+            provider_id: self.provider().map(str::to_string),
+            model_id: self.model_name().map(str::to_string),
+            agent: self.agent.as_deref().map(str::to_string),
+            mode: self.mode.as_deref().map(str::to_string),
+            root: self
+                .path
+                .as_ref()
+                .and_then(|p| p.root.as_deref())
+                .map(str::to_string),
+            cwd: self
+                .path
+                .as_ref()
+                .and_then(|p| p.cwd.as_deref())
+                .map(str::to_string),
+            tokens: self.tokens(),
+            cost: self.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
+            time_created: self.created().unwrap_or(row_created),
+            time_completed: self
+                .time
+                .as_ref()
+                .and_then(|t| t.completed)
+                .map(|c| c as i64),
+            finish: self.finish.as_deref().map(str::to_string),
+            error: self.error.as_ref().map(|e| {
+                let name = e.name.as_deref().unwrap_or("Error");
+                match e.data.as_ref().and_then(|d| d.message.as_deref()) {
+                    Some(m) => format!("{name}: {m}"),
+                    None => name.to_string(),
+                }
+            }),
+            fork_copy: false,
+            origin: origin.to_string(),
+        }
+    }
+}
+
+/// A session as stored in JSON files.
+#[derive(Debug, Deserialize)]
+struct RawSession {
+    id: String,
+    #[serde(rename = "projectID", default)]
+    project_id: String,
+    #[serde(rename = "parentID")]
+    parent_id: Option<String>,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    directory: String,
+    slug: Option<String>,
+    version: Option<String>,
+    #[serde(default)]
+    time: RawSessionTime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSessionTime {
+    created: Option<f64>,
+    updated: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawProject {
+    id: String,
+    worktree: Option<String>,
+}
+
+/// A part's JSON (only what token views need).
+#[derive(Debug, Deserialize)]
+pub struct RawPart<'a> {
+    #[serde(borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(rename = "messageID", borrow)]
+    pub message_id: Option<Cow<'a, str>>,
+    #[serde(rename = "sessionID", borrow)]
+    pub session_id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    pub part_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub tool: Option<Cow<'a, str>>,
+    pub state: Option<RawPartState<'a>>,
+    pub tokens: Option<RawTokens>,
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPartState<'a> {
+    #[serde(borrow)]
+    pub status: Option<Cow<'a, str>>,
+}
+
+impl RawPart<'_> {
+    /// The part as a typed fact, if it is one token views need (a tool call or a step finish).
+    pub fn to_info(&self, id: &str, message: &str, session: &str) -> Option<PartInfo> {
+        let t = self.part_type.as_deref()?;
+        if t != "tool" && t != "step-finish" {
+            return None;
+        }
+        Some(PartInfo {
+            id: self.id.as_deref().unwrap_or(id).to_string(),
+            message_id: self.message_id.as_deref().unwrap_or(message).to_string(),
+            session_id: self.session_id.as_deref().unwrap_or(session).to_string(),
+            part_type: t.to_string(),
+            tool: self.tool.as_deref().map(str::to_string),
+            status: self
+                .state
+                .as_ref()
+                .and_then(|s| s.status.as_deref())
+                .map(str::to_string),
+            tokens: self.tokens.as_ref().map(RawTokens::to_tokens),
+            cost: self.cost,
+        })
+    }
+}
+
+/// What a full read found, besides the records themselves.
+#[derive(Debug, Default)]
+pub struct ReadReport {
+    pub warnings: Vec<String>,
+    pub sessions: usize,
+    pub messages: usize,
+    pub duplicates: usize,
+}
+
+/// Receives what a read finds. Messages arrive as borrowed raw JSON to keep the fast path
+/// allocation-free; `Sink::message` is called once per distinct message id.
+pub trait Visitor {
+    fn session(&mut self, s: SessionInfo);
+    fn message(
+        &mut self,
+        id: &str,
+        session: &str,
+        row_created: i64,
+        m: &RawMessage<'_>,
+        origin: &'static str,
+    );
+    fn part(&mut self, _p: PartInfo) {}
+    /// Whether parts are wanted (reading them costs time).
+    fn wants_parts(&self) -> bool {
+        false
+    }
+}
+
+/// Reads every generation at `loc`, calling `v` for each distinct session and message.
+pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
+    let mut report = ReadReport::default();
+    let mut seen_sessions: HashSet<String> = HashSet::new();
+    // Dedupe messages only when more than one generation could hold the same one.
+    let sources = loc.dbs.len() + usize::from(loc.storage.is_some());
+    let mut seen: Option<HashSet<u64>> = None;
+    let mut projects: HashMap<String, String> = HashMap::new();
+
+    for db in &loc.dbs {
+        let conn = match open_read_only(db) {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .warnings
+                    .push(format!("{}: cannot open read-only: {e}", db.display()));
+                continue;
+            }
+        };
+        let v2 = has_table(&conn, "session_message");
+        if sources > 1 || v2 {
+            seen.get_or_insert_with(HashSet::new);
+        }
+        if let Err(e) = read_db(
+            &conn,
+            db,
+            v,
+            &mut report,
+            &mut seen,
+            &mut seen_sessions,
+            &mut projects,
+            v2,
+        ) {
+            report.warnings.push(format!("{}: {e}", db.display()));
+        }
+    }
+    if let Some(storage) = &loc.storage {
+        if sources > 1 {
+            seen.get_or_insert_with(HashSet::new);
+        }
+        read_json(
+            storage,
+            v,
+            &mut report,
+            &mut seen,
+            &mut seen_sessions,
+            &mut projects,
+            None,
+        );
+    }
+    report
+}
+
+/// Reads the JSON storage files modified after `since_ms` (with a second of slack).
+pub fn read_json_changed(storage: &Path, since_ms: i64, v: &mut dyn Visitor) -> ReadReport {
+    let mut report = ReadReport::default();
+    read_json(
+        storage,
+        v,
+        &mut report,
+        &mut None,
+        &mut HashSet::new(),
+        &mut HashMap::new(),
+        Some(since_ms),
+    );
+    report
+}
+
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_db(
+    conn: &Connection,
+    db: &Path,
+    v: &mut dyn Visitor,
+    report: &mut ReadReport,
+    seen: &mut Option<HashSet<u64>>,
+    seen_sessions: &mut HashSet<String>,
+    projects: &mut HashMap<String, String>,
+    v2: bool,
+) -> rusqlite::Result<()> {
+    if has_table(conn, "project") {
+        let mut st = conn.prepare("SELECT id, worktree FROM project")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        for (id, wt) in rows.flatten() {
+            if let Some(wt) = wt {
+                projects.insert(id, wt);
+            }
+        }
+    }
+    if has_table(conn, "session") {
+        let mut st = conn.prepare(
+            "SELECT id, project_id, parent_id, title, directory, slug, version, time_created, time_updated FROM session",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            if !seen_sessions.insert(id.clone()) {
+                continue;
+            }
+            let project_id: String = r.get(1)?;
+            report.sessions += 1;
+            v.session(SessionInfo {
+                project: project_of(&project_id, projects),
+                id,
+                project_id,
+                parent_id: r.get(2)?,
+                title: r.get(3)?,
+                directory: r.get(4)?,
+                slug: r.get(5)?,
+                version: r.get(6)?,
+                time_created: r.get(7)?,
+                time_updated: r.get(8)?,
+                origin: "sqlite".into(),
+            });
+        }
+    }
+    let mut tables = vec![("message", "sqlite")];
+    if v2 {
+        tables.push(("session_message", "sqlite-v2"));
+    }
+    for (table, origin) in tables {
+        if !has_table(conn, table) {
+            continue;
+        }
+        let mut st = conn.prepare(&format!(
+            "SELECT id, session_id, time_created, data FROM {table}"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = r.get_ref(0)?.as_str()?;
+            if let Some(seen) = seen.as_mut() {
+                if !seen.insert(id_hash(id)) {
+                    report.duplicates += 1;
+                    continue;
+                }
+            }
+            let session = r.get_ref(1)?.as_str()?;
+            let created: i64 = r.get(2)?;
+            let data = r.get_ref(3)?.as_bytes()?;
+            match serde_json::from_slice::<RawMessage<'_>>(data) {
+                // session_message also holds rows that are not messages: keep those with a role.
+                Ok(m) if m.role.is_some() => {
+                    report.messages += 1;
+                    v.message(id, session, created, &m, origin);
+                }
+                Ok(_) if table == "session_message" => {}
+                Ok(_) => report.warnings.push(format!(
+                    "{}: {table} row {id} has no role; skipped",
+                    db.display()
+                )),
+                Err(e) => report.warnings.push(format!(
+                    "{}: {table} row {id} is not valid message JSON ({e}); skipped",
+                    db.display()
+                )),
+            }
+        }
+    }
+    if v.wants_parts() && has_table(conn, "part") {
+        let mut st = conn.prepare("SELECT id, message_id, session_id, data FROM part")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, msg, ses) = (
+                r.get_ref(0)?.as_str()?,
+                r.get_ref(1)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+            );
+            match serde_json::from_slice::<RawPart<'_>>(r.get_ref(3)?.as_bytes()?) {
+                Ok(p) => {
+                    if let Some(info) = p.to_info(id, msg, ses) {
+                        v.part(info);
+                    }
+                }
+                Err(e) => report.warnings.push(format!(
+                    "{}: part row {id} is not valid JSON ({e}); skipped",
+                    db.display()
+                )),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn project_of(project_id: &str, projects: &HashMap<String, String>) -> Option<String> {
+    if project_id == "global" {
+        None
+    } else {
+        projects.get(project_id).cloned()
+    }
+}
+
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(json_files(&p));
+        } else if p.extension().is_some_and(|x| x == "json") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read_json(
+    storage: &Path,
+    v: &mut dyn Visitor,
+    report: &mut ReadReport,
+    seen: &mut Option<HashSet<u64>>,
+    seen_sessions: &mut HashSet<String>,
+    projects: &mut HashMap<String, String>,
+    since: Option<i64>,
+) {
+    let changed = |p: &Path| since.is_none_or(|s| super::live::modified_after(p, s));
+    let bad = |report: &mut ReadReport, p: &Path, e: &dyn std::fmt::Display| {
+        report
+            .warnings
+            .push(format!("{}: not valid JSON ({e}); skipped", p.display()));
+    };
+    for p in json_files(&storage.join("project")) {
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<RawProject>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(proj) => {
+                if let Some(wt) = proj.worktree {
+                    projects.entry(proj.id).or_insert(wt);
+                }
+            }
+            Err(e) => bad(report, &p, &e),
+        }
+    }
+    for p in json_files(&storage.join("session"))
+        .into_iter()
+        .filter(|p| changed(p))
+    {
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<RawSession>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(s) => {
+                if !seen_sessions.insert(s.id.clone()) {
+                    continue;
+                }
+                report.sessions += 1;
+                v.session(SessionInfo {
+                    project: project_of(&s.project_id, projects),
+                    id: s.id,
+                    project_id: s.project_id,
+                    parent_id: s.parent_id,
+                    title: s.title,
+                    directory: s.directory,
+                    slug: s.slug,
+                    version: s.version,
+                    time_created: s.time.created.unwrap_or(0.0) as i64,
+                    time_updated: s.time.updated.or(s.time.created).unwrap_or(0.0) as i64,
+                    origin: "json".into(),
+                });
+            }
+            Err(e) => bad(report, &p, &e),
+        }
+    }
+    for p in json_files(&storage.join("message"))
+        .into_iter()
+        .filter(|p| changed(p))
+    {
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                bad(report, &p, &e);
+                continue;
+            }
+        };
+        match serde_json::from_slice::<RawMessage<'_>>(&bytes) {
+            Ok(m) if m.role.is_some() => {
+                let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                let dir = p
+                    .parent()
+                    .and_then(|d| d.file_name())
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("");
+                let id = m.id.as_deref().unwrap_or(stem).to_string();
+                if let Some(seen) = seen.as_mut() {
+                    if !seen.insert(id_hash(&id)) {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                }
+                let session = m.session_id.as_deref().unwrap_or(dir).to_string();
+                report.messages += 1;
+                v.message(&id, &session, m.created().unwrap_or(0), &m, "json");
+            }
+            Ok(_) => report
+                .warnings
+                .push(format!("{}: message without a role; skipped", p.display())),
+            Err(e) => bad(report, &p, &e),
+        }
+    }
+    if v.wants_parts() {
+        for p in json_files(&storage.join("part"))
+            .into_iter()
+            .filter(|p| changed(p))
+        {
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            match serde_json::from_slice::<RawPart<'_>>(&bytes) {
+                Ok(part) => {
+                    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                    let msg = p
+                        .parent()
+                        .and_then(|d| d.file_name())
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("");
+                    if let Some(info) = part.to_info(stem, msg, "") {
+                        v.part(info);
+                    }
+                }
+                Err(e) => bad(report, &p, &e),
+            }
+        }
+    }
+}
