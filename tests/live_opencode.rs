@@ -87,3 +87,142 @@ fn real_opencode_traces_are_stored_redacted_and_complete() {
         );
     }
 }
+
+#[test]
+fn stats_match_a_real_opencode_1_18_without_forks() {
+    let Some(dir) = capture("capture-storage.sh", &["1.18.33", "--no-fork"]) else {
+        return;
+    };
+    let data = dir.path().join("opencode");
+    assert_matches_opencode(
+        &["--data-dir", data.to_str().unwrap()],
+        dir.path(),
+        false,
+        false,
+    );
+}
+
+#[test]
+fn stats_count_a_real_fork_once_and_can_reproduce_opencode() {
+    let Some(dir) = capture("capture-storage.sh", &["1.18.33"]) else {
+        return;
+    };
+    let data = dir.path().join("opencode");
+    assert_matches_opencode(
+        &["--data-dir", data.to_str().unwrap()],
+        dir.path(),
+        false,
+        true,
+    );
+}
+
+#[test]
+fn stats_match_json_storage_of_a_real_opencode_1_1() {
+    let Some(dir) = capture("capture-storage.sh", &["1.1.65", "--no-fork"]) else {
+        return;
+    };
+    let data = dir.path().join("opencode");
+    assert!(
+        data.join("storage/message").is_dir(),
+        "1.1.x writes JSON files"
+    );
+    assert_matches_opencode(
+        &["--data-dir", data.to_str().unwrap()],
+        dir.path(),
+        true,
+        false,
+    );
+}
+
+fn stored_message(db: &std::path::Path, input: i64) -> Option<(i64, i64)> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row(
+        "SELECT input, time_completed FROM opencode_message WHERE role = 'assistant' AND input = ?1 AND NOT fork_copy",
+        [input],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[test]
+fn the_monitor_pipeline_follows_a_running_opencode() {
+    let script = r#"[{"text": "first", "usage": {"prompt": 900, "completion": 5}},
+                     {"text": "second", "usage": {"prompt": 1700, "completion": 9, "cached": 200}}]"#;
+    let Some(oc) = OpenCode::start(script) else {
+        return;
+    };
+    oc.run("The first session, before ocpipe starts");
+    let out_dir = oc.dir.path().join("out");
+    let state = oc.dir.path().join("ocpipe-state");
+    let start_ocpipe = || {
+        let mut c = std::process::Command::new(bin());
+        c.args(["run", "pipelines/monitor.toml"])
+            .current_dir(root())
+            .env("OCPIPE_OUT", &out_dir)
+            .env("OCPIPE_DATA_DIR", &state)
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in oc.env() {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let db = out_dir.join("monitor.db");
+    let child = start_ocpipe();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed().as_secs() < 30, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait("the backfill", &|| stored_message(&db, 900).is_some());
+
+    // A new session while ocpipe runs: its tokens reach the store within a second.
+    oc.run("The second session, while ocpipe watches");
+    let finished = std::time::Instant::now();
+    wait("the live message", &|| stored_message(&db, 1500).is_some());
+    let seen_ms = chrono::Utc::now().timestamp_millis();
+    let after_exit = finished.elapsed();
+    let (_, completed) = stored_message(&db, 1500).unwrap();
+    let latency = seen_ms - completed;
+    eprintln!(
+        "commit-to-store latency: {latency} ms after OpenCode completed the message ({after_exit:?} after it exited)"
+    );
+    assert!(
+        latency < 1000,
+        "the message took {latency} ms to reach the store"
+    );
+    wait("the rollup", &|| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT input FROM rollup WHERE group_by = 'all'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap_or(0)
+            == 900 + 1500
+    });
+
+    let stop = |child: std::process::Child| {
+        unsafe { kill(child.id() as i32, 15) };
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    stop(child);
+    // A restart re-emits nothing.
+    let again = start_ocpipe();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = stop(again);
+    let line = log
+        .lines()
+        .find(|l| l.contains("final counters") && l.contains("component=opencode"))
+        .expect("counters logged");
+    assert!(line.contains(" sent=0 "), "{line}");
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}

@@ -214,6 +214,8 @@ struct FeedPart<'a> {
 
 pub struct Follower {
     loc: Location,
+    /// How to find the data again (data dir, explicit db), to notice new databases.
+    rediscover: Option<(PathBuf, Option<PathBuf>)>,
     parts: bool,
     marks: Marks,
     tracker: BatchTracker<Marks>,
@@ -222,8 +224,10 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(loc: Location, parts: bool, resume: Option<Marks>) -> Self {
+    /// `fixed_db`: the database was named explicitly, so no other is looked for.
+    pub fn new(loc: Location, fixed_db: bool, parts: bool, resume: Option<Marks>) -> Self {
         Follower {
+            rediscover: (!fixed_db).then(|| (loc.data_dir.clone(), None)),
             loc,
             parts,
             marks: resume.unwrap_or_default(),
@@ -342,6 +346,15 @@ impl Follower {
 
     /// Reads one round of changes; returns whether more are waiting.
     async fn round(&mut self, cx: &Context, out: &mut Output) -> bool {
+        // Databases (or a JSON storage) that appeared since the start are followed from their
+        // first change.
+        if let Some((data_dir, db)) = &self.rediscover {
+            let found = Location::find(Some(data_dir), db.as_deref());
+            if found.dbs != self.loc.dbs || found.storage != self.loc.storage {
+                tracing::info!(component = &*cx.id, "now reading {:?}", found.dbs);
+                self.loc = found;
+            }
+        }
         let mut events = Vec::new();
         let mut next = self.marks.clone();
         let mut more = false;

@@ -123,7 +123,12 @@ impl SourceConfig for OpencodeStorageConfig {
                 shutdown,
             } = sc;
             let resume = saved.filter(|_| cfg.from == From::Checkpoint);
-            let mut follower = live::Follower::new(loc.clone(), cfg.parts, resume.clone());
+            let mut follower = live::Follower::new(
+                loc.clone(),
+                cfg.db.is_some() || std::env::var_os("OPENCODE_DB").is_some(),
+                cfg.parts,
+                resume.clone(),
+            );
             if resume.is_none() {
                 let marks = live::Marks::now(&loc);
                 let batch = follower.tracker().batch(marks.clone());

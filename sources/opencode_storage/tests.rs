@@ -1,1 +1,308 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use rusqlite::Connection;
+
+use super::*;
+use crate::event::{Event, Payload};
+use crate::registry::Kind;
+use crate::testing;
+use crate::transforms::aggregate::{GroupBy, Window};
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/storage")
+        .join(p)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst)
+        } else {
+            std::fs::copy(&p, &dst).map(|_| ()).unwrap()
+        }
+    }
+}
+
+fn totals(loc: &Location, forks: bool) -> crate::transforms::aggregate::Usage {
+    Catalog::load(loc)
+        .aggregate(GroupBy::All, Window::default(), forks)
+        .1
+}
+
+#[test]
+fn sqlite_history_counts_fork_copies_once() {
+    let loc = Location::find(None, Some(&fixture("v1.18.33-fork/opencode.db")));
+    let cat = Catalog::load(&loc);
+    assert!(cat.report.warnings.is_empty(), "{:?}", cat.report.warnings);
+    let (_, t, forks) = cat.aggregate(GroupBy::All, Window::default(), false);
+    assert_eq!((t.sessions, t.messages, t.responses), (6, 13, 7));
+    assert_eq!(
+        (
+            t.tokens.input,
+            t.tokens.output,
+            t.tokens.reasoning,
+            t.tokens.cache_read
+        ),
+        (8334, 64, 28, 6100)
+    );
+    assert_eq!(
+        (forks.messages, forks.tokens.input, forks.sessions),
+        (2, 1600, 1)
+    );
+    let with = totals(&loc, true);
+    assert_eq!((with.messages, with.tokens.input), (15, 9934));
+}
+
+#[test]
+fn json_storage_of_1_1_is_read() {
+    let loc = Location::find(Some(&fixture("v1.1.65")), None);
+    assert!(loc.dbs.is_empty() && loc.storage.is_some());
+    let t = totals(&loc, false);
+    assert_eq!(
+        (
+            t.sessions,
+            t.messages,
+            t.tokens.input,
+            t.tokens.output,
+            t.tokens.cache_read
+        ),
+        (5, 11, 5334, 81, 5100)
+    );
+}
+
+/// A database holding the same messages as the JSON storage, as OpenCode 1.2's import made.
+fn migrate_json_into_db(storage: &Path, db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    conn.execute_batch(&std::fs::read_to_string(fixture("opencode-1.18.33-schema.sql")).unwrap())
+        .unwrap();
+    conn.execute("INSERT INTO project (id, worktree, time_created, time_updated, sandboxes) VALUES ('global', '/', 0, 0, '[]')", []).ok();
+    for dir in std::fs::read_dir(storage.join("message")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap();
+            let id = v["id"].as_str().unwrap().to_string();
+            let session = v["sessionID"].as_str().unwrap().to_string();
+            let created = v["time"]["created"].as_i64().unwrap();
+            v.as_object_mut().unwrap().remove("id");
+            v.as_object_mut().unwrap().remove("sessionID");
+            conn.execute(
+                "INSERT OR IGNORE INTO session (id, project_id, slug, directory, title, version, time_created, time_updated) VALUES (?1, 'global', 's', '/', 'migrated', '1.2.0', ?2, ?2)",
+                rusqlite::params![session, created],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO message (id, session_id, time_created, time_updated, data) VALUES (?1, ?2, ?3, ?3, ?4)",
+                rusqlite::params![id, session, created, v.to_string()],
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn mixed_generations_count_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("v1.1.65"), dir.path());
+    migrate_json_into_db(&dir.path().join("storage"), &dir.path().join("opencode.db"));
+    let loc = Location::find(Some(dir.path()), None);
+    assert_eq!(loc.dbs.len(), 1);
+    let cat = Catalog::load(&loc);
+    assert_eq!(cat.report.duplicates, 11);
+    let t = cat.aggregate(GroupBy::All, Window::default(), false).1;
+    assert_eq!(
+        (t.sessions, t.messages, t.tokens.input, t.tokens.output),
+        (5, 11, 5334, 81)
+    );
+
+    // Newer runners add session_message rows beside the v1 tables: union, no double count.
+    let conn = Connection::open(dir.path().join("opencode.db")).unwrap();
+    conn.execute_batch(
+        "INSERT INTO session_message (id, session_id, type, seq, time_created, time_updated, data)
+           SELECT id, session_id, 'message', rowid, time_created, time_updated, data FROM message;
+         INSERT INTO session_message (id, session_id, type, seq, time_created, time_updated, data)
+           SELECT 'msg_v2_only', session_id, 'message', 1000, time_created + 1, time_updated, data FROM message
+           WHERE json_extract(data, '$.role') = 'assistant' AND json_extract(data, '$.tokens.input') > 0 LIMIT 1;
+         INSERT INTO session_message (id, session_id, type, seq, time_created, time_updated, data)
+           SELECT 'sm_other', session_id, 'compaction', 1001, 0, 0, '{\"kind\":\"x\"}' FROM message LIMIT 1;",
+    )
+    .unwrap();
+    let t2 = totals(&loc, true);
+    assert_eq!(t2.messages, 12);
+    assert!(t2.tokens.input > 5334);
+}
+
+#[test]
+fn corrupt_records_are_named_and_skipped_and_empty_dirs_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("v1.1.65"), dir.path());
+    let bad = dir.path().join("storage/message/ses_bad/msg_bad.json");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, "{\"id\": \"msg_bad\", \"role\": ").unwrap();
+    let loc = Location::find(Some(dir.path()), None);
+    let cat = Catalog::load(&loc);
+    assert_eq!(cat.report.warnings.len(), 1);
+    assert!(
+        cat.report.warnings[0].contains("msg_bad.json")
+            && cat.report.warnings[0].contains("not valid JSON"),
+        "{:?}",
+        cat.report.warnings
+    );
+    assert_eq!(cat.messages.len(), 11);
+
+    let db = dir.path().join("db.db");
+    std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE message SET data = '{broken' WHERE rowid = 3", [])
+        .unwrap();
+    let cat = Catalog::load(&Location::find(None, Some(&db)));
+    assert!(
+        cat.report
+            .warnings
+            .iter()
+            .any(|w| w.contains("message row msg_") && w.contains("not valid message JSON")),
+        "{:?}",
+        cat.report.warnings
+    );
+    assert_eq!(cat.messages.len(), 14);
+
+    let empty = tempfile::tempdir().unwrap();
+    let loc = Location::find(Some(empty.path()), None);
+    assert!(loc.explain_empty().contains("has no opencode.db"));
+    let loc = Location::find(Some(&empty.path().join("nope")), None);
+    assert!(loc.explain_empty().contains("does not exist"));
+}
+
+#[test]
+fn the_warm_index_answers_without_reading_and_catches_up_with_new_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode.db");
+    std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
+    let loc = Location::find(None, Some(&db));
+    let cache = dir.path().join("cache");
+    // SAFETY: only this test in this binary reads or writes XDG_CACHE_HOME.
+    unsafe { std::env::set_var("XDG_CACHE_HOME", &cache) };
+    let first = index::load_or_build(&loc);
+    assert!(index::index_path(&loc).exists());
+    let again = index::load_or_build(&loc);
+    assert_eq!(first.messages, again.messages);
+
+    // OpenCode adds a message and updates another in place (with a change-feed row).
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "INSERT INTO message (id, session_id, time_created, time_updated, data)
+           SELECT 'msg_new', session_id, time_created + 5, time_updated, json_set(data, '$.tokens.input', 777, '$.time.created', time_created + 5)
+           FROM message WHERE json_extract(data, '$.tokens.input') = 1134;
+         UPDATE message SET data = json_set(data, '$.tokens.output', 1000) WHERE id = (SELECT id FROM message WHERE json_extract(data, '$.tokens.input') = 1134);
+         INSERT INTO event (id, aggregate_id, seq, type, data)
+           SELECT 'evt_test', session_id, 999, 'message.updated.1', json_object('sessionID', session_id, 'info', json_object('id', id))
+           FROM message WHERE json_extract(data, '$.tokens.input') = 1134;",
+    )
+    .unwrap();
+    drop(conn);
+    let caught_up = index::load_or_build(&loc);
+    let fresh = Catalog::load(&loc);
+    let agg = |c: &Catalog| c.aggregate(GroupBy::All, Window::default(), false).1;
+    assert_eq!(agg(&caught_up), agg(&fresh));
+    assert_eq!(agg(&fresh).tokens.input, 8334 + 777);
+    // The new message copies the one with 4 output tokens, whose output became 1000.
+    assert_eq!(agg(&fresh).tokens.output, 64 + 4 - 4 + 1000);
+}
+
+fn cfg(body: &str) -> OpencodeStorageConfig {
+    match testing::parse(Kind::Source, "opencode_storage", body) {
+        Ok(_) => toml::from_str(body).unwrap(),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn kinds(events: &[Event]) -> (usize, usize, usize) {
+    let count = |k: &str| events.iter().filter(|e| e.kind() == k).count();
+    (
+        count("opencode.session"),
+        count("opencode.message"),
+        count("opencode.part"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_then_checkpoint_then_live_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("oc");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        fixture("v1.18.33-fork/opencode.db"),
+        data.join("opencode.db"),
+    )
+    .unwrap();
+    let c = cfg(&format!(
+        "data_dir = \"{}\"\nfollow = false",
+        data.display()
+    ));
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |_| false).await;
+    assert_eq!(kinds(&out.events).0, 6);
+    assert_eq!(kinds(&out.events).1, 15);
+    let copies: Vec<_> = out
+        .events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Message(m) if m.fork_copy => Some(m.session_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|s| s == "ses_e01242a2effenbbW8xzS5x1peb"));
+    assert!(
+        out.events
+            .iter()
+            .any(|e| matches!(&e.payload, Payload::Part(p) if p.tool.as_deref() == Some("bash")))
+    );
+
+    // A restart re-emits nothing.
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |_| false).await;
+    assert!(
+        out.events.is_empty(),
+        "{} events re-emitted",
+        out.events.len()
+    );
+
+    // Live: a message committed with its change-feed row arrives.
+    let c = cfg(&format!(
+        "data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000",
+        data.display()
+    ));
+    let db = data.join("opencode.db");
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let conn = Connection::open(db).unwrap();
+        conn.execute_batch(
+            "INSERT INTO event (id, aggregate_id, seq, type, data)
+               SELECT 'evt_live', session_id, 1000, 'message.updated.1',
+                 json_object('sessionID', session_id, 'info', json_set(json(data), '$.id', 'msg_live', '$.sessionID', session_id, '$.tokens.input', 4242, '$.time.created', 1795277999999))
+               FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
+        )
+        .unwrap();
+    });
+    let started = std::time::Instant::now();
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !e.is_empty()).await;
+    writer.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the notification, not the 5 s poll, delivered it"
+    );
+    match &out.events[..] {
+        [e] => match &e.payload {
+            Payload::Message(m) => assert_eq!(
+                (m.id.as_str(), m.tokens.input, m.fork_copy),
+                ("msg_live", 4242, false)
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{} events", other.len()),
+    }
+}

@@ -29,6 +29,12 @@ pub fn interpolate_str(
                 ));
             };
             let expr = &after[..end];
+            if expr.contains("${") {
+                return Err((
+                    "nested `${…}` inside a substitution is not supported".into(),
+                    Some("use one variable per substitution, e.g. `${A:-/default/path}`".into()),
+                ));
+            }
             rest = &after[end + 1..];
             let (name, op, arg) = match expr.find([':']) {
                 Some(i) if expr[i..].starts_with(":-") => (&expr[..i], "-", &expr[i + 2..]),
@@ -144,5 +150,11 @@ mod tests {
         );
         assert!(interpolate_str("${HOME", &env).is_err());
         assert!(interpolate_str("${A B}", &env).is_err());
+        assert!(
+            interpolate_str("${A:-${HOME}}/x", &env)
+                .unwrap_err()
+                .0
+                .contains("nested")
+        );
     }
 }
