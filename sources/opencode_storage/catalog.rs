@@ -1,28 +1,30 @@
 //! A compact in-memory catalog of every session and message, for answering token views fast
 //! and in little memory: strings are interned, a message is 56 bytes.
 
-use std::collections::{HashMap, HashSet};
+
+use chrono::{Datelike, TimeZone};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::store::{Location, RawMessage, ReadReport, Visitor, read_all};
 use crate::event::{SessionInfo, Tokens};
-use crate::transforms::aggregate::{GroupBy, Usage, Window, local_day, project_key};
+use crate::transforms::aggregate::{GroupBy, Usage, Window, project_key};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Interner {
     names: Vec<Box<str>>,
     #[serde(skip)]
-    index: HashMap<Box<str>, u32>,
+    index: FxHashMap<Box<str>, u32>,
+    /// The last id returned per slot: runs of one session or model skip the hash lookup.
+    #[serde(skip)]
+    recent: [u32; 4],
 }
 
 impl Interner {
     /// An interner over `names`; its lookup index is built on first use.
     pub fn from_names(names: Vec<Box<str>>) -> Self {
-        Interner {
-            names,
-            index: HashMap::new(),
-        }
+        Interner { names, ..Default::default() }
     }
     pub fn names(&self) -> &[Box<str>] {
         &self.names
@@ -37,6 +39,16 @@ impl Interner {
         let i = self.names.len() as u32;
         self.names.push(s.into());
         self.index.insert(s.into(), i);
+        i
+    }
+    /// [`id`](Self::id), first checking the last answer given for `slot` (0..4).
+    pub fn id_in(&mut self, slot: usize, s: &str) -> u32 {
+        let last = self.recent[slot];
+        if self.names.get(last as usize).is_some_and(|n| &**n == s) {
+            return last;
+        }
+        let i = self.id(s);
+        self.recent[slot] = i;
         i
     }
     pub fn name(&self, i: u32) -> &str {
@@ -137,10 +149,17 @@ impl Visitor for Builder {
 impl Catalog {
     /// Reads everything at `loc` and marks fork copies.
     pub fn load(loc: &Location) -> Catalog {
-        let mut b = Builder {
-            cat: Catalog::default(),
-        };
+        let mut b = Builder { cat: Catalog::default() };
         b.cat.names.id("");
+        // Size the arrays once: growing by doubling would hold twice the memory at the end.
+        let hint: usize = loc
+            .dbs
+            .iter()
+            .filter_map(|d| super::store::open_read_only(d).ok())
+            .map(|c| c.query_row("SELECT count(*) FROM message", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
+            .sum();
+        b.cat.messages.reserve_exact(hint);
+        b.cat.ids.reserve_exact(hint);
         let report = read_all(loc, &mut b);
         let mut cat = b.cat;
         cat.report = report;
@@ -152,37 +171,59 @@ impl Catalog {
     /// agent and tokens. Of each such set, the message in the earliest-created session is the
     /// original; the others are copies.
     pub fn mark_fork_copies(&mut self) {
-        let created_of: HashMap<u32, i64> =
-            self.sessions.iter().map(|s| (s.id, s.created)).collect();
-        let key = |m: &CMessage| {
-            (
-                m.created,
-                m.provider,
-                m.model,
-                m.agent,
-                m.tokens,
-                m.flags & ASSISTANT,
-            )
+        let created_of: FxHashMap<u32, i64> = self.sessions.iter().map(|s| (s.id, s.created)).collect();
+        let key = |m: &CMessage| (m.created, m.provider, m.model, m.agent, m.tokens, m.flags & ASSISTANT);
+        // Copies share their creation time: sort by it (cheap), then compare whole keys only
+        // within runs of equal times, earliest-created session first.
+        // (created - earliest) << 24 | index in one u64 when it fits (8 bytes a message instead
+        // of 16), else (created, index) pairs.
+        let n = self.messages.len();
+        let min = self.messages.iter().map(|m| m.created).min().unwrap_or(0);
+        let max = self.messages.iter().map(|m| m.created).max().unwrap_or(0);
+        let packed = n < (1 << 24) && (max - min) < (1 << 39);
+        let mut order: Vec<(i64, u32)> = Vec::new();
+        let mut packed_order: Vec<u64> = Vec::new();
+        if packed {
+            packed_order = self.messages.iter().enumerate().map(|(i, m)| (((m.created - min) as u64) << 24) | i as u64).collect();
+            packed_order.sort_unstable();
+        } else {
+            order = self.messages.iter().enumerate().map(|(i, m)| (m.created, i as u32)).collect();
+            order.sort_unstable();
+        }
+        let at = |k: usize| -> (i64, u32) {
+            if packed {
+                let v = packed_order[k];
+                ((v >> 24) as i64 + min, (v & 0xff_ffff) as u32)
+            } else {
+                order[k]
+            }
         };
-        let mut order: Vec<u32> = (0..self.messages.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (ma, mb) = (&self.messages[a as usize], &self.messages[b as usize]);
-            key(ma).cmp(&key(mb)).then_with(|| {
-                let ca = created_of.get(&ma.session).copied().unwrap_or(i64::MAX);
-                let cb = created_of.get(&mb.session).copied().unwrap_or(i64::MAX);
-                (ca, ma.session).cmp(&(cb, mb.session))
-            })
-        });
         let mut i = 0;
-        while i < order.len() {
-            let first = self.messages[order[i] as usize];
+        while i < n {
             let mut j = i + 1;
-            while j < order.len() && key(&self.messages[order[j] as usize]) == key(&first) {
-                let m = &mut self.messages[order[j] as usize];
-                if m.session != first.session {
-                    m.flags |= FORK_COPY;
-                }
+            while j < n && at(j).0 == at(i).0 {
                 j += 1;
+            }
+            if j - i > 1 {
+                let mut run: Vec<(i64, u32)> = (i..j).map(at).collect();
+                let session_created = |m: &CMessage| (created_of.get(&m.session).copied().unwrap_or(i64::MAX), m.session);
+                run.sort_by(|a, b| {
+                    let (ma, mb) = (&self.messages[a.1 as usize], &self.messages[b.1 as usize]);
+                    key(ma).cmp(&key(mb)).then_with(|| session_created(ma).cmp(&session_created(mb)))
+                });
+                let mut k = 0;
+                while k < run.len() {
+                    let first = self.messages[run[k].1 as usize];
+                    let mut l = k + 1;
+                    while l < run.len() && key(&self.messages[run[l].1 as usize]) == key(&first) {
+                        let m = &mut self.messages[run[l].1 as usize];
+                        if m.session != first.session {
+                            m.flags |= FORK_COPY;
+                        }
+                        l += 1;
+                    }
+                    k = l;
+                }
             }
             i = j;
         }
@@ -194,87 +235,75 @@ impl Catalog {
 
     /// Sums messages in `window` by `group`; fork copies go to the second result unless
     /// `include_fork_copies`.
-    pub fn aggregate(
-        &self,
-        group: GroupBy,
-        window: Window,
-        include_fork_copies: bool,
-    ) -> (Vec<(String, Usage)>, Usage, Usage) {
-        let sessions: HashMap<u32, &CSession> = self.sessions.iter().map(|s| (s.id, s)).collect();
-        let mut groups: HashMap<String, (Usage, HashSet<u32>)> = HashMap::new();
-        let mut keys: HashMap<(u32, u32), String> = HashMap::new();
-        let mut day_cache: HashMap<i64, String> = HashMap::new();
-        let mut totals = (Usage::default(), HashSet::new());
-        let mut forks = (Usage::default(), HashSet::new());
+    pub fn aggregate(&self, group: GroupBy, window: Window, include_fork_copies: bool) -> (Vec<(String, Usage)>, Usage, Usage) {
+        /// A group's sums; `last` skips the set for runs of one session's messages.
+        #[derive(Default)]
+        struct Acc {
+            usage: Usage,
+            sessions: FxHashSet<u32>,
+            last: Option<u32>,
+        }
+        impl Acc {
+            fn add(&mut self, m: &CMessage) {
+                self.usage.add_message(&m.tokens(), m.cost, m.flags & ASSISTANT != 0);
+                if self.last != Some(m.session) {
+                    self.sessions.insert(m.session);
+                    self.last = Some(m.session);
+                }
+            }
+            fn finish(mut self) -> Usage {
+                self.usage.sessions = self.sessions.len() as u64;
+                self.usage
+            }
+        }
+        let project_of: FxHashMap<u32, u32> = self.sessions.iter().map(|s| (s.id, s.project)).collect();
+        let mut groups: FxHashMap<u64, Acc> = FxHashMap::default();
+        let mut day_of_hour: FxHashMap<i64, u64> = FxHashMap::default();
+        let (mut totals, mut forks) = (Acc::default(), Acc::default());
         for m in &self.messages {
             if !window.contains(m.created) {
                 continue;
             }
-            let assistant = m.flags & ASSISTANT != 0;
-            let tokens = m.tokens();
             if m.flags & FORK_COPY != 0 && !include_fork_copies {
-                forks.0.add_message(&tokens, m.cost, assistant);
-                forks.1.insert(m.session);
+                forks.add(m);
                 continue;
             }
-            totals.0.add_message(&tokens, m.cost, assistant);
-            totals.1.insert(m.session);
-            let key_ids = match group {
-                GroupBy::All => (0, 0),
-                GroupBy::Session => (m.session, 0),
-                GroupBy::Project => (sessions.get(&m.session).map_or(u32::MAX, |s| s.project), 0),
-                GroupBy::Model => (m.provider, m.model),
-                GroupBy::Agent => (m.agent, 0),
-                GroupBy::Day => {
-                    // Local days: cache by the UTC hour, which never straddles a local day
-                    // boundary in whole-hour time zones.
-                    let hour = m.created.div_euclid(3_600_000);
-                    let day = day_cache
-                        .entry(hour)
-                        .or_insert_with(|| local_day(m.created));
-                    let e = groups.entry(day.clone()).or_default();
-                    e.0.add_message(&tokens, m.cost, assistant);
-                    e.1.insert(m.session);
-                    continue;
-                }
+            totals.add(m);
+            let key = match group {
+                GroupBy::All => 0,
+                GroupBy::Session => u64::from(m.session),
+                GroupBy::Project => u64::from(project_of.get(&m.session).copied().unwrap_or(u32::MAX)),
+                GroupBy::Model => (u64::from(m.provider) << 32) | u64::from(m.model),
+                GroupBy::Agent => u64::from(m.agent),
+                // Local days, looked up once per UTC hour (an hour never straddles a local
+                // midnight in whole-hour time zones).
+                GroupBy::Day => *day_of_hour.entry(m.created.div_euclid(3_600_000)).or_insert_with(|| {
+                    chrono::Local.timestamp_millis_opt(m.created).earliest().map_or(0, |t| t.date_naive().num_days_from_ce() as u64)
+                }),
             };
-            let key = keys
-                .entry(key_ids)
-                .or_insert_with(|| self.key_name(group, key_ids));
-            let e = groups.entry(key.clone()).or_default();
-            e.0.add_message(&tokens, m.cost, assistant);
-            e.1.insert(m.session);
+            groups.entry(key).or_default().add(m);
         }
-        let finish = |(mut u, s): (Usage, HashSet<u32>)| {
-            u.sessions = s.len() as u64;
-            u
-        };
-        let mut rows: Vec<(String, Usage)> =
-            groups.into_iter().map(|(k, v)| (k, finish(v))).collect();
+        let mut rows: Vec<(String, Usage)> = groups.into_iter().map(|(k, acc)| (self.key_name(group, k), acc.finish())).collect();
         rows.sort_by(|a, b| b.1.total.cmp(&a.1.total).then_with(|| a.0.cmp(&b.0)));
         if group == GroupBy::Day {
             rows.sort_by(|a, b| b.0.cmp(&a.0));
         }
-        (rows, finish(totals), finish(forks))
+        (rows, totals.finish(), forks.finish())
     }
 
-    fn key_name(&self, group: GroupBy, (a, b): (u32, u32)) -> String {
-        let n = |i: u32| {
-            if i == u32::MAX {
-                "(unknown)"
-            } else {
-                self.names.name(i)
-            }
-        };
+    fn key_name(&self, group: GroupBy, key: u64) -> String {
+        let n = |i: u32| if i == u32::MAX { "(unknown)" } else { self.names.name(i) };
+        let (high, low) = ((key >> 32) as u32, key as u32);
         match group {
             GroupBy::All => "all".into(),
-            GroupBy::Model => match (n(a), n(b)) {
+            GroupBy::Day => chrono::NaiveDate::from_num_days_from_ce_opt(key as i32).map_or("unknown".into(), |d| d.to_string()),
+            GroupBy::Model => match (n(high), n(low)) {
                 ("", "") => "unknown".into(),
                 ("", m) => m.into(),
                 (p, m) => format!("{p}/{m}"),
             },
-            _ if n(a).is_empty() => "unknown".into(),
-            _ => n(a).into(),
+            _ if n(low).is_empty() => "unknown".into(),
+            _ => n(low).into(),
         }
     }
 

@@ -21,7 +21,7 @@ use super::store::{Location, RawMessage, has_table, open_read_only};
 use crate::event::SessionInfo;
 use crate::transforms::aggregate::project_key;
 
-const MAGIC: &[u8; 8] = b"OCPIDX2\n";
+const MAGIC: &[u8; 8] = b"OCPIDX3\n";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct FileStamp {
@@ -96,7 +96,8 @@ pub fn index_path(loc: &Location) -> PathBuf {
 pub fn load_or_build(loc: &Location) -> Catalog {
     let path = index_path(loc);
     let now = stamps(loc);
-    match read(&path) {
+    match read(&path, |h| h.stamps != now) {
+        // Unchanged: the snapshot is the answer (message ids were not even read).
         Ok(Some((header, mut cat))) if header.stamps == now => {
             cat.report.sessions = cat.sessions.len();
             cat.report.messages = cat.messages.len();
@@ -104,14 +105,7 @@ pub fn load_or_build(loc: &Location) -> Catalog {
         }
         Ok(Some((header, mut cat))) if loc.storage.is_none() => {
             if let Some(marks) = catch_up(loc, &header, &mut cat) {
-                write_quietly(
-                    &path,
-                    &Header {
-                        stamps: stamps(loc),
-                        marks,
-                    },
-                    &cat,
-                );
+                write_quietly(&path, &Header { stamps: stamps(loc), marks }, &cat);
                 return cat;
             }
         }
@@ -312,159 +306,146 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<Vec<Db
     Some(marks)
 }
 
-pub fn compact(
-    names: &mut Interner,
-    session: &str,
-    row_created: i64,
-    m: &RawMessage<'_>,
-) -> CMessage {
-    let none = names.id("");
+pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMessage<'_>) -> CMessage {
     let sat = |v: u64| v.min(u32::MAX as u64) as u32;
     let t = m.tokens();
     CMessage {
-        session: names.id(session),
-        provider: m.provider().map_or(none, |p| names.id(p)),
-        model: m.model_name().map_or(none, |x| names.id(x)),
-        agent: m.agent.as_deref().map_or(none, |a| names.id(a)),
+        session: names.id_in(0, session),
+        provider: names.id_in(1, m.provider().unwrap_or("")),
+        model: names.id_in(2, m.model_name().unwrap_or("")),
+        agent: names.id_in(3, m.agent.as_deref().unwrap_or("")),
         created: m.created().unwrap_or(row_created),
-        tokens: [
-            sat(t.input),
-            sat(t.output),
-            sat(t.reasoning),
-            sat(t.cache_read),
-            sat(t.cache_write),
-        ],
+        tokens: [sat(t.input), sat(t.output), sat(t.reasoning), sat(t.cache_read), sat(t.cache_write)],
         cost: m.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
-        flags: if m.role.as_deref() == Some("assistant") {
-            ASSISTANT
-        } else {
-            0
-        },
+        flags: if m.role.as_deref() == Some("assistant") { ASSISTANT } else { 0 },
     }
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
+/// One message on disk: session, provider, model, agent (u32), created (i64), tokens (5 ×
+/// u32), cost (f64), flags (u8), little-endian. Message id hashes follow all messages, in the
+/// same order, so an unchanged index is answered without reading them.
+const RECORD: usize = 4 * 4 + 8 + 5 * 4 + 8 + 1;
 
 fn write(path: &Path, header: &Header, cat: &Catalog) -> io::Result<()> {
-    let mut out = Vec::with_capacity(64 + cat.messages.len() * 61);
-    out.extend_from_slice(MAGIC);
-    let h = serde_json::to_vec(header)?;
-    put_u32(&mut out, h.len() as u32);
-    out.extend_from_slice(&h);
-    let names = cat.names.names();
-    put_u32(&mut out, names.len() as u32);
-    for n in names {
-        put_u32(&mut out, n.len() as u32);
-        out.extend_from_slice(n.as_bytes());
-    }
-    put_u32(&mut out, cat.sessions.len() as u32);
-    for s in &cat.sessions {
-        for v in [s.id, s.project, s.title] {
-            put_u32(&mut out, v);
-        }
-        out.extend_from_slice(&s.created.to_le_bytes());
-    }
-    put_u32(&mut out, cat.messages.len() as u32);
-    for (m, id) in cat.messages.iter().zip(&cat.ids) {
-        for v in [m.session, m.provider, m.model, m.agent] {
-            put_u32(&mut out, v);
-        }
-        out.extend_from_slice(&m.created.to_le_bytes());
-        for v in m.tokens {
-            put_u32(&mut out, v);
-        }
-        out.extend_from_slice(&m.cost.to_le_bytes());
-        out.push(m.flags);
-        out.extend_from_slice(&id.to_le_bytes());
-    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("idx.tmp");
-    std::fs::File::create(&tmp)?.write_all(&out)?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let u32le = |out: &mut io::BufWriter<std::fs::File>, v: u32| out.write_all(&v.to_le_bytes());
+    out.write_all(MAGIC)?;
+    let h = serde_json::to_vec(header)?;
+    u32le(&mut out, h.len() as u32)?;
+    out.write_all(&h)?;
+    let names = cat.names.names();
+    u32le(&mut out, names.len() as u32)?;
+    for n in names {
+        u32le(&mut out, n.len() as u32)?;
+        out.write_all(n.as_bytes())?;
+    }
+    u32le(&mut out, cat.sessions.len() as u32)?;
+    for s in &cat.sessions {
+        for v in [s.id, s.project, s.title] {
+            u32le(&mut out, v)?;
+        }
+        out.write_all(&s.created.to_le_bytes())?;
+    }
+    u32le(&mut out, cat.messages.len() as u32)?;
+    let mut rec = [0u8; RECORD];
+    for m in &cat.messages {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            rec[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        for v in [m.session, m.provider, m.model, m.agent] {
+            put(&v.to_le_bytes());
+        }
+        put(&m.created.to_le_bytes());
+        for v in m.tokens {
+            put(&v.to_le_bytes());
+        }
+        put(&m.cost.to_le_bytes());
+        put(&[m.flags]);
+        out.write_all(&rec)?;
+    }
+    for id in &cat.ids {
+        out.write_all(&id.to_le_bytes())?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
     std::fs::rename(tmp, path)
 }
 
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
-        if self.0.len() < n {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated index",
-            ));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
 }
 
-fn read(path: &Path) -> io::Result<Option<(Header, Catalog)>> {
-    let mut bytes = Vec::new();
-    match std::fs::File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut bytes)?,
+fn le<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b[at..at + N].try_into().expect("in bounds")
+}
+
+/// Reads the index; message id hashes only when `want_ids(header)` says so.
+fn read(path: &Path, want_ids: impl Fn(&Header) -> bool) -> io::Result<Option<(Header, Catalog)>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut c = Cursor(&bytes);
-    if c.take(8)? != MAGIC {
+    let mut r = io::BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
         return Ok(None);
     }
-    let n = c.u32()? as usize;
-    let header: Header = serde_json::from_slice(c.take(n)?)?;
+    let mut h = vec![0u8; read_u32(&mut r)? as usize];
+    r.read_exact(&mut h)?;
+    let header: Header = serde_json::from_slice(&h)?;
     let mut names = Vec::new();
-    for _ in 0..c.u32()? {
-        let n = c.u32()? as usize;
-        names.push(
-            std::str::from_utf8(c.take(n)?)
-                .map_err(io::Error::other)?
-                .into(),
-        );
+    for _ in 0..read_u32(&mut r)? {
+        let mut n = vec![0u8; read_u32(&mut r)? as usize];
+        r.read_exact(&mut n)?;
+        names.push(String::from_utf8(n).map_err(io::Error::other)?.into_boxed_str());
     }
-    let mut cat = Catalog {
-        names: Interner::from_names(names),
-        ..Default::default()
-    };
-    let ns = c.u32()? as usize;
-    cat.sessions.reserve(ns);
+    let mut cat = Catalog { names: Interner::from_names(names), ..Default::default() };
+    let ns = read_u32(&mut r)? as usize;
+    cat.sessions.reserve_exact(ns);
+    let mut s = [0u8; 20];
     for _ in 0..ns {
-        cat.sessions.push(CSession {
-            id: c.u32()?,
-            project: c.u32()?,
-            title: c.u32()?,
-            created: c.u64()? as i64,
-        });
+        r.read_exact(&mut s)?;
+        let u = |at| u32::from_le_bytes(le(&s, at));
+        cat.sessions.push(CSession { id: u(0), project: u(4), title: u(8), created: i64::from_le_bytes(le(&s, 12)) });
     }
-    let nm = c.u32()? as usize;
-    cat.messages.reserve(nm);
-    cat.ids.reserve(nm);
-    for _ in 0..nm {
-        let (session, provider, model, agent) = (c.u32()?, c.u32()?, c.u32()?, c.u32()?);
-        let created = c.u64()? as i64;
-        let tokens = [c.u32()?, c.u32()?, c.u32()?, c.u32()?, c.u32()?];
-        let cost = f64::from_bits(c.u64()?);
-        let flags = c.take(1)?[0];
-        cat.messages.push(CMessage {
-            session,
-            provider,
-            model,
-            agent,
-            created,
-            tokens,
-            cost,
-            flags,
-        });
-        cat.ids.push(c.u64()?);
+    let nm = read_u32(&mut r)? as usize;
+    cat.messages.reserve_exact(nm);
+    let mut chunk = vec![0u8; RECORD * 8192];
+    let mut left = nm;
+    while left > 0 {
+        let n = left.min(8192);
+        r.read_exact(&mut chunk[..n * RECORD])?;
+        for b in chunk[..n * RECORD].chunks_exact(RECORD) {
+            let u = |at| u32::from_le_bytes(le(b, at));
+            cat.messages.push(CMessage {
+                session: u(0),
+                provider: u(4),
+                model: u(8),
+                agent: u(12),
+                created: i64::from_le_bytes(le(b, 16)),
+                tokens: [u(24), u(28), u(32), u(36), u(40)],
+                cost: f64::from_le_bytes(le(b, 44)),
+                flags: b[52],
+            });
+        }
+        left -= n;
+    }
+    if want_ids(&header) {
+        cat.ids.reserve_exact(nm);
+        let mut b = [0u8; 8];
+        for _ in 0..nm {
+            r.read_exact(&mut b)?;
+            cat.ids.push(u64::from_le_bytes(b));
+        }
     }
     Ok(Some((header, cat)))
 }

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rustc_hash::FxHashSet;
 use serde::Deserialize;
 
 use crate::event::{MessageInfo, PartInfo, SessionInfo, Tokens};
@@ -95,11 +96,10 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Opens a database read-only, without creating anything.
 pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Read pages through a memory map instead of copying them (read-only: no risk to the file).
+    // conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
     Ok(conn)
 }
 
@@ -134,13 +134,16 @@ pub struct RawMessage<'a> {
     pub agent: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub mode: Option<Cow<'a, str>>,
-    pub path: Option<RawPath<'a>>,
+    /// Kept raw (parsed only for full messages): token views do not need it.
+    #[serde(borrow)]
+    pub path: Option<&'a serde_json::value::RawValue>,
     pub cost: Option<f64>,
     pub tokens: Option<RawTokens>,
     pub time: Option<RawTime>,
     #[serde(borrow)]
     pub finish: Option<Cow<'a, str>>,
-    pub error: Option<RawError<'a>>,
+    #[serde(borrow)]
+    pub error: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +243,8 @@ impl<'a> RawMessage<'a> {
 
     /// The full typed message. `id` and `session` fill in what SQLite keeps outside `data`.
     pub fn to_info(&self, id: &str, session: &str, row_created: i64, origin: &str) -> MessageInfo {
+        let path: Option<RawPath<'_>> = self.path.and_then(|p| serde_json::from_str(p.get()).ok());
+        let error: Option<RawError<'_>> = self.error.and_then(|e| serde_json::from_str(e.get()).ok());
         MessageInfo {
             id: self.id.as_deref().unwrap_or(id).to_string(),
             session_id: self.session_id.as_deref().unwrap_or(session).to_string(),
@@ -248,16 +253,8 @@ impl<'a> RawMessage<'a> {
             model_id: self.model_name().map(str::to_string),
             agent: self.agent.as_deref().map(str::to_string),
             mode: self.mode.as_deref().map(str::to_string),
-            root: self
-                .path
-                .as_ref()
-                .and_then(|p| p.root.as_deref())
-                .map(str::to_string),
-            cwd: self
-                .path
-                .as_ref()
-                .and_then(|p| p.cwd.as_deref())
-                .map(str::to_string),
+            root: path.as_ref().and_then(|p| p.root.as_deref()).map(str::to_string),
+            cwd: path.as_ref().and_then(|p| p.cwd.as_deref()).map(str::to_string),
             tokens: self.tokens(),
             cost: self.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
             time_created: self.created().unwrap_or(row_created),
@@ -267,7 +264,7 @@ impl<'a> RawMessage<'a> {
                 .and_then(|t| t.completed)
                 .map(|c| c as i64),
             finish: self.finish.as_deref().map(str::to_string),
-            error: self.error.as_ref().map(|e| {
+            error: error.as_ref().map(|e| {
                 let name = e.name.as_deref().unwrap_or("Error");
                 match e.data.as_ref().and_then(|d| d.message.as_deref()) {
                     Some(m) => format!("{name}: {m}"),
@@ -392,7 +389,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
     let mut seen_sessions: HashSet<String> = HashSet::new();
     // Dedupe messages only when more than one generation could hold the same one.
     let sources = loc.dbs.len() + usize::from(loc.storage.is_some());
-    let mut seen: Option<HashSet<u64>> = None;
+    let mut seen: Option<FxHashSet<u64>> = None;
     let mut projects: HashMap<String, String> = HashMap::new();
 
     for db in &loc.dbs {
@@ -405,9 +402,11 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
                 continue;
             }
         };
-        let v2 = has_table(&conn, "session_message");
+        // Newer runners' rows, when there are any, may repeat v1 messages.
+        let v2 = has_table(&conn, "session_message")
+            && conn.query_row("SELECT EXISTS (SELECT 1 FROM session_message)", [], |r| r.get::<_, bool>(0)).unwrap_or(false);
         if sources > 1 || v2 {
-            seen.get_or_insert_with(HashSet::new);
+            seen.get_or_insert_with(FxHashSet::default);
         }
         if let Err(e) = read_db(
             &conn,
@@ -424,7 +423,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
     }
     if let Some(storage) = &loc.storage {
         if sources > 1 {
-            seen.get_or_insert_with(HashSet::new);
+            seen.get_or_insert_with(FxHashSet::default);
         }
         read_json(
             storage,
@@ -464,7 +463,7 @@ fn read_db(
     db: &Path,
     v: &mut dyn Visitor,
     report: &mut ReadReport,
-    seen: &mut Option<HashSet<u64>>,
+    seen: &mut Option<FxHashSet<u64>>,
     seen_sessions: &mut HashSet<String>,
     projects: &mut HashMap<String, String>,
     v2: bool,
@@ -515,21 +514,14 @@ fn read_db(
         if !has_table(conn, table) {
             continue;
         }
-        let mut st = conn.prepare(&format!(
-            "SELECT id, session_id, time_created, data FROM {table}"
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let id = r.get_ref(0)?.as_str()?;
+        let sql = format!("SELECT id, session_id, time_created, data FROM {table}");
+        for_each_row(db, &sql, &mut |id, session, created, data| {
             if let Some(seen) = seen.as_mut() {
                 if !seen.insert(id_hash(id)) {
                     report.duplicates += 1;
-                    continue;
+                    return;
                 }
             }
-            let session = r.get_ref(1)?.as_str()?;
-            let created: i64 = r.get(2)?;
-            let data = r.get_ref(3)?.as_bytes()?;
             match serde_json::from_slice::<RawMessage<'_>>(data) {
                 // session_message also holds rows that are not messages: keep those with a role.
                 Ok(m) if m.role.is_some() => {
@@ -537,16 +529,10 @@ fn read_db(
                     v.message(id, session, created, &m, origin);
                 }
                 Ok(_) if table == "session_message" => {}
-                Ok(_) => report.warnings.push(format!(
-                    "{}: {table} row {id} has no role; skipped",
-                    db.display()
-                )),
-                Err(e) => report.warnings.push(format!(
-                    "{}: {table} row {id} is not valid message JSON ({e}); skipped",
-                    db.display()
-                )),
+                Ok(_) => report.warnings.push(format!("{}: {table} row {id} has no role; skipped", db.display())),
+                Err(e) => report.warnings.push(format!("{}: {table} row {id} is not valid message JSON ({e}); skipped", db.display())),
             }
-        }
+        })?;
     }
     if v.wants_parts() && has_table(conn, "part") {
         let mut st = conn.prepare("SELECT id, message_id, session_id, data FROM part")?;
@@ -571,6 +557,59 @@ fn read_db(
         }
     }
     Ok(())
+}
+
+/// Rows read on a second thread and handed over in batches, so SQLite's reading overlaps the
+/// caller's parsing.
+struct RowBatch {
+    buf: Vec<u8>,
+    /// (id end, session end, data end, created); each row's strings follow the previous row's.
+    rows: Vec<(usize, usize, usize, i64)>,
+}
+
+const ROW_BATCH: usize = 4096;
+
+impl RowBatch {
+    fn new() -> Self {
+        RowBatch { buf: Vec::with_capacity(ROW_BATCH * 400), rows: Vec::with_capacity(ROW_BATCH) }
+    }
+}
+
+/// Calls `f(id, session, created, data)` for every row of `sql` (those 4 columns, in that
+/// order), reading on a second thread.
+fn for_each_row(db: &Path, sql: &str, f: &mut dyn FnMut(&str, &str, i64, &[u8])) -> rusqlite::Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> rusqlite::Result<()> {
+            let conn = open_read_only(db)?;
+            let mut st = conn.prepare(sql)?;
+            let mut rows = st.query([])?;
+            let mut b = RowBatch::new();
+            while let Some(r) = rows.next()? {
+                b.buf.extend_from_slice(r.get_ref(0)?.as_bytes()?);
+                let id_end = b.buf.len();
+                b.buf.extend_from_slice(r.get_ref(1)?.as_bytes()?);
+                let session_end = b.buf.len();
+                b.buf.extend_from_slice(r.get_ref(3)?.as_bytes()?);
+                b.rows.push((id_end, session_end, b.buf.len(), r.get(2)?));
+                if b.rows.len() == ROW_BATCH && tx.send(std::mem::replace(&mut b, RowBatch::new())).is_err() {
+                    return Ok(());
+                }
+            }
+            let _ = tx.send(b);
+            Ok(())
+        });
+        for b in rx {
+            let mut start = 0;
+            for &(id_end, session_end, data_end, created) in &b.rows {
+                let id = std::str::from_utf8(&b.buf[start..id_end]).unwrap_or("");
+                let session = std::str::from_utf8(&b.buf[id_end..session_end]).unwrap_or("");
+                f(id, session, created, &b.buf[session_end..data_end]);
+                start = data_end;
+            }
+        }
+        reader.join().unwrap_or(Ok(()))
+    })
 }
 
 fn project_of(project_id: &str, projects: &HashMap<String, String>) -> Option<String> {
@@ -602,7 +641,7 @@ fn read_json(
     storage: &Path,
     v: &mut dyn Visitor,
     report: &mut ReadReport,
-    seen: &mut Option<HashSet<u64>>,
+    seen: &mut Option<FxHashSet<u64>>,
     seen_sessions: &mut HashSet<String>,
     projects: &mut HashMap<String, String>,
     since: Option<i64>,
