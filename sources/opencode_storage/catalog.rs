@@ -229,6 +229,36 @@ impl Catalog {
         }
     }
 
+    /// Re-checks fork copies among messages created at the given times (after a few changed):
+    /// one pass over the messages, then only the matches are compared. Returns their positions.
+    pub fn remark_forks_at(&mut self, times: &[i64]) -> Vec<u32> {
+        if times.is_empty() {
+            return Vec::new();
+        }
+        let times: FxHashSet<i64> = times.iter().copied().collect();
+        let mut hits: Vec<u32> = (0..self.messages.len() as u32).filter(|&i| times.contains(&self.messages[i as usize].created)).collect();
+        let created_of: FxHashMap<u32, i64> = self.sessions.iter().map(|s| (s.id, s.created)).collect();
+        let key = |m: &CMessage| (m.created, m.provider, m.model, m.agent, m.tokens, m.flags & ASSISTANT);
+        let rank = |m: &CMessage| (created_of.get(&m.session).copied().unwrap_or(i64::MAX), m.session);
+        hits.sort_by(|&a, &b| {
+            let (ma, mb) = (&self.messages[a as usize], &self.messages[b as usize]);
+            key(ma).cmp(&key(mb)).then_with(|| rank(ma).cmp(&rank(mb)))
+        });
+        let mut k = 0;
+        while k < hits.len() {
+            let first = self.messages[hits[k] as usize];
+            self.messages[hits[k] as usize].flags &= !FORK_COPY;
+            let mut l = k + 1;
+            while l < hits.len() && key(&self.messages[hits[l] as usize]) == key(&first) {
+                let m = &mut self.messages[hits[l] as usize];
+                m.flags = if m.session != first.session { m.flags | FORK_COPY } else { m.flags & !FORK_COPY };
+                l += 1;
+            }
+            k = l;
+        }
+        hits
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

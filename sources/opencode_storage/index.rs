@@ -9,15 +9,14 @@
 //! feed: a message updated in place appears there) are read and merged. Anything else — a
 //! database replaced or shrunk, JSON storage changed — rebuilds from scratch.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{ASSISTANT, CMessage, CSession, Catalog, FORK_COPY, Interner};
-use super::store::{Location, RawMessage, has_table, open_read_only};
+use super::catalog::{ASSISTANT, CMessage, CSession, Catalog, Interner};
+use super::store::{Location, RawMessage, has_rows, has_table, open_read_only};
 use crate::event::SessionInfo;
 use crate::transforms::aggregate::project_key;
 
@@ -96,26 +95,134 @@ pub fn index_path(loc: &Location) -> PathBuf {
 pub fn load_or_build(loc: &Location) -> Catalog {
     let path = index_path(loc);
     let now = stamps(loc);
-    match read(&path, |h| h.stamps != now) {
-        // Unchanged: the snapshot is the answer (message ids were not even read).
-        Ok(Some((header, mut cat))) if header.stamps == now => {
-            cat.report.sessions = cat.sessions.len();
-            cat.report.messages = cat.messages.len();
-            return cat;
-        }
-        Ok(Some((header, mut cat))) if loc.storage.is_none() => {
-            if let Some(marks) = catch_up(loc, &header, &mut cat) {
-                write_quietly(&path, &Header { stamps: stamps(loc), marks }, &cat);
+    let delta = read_delta(&path);
+    let loaded = read(&path, |base| delta.as_ref().map_or(&base.stamps, |d| &d.header.stamps) != &now);
+    match loaded {
+        Ok(Some((base, mut cat))) => {
+            let base_id = header_id(&base);
+            let mut since_base = Changes::default();
+            let mut header = base;
+            let mut base_names = cat.names.names().len();
+            if let Some(d) = delta.filter(|d| d.base == base_id) {
+                base_names = d.base_names;
+                header = d.header.clone();
+                since_base = d.apply(&mut cat);
+            }
+            // Unchanged: the snapshot is the answer (message ids were not even read).
+            if header.stamps == now {
+                cat.report.sessions = cat.sessions.len();
+                cat.report.messages = cat.messages.len();
                 return cat;
+            }
+            if loc.storage.is_none() {
+                if let Some((marks, changes)) = catch_up(loc, &header, &mut cat) {
+                    since_base.messages.extend(changes.messages);
+                    since_base.sessions.extend(changes.sessions);
+                    let header = Header { stamps: stamps(loc), marks };
+                    // Small changes go to the delta file; past a tenth of the base, rewrite.
+                    if since_base.messages.len() * 10 < cat.messages.len().max(1000) {
+                        let d = Delta::of(base_id, base_names, header, &cat, &since_base);
+                        if let Err(e) = write_delta(&path, &d) {
+                            tracing::warn!("could not save the stats index {}: {e}", path.display());
+                        }
+                    } else {
+                        write_quietly(&path, &header, &cat);
+                    }
+                    return cat;
+                }
             }
         }
         Err(e) => tracing::debug!("ignoring index {}: {e}", path.display()),
-        _ => {}
+        Ok(None) => {}
     }
     let marks = marks_now(loc);
     let cat = Catalog::load(loc);
     write_quietly(&path, &Header { stamps: now, marks }, &cat);
     cat
+}
+
+/// Positions (in the catalog) changed since the base snapshot was written.
+#[derive(Debug, Default)]
+struct Changes {
+    messages: rustc_hash::FxHashSet<u32>,
+    sessions: rustc_hash::FxHashSet<u32>,
+}
+
+/// What changed since the base snapshot, kept beside it (`.delta`, JSON) so a small change
+/// costs a small write.
+#[derive(Debug, Serialize, Deserialize)]
+struct Delta {
+    /// Identifies the base snapshot this delta applies to.
+    base: u64,
+    header: Header,
+    /// Names the base has; `names` continue from there.
+    base_names: usize,
+    names: Vec<String>,
+    sessions: Vec<(u32, CSession)>,
+    messages: Vec<(u32, CMessage, u64)>,
+}
+
+impl Delta {
+    fn of(base: u64, base_names: usize, header: Header, cat: &Catalog, changes: &Changes) -> Delta {
+        let mut sessions: Vec<(u32, CSession)> = changes.sessions.iter().map(|&i| (i, cat.sessions[i as usize])).collect();
+        sessions.sort_by_key(|s| s.0);
+        let mut messages: Vec<(u32, CMessage, u64)> =
+            changes.messages.iter().map(|&i| (i, cat.messages[i as usize], cat.ids[i as usize])).collect();
+        messages.sort_by_key(|m| m.0);
+        let names = cat.names.names()[base_names..].iter().map(|n| n.to_string()).collect();
+        Delta { base, header, base_names, names, sessions, messages }
+    }
+
+    fn apply(self, cat: &mut Catalog) -> Changes {
+        let mut changes = Changes::default();
+        for n in &self.names {
+            cat.names.id(n);
+        }
+        for (i, s) in self.sessions {
+            match cat.sessions.get_mut(i as usize) {
+                Some(slot) => *slot = s,
+                None => cat.sessions.push(s),
+            }
+            changes.sessions.insert(i);
+        }
+        let with_ids = cat.ids.len() == cat.messages.len();
+        for (i, m, id) in self.messages {
+            match cat.messages.get_mut(i as usize) {
+                Some(slot) => {
+                    *slot = m;
+                    if with_ids {
+                        cat.ids[i as usize] = id;
+                    }
+                }
+                None => {
+                    cat.messages.push(m);
+                    if with_ids {
+                        cat.ids.push(id);
+                    }
+                }
+            }
+            changes.messages.insert(i);
+        }
+        changes
+    }
+}
+
+fn header_id(h: &Header) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(h).unwrap_or_default())
+}
+
+fn delta_path(path: &Path) -> PathBuf {
+    path.with_extension("delta")
+}
+
+fn read_delta(path: &Path) -> Option<Delta> {
+    serde_json::from_slice(&std::fs::read(delta_path(path)).ok()?).ok()
+}
+
+fn write_delta(path: &Path, d: &Delta) -> io::Result<()> {
+    let tmp = delta_path(path).with_extension("delta.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(d)?)?;
+    std::fs::rename(tmp, delta_path(path))
 }
 
 fn write_quietly(path: &Path, header: &Header, cat: &Catalog) {
@@ -151,48 +258,28 @@ fn marks_now(loc: &Location) -> Vec<DbMark> {
         .collect()
 }
 
-/// Brings `cat` up to date with what was added since `header`. `None` means rebuild.
-fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<Vec<DbMark>> {
-    if header.marks.iter().map(|m| &m.path).ne(loc.dbs.iter()) {
+/// Brings `cat` up to date with what was added since `header`, reading only what changed:
+/// rows after the saved rowids, and the messages and sessions named by new `event` rows.
+/// `None` means rebuild.
+fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<DbMark>, Changes)> {
+    if header.marks.iter().map(|m| &m.path).ne(loc.dbs.iter()) || cat.ids.len() != cat.messages.len() {
         return None;
     }
     let mut marks = Vec::new();
-    let mut by_id: HashMap<u64, usize> = cat.ids.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    let mut session_at: HashMap<u32, usize> = cat
-        .sessions
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id, i))
-        .collect();
+    let mut changes = Changes::default();
+    let mut found: Vec<(String, String, i64, String)> = Vec::new();
+    let mut session_rows: Vec<(String, String, String, i64, Option<String>)> = Vec::new();
     for old in &header.marks {
         let conn = open_read_only(&old.path).ok()?;
-        let now = DbMark {
-            path: old.path.clone(),
-            session: max_rowid(&conn, "session"),
-            message: max_rowid(&conn, "message"),
-            event: max_rowid(&conn, "event"),
-        };
-        if now.session < old.session
-            || now.message < old.message
-            || now.event < old.event
-            || has_table(&conn, "session_message")
-        {
+        let now = DbMark { path: old.path.clone(), session: max_rowid(&conn, "session"), message: max_rowid(&conn, "message"), event: max_rowid(&conn, "event") };
+        if now.session < old.session || now.message < old.message || now.event < old.event || has_rows(&conn, "session_message") {
             return None;
         }
-        // Messages and sessions named by the change feed since last time.
         let mut msg_ids: Vec<String> = Vec::new();
         let mut ses_ids: Vec<String> = Vec::new();
         if has_table(&conn, "event") {
             let mut st = conn.prepare("SELECT type, aggregate_id, json_extract(data, '$.info.id') FROM event WHERE rowid > ?1").ok()?;
-            let rows = st
-                .query_map([old.event], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                })
-                .ok()?;
+            let rows = st.query_map([old.event], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))).ok()?;
             for (ty, aggregate, info_id) in rows.flatten() {
                 if ty.starts_with("message.updated") {
                     msg_ids.extend(info_id);
@@ -201,109 +288,80 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<Vec<Db
                 }
             }
         }
-        let mut st = conn
-            .prepare("SELECT id FROM session WHERE rowid > ?1")
-            .ok()?;
-        ses_ids.extend(
-            st.query_map([old.session], |r| r.get::<_, String>(0))
-                .ok()?
-                .flatten(),
-        );
-        let mut st = conn
-            .prepare("SELECT id FROM message WHERE rowid > ?1")
-            .ok()?;
-        msg_ids.extend(
-            st.query_map([old.message], |r| r.get::<_, String>(0))
-                .ok()?
-                .flatten(),
-        );
+        let mut st = conn.prepare("SELECT id FROM session WHERE rowid > ?1").ok()?;
+        ses_ids.extend(st.query_map([old.session], |r| r.get::<_, String>(0)).ok()?.flatten());
+        let mut st = conn.prepare("SELECT id FROM message WHERE rowid > ?1").ok()?;
+        msg_ids.extend(st.query_map([old.message], |r| r.get::<_, String>(0)).ok()?.flatten());
         ses_ids.sort();
         ses_ids.dedup();
         msg_ids.sort();
         msg_ids.dedup();
-
-        let projects: HashMap<String, String> = if has_table(&conn, "project") {
-            let mut st = conn.prepare("SELECT id, worktree FROM project").ok()?;
-            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .ok()?
-                .flatten()
-                .collect()
-        } else {
-            HashMap::new()
-        };
         let mut st = conn
-            .prepare("SELECT project_id, title, time_created FROM session WHERE id = ?1")
+            .prepare("SELECT s.project_id, s.title, s.time_created, p.worktree FROM session s LEFT JOIN project p ON p.id = s.project_id WHERE s.id = ?1")
             .ok()?;
-        for id in &ses_ids {
-            let Ok((project_id, title, created)) = st.query_row([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) else {
-                continue;
-            };
-            let info = SessionInfo {
-                project: if project_id == "global" {
-                    None
-                } else {
-                    projects.get(&project_id).cloned()
-                },
-                project_id,
-                ..Default::default()
-            };
-            let n = &mut cat.names;
-            let s = CSession {
-                id: n.id(id),
-                project: n.id(&project_key(&info)),
-                title: n.id(&title),
-                created,
-            };
-            match session_at.get(&s.id) {
-                Some(&i) => cat.sessions[i] = s,
-                None => {
-                    session_at.insert(s.id, cat.sessions.len());
-                    cat.sessions.push(s);
-                }
+        for id in ses_ids {
+            if let Ok((project_id, title, created, worktree)) = st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))) {
+                session_rows.push((id, project_id, title, created, worktree));
             }
         }
-        let mut st = conn
-            .prepare("SELECT session_id, time_created, data FROM message WHERE id = ?1")
-            .ok()?;
-        for id in &msg_ids {
-            let Ok((session, created, data)) = st.query_row([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            }) else {
-                continue;
-            };
-            let Ok(m) = serde_json::from_slice::<RawMessage<'_>>(&data) else {
-                continue;
-            };
-            let c = compact(&mut cat.names, &session, created, &m);
-            let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
-            match by_id.get(&h) {
-                Some(&i) => cat.messages[i] = c,
-                None => {
-                    by_id.insert(h, cat.messages.len());
-                    cat.messages.push(c);
-                    cat.ids.push(h);
+        let mut st = conn.prepare("SELECT session_id, time_created, data FROM message WHERE id = ?1").ok()?;
+        for id in msg_ids {
+            match st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))) {
+                Ok((session, created, data)) => found.push((id, session, created, data)),
+                // Named by the feed but gone since (deleted): a rebuild settles it.
+                Err(rusqlite::Error::QueryReturnedNoRows) => return None,
+                Err(e) => {
+                    tracing::debug!("catching up on message {id}: {e}; rebuilding");
+                    return None;
                 }
             }
         }
         marks.push(now);
     }
-    for m in &mut cat.messages {
-        m.flags &= !FORK_COPY;
+
+    let mut session_at: rustc_hash::FxHashMap<u32, usize> = cat.sessions.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    for (id, project_id, title, created, worktree) in session_rows {
+        let info = SessionInfo { project: worktree.filter(|_| project_id != "global"), project_id, ..Default::default() };
+        let n = &mut cat.names;
+        let s = CSession { id: n.id(&id), project: n.id(&project_key(&info)), title: n.id(&title), created };
+        let at = *session_at.entry(s.id).or_insert_with(|| {
+            cat.sessions.push(s);
+            cat.sessions.len() - 1
+        });
+        cat.sessions[at] = s;
+        changes.sessions.insert(at as u32);
     }
-    cat.mark_fork_copies();
+    // Where the changed messages already are: one pass over the id hashes.
+    let wanted: rustc_hash::FxHashSet<u64> = found.iter().map(|f| xxhash_rust::xxh3::xxh3_64(f.0.as_bytes())).collect();
+    let mut at: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
+    if !wanted.is_empty() {
+        for (i, h) in cat.ids.iter().enumerate() {
+            if wanted.contains(h) {
+                at.insert(*h, i);
+            }
+        }
+    }
+    let mut created = Vec::new();
+    for (id, session, row_created, data) in found {
+        let Ok(m) = serde_json::from_str::<RawMessage<'_>>(&data) else { return None };
+        let c = compact(&mut cat.names, &session, row_created, &m);
+        let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+        let i = *at.entry(h).or_insert_with(|| {
+            cat.messages.push(c);
+            cat.ids.push(h);
+            cat.messages.len() - 1
+        });
+        if let Some(old) = cat.messages.get(i) {
+            created.push(old.created);
+        }
+        cat.messages[i] = c;
+        created.push(c.created);
+        changes.messages.insert(i as u32);
+    }
+    changes.messages.extend(cat.remark_forks_at(&created));
     cat.report.sessions = cat.sessions.len();
     cat.report.messages = cat.messages.len();
-    Some(marks)
+    Some((marks, changes))
 }
 
 pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMessage<'_>) -> CMessage {

@@ -115,6 +115,12 @@ pub fn has_table(conn: &Connection, name: &str) -> bool {
     .is_some()
 }
 
+/// Whether `table` exists and holds at least one row.
+pub fn has_rows(conn: &Connection, table: &str) -> bool {
+    has_table(conn, table)
+        && conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| r.get::<_, bool>(0)).unwrap_or(false)
+}
+
 /// A message's JSON as OpenCode stores it (SQLite `data`, or a JSON file), borrowed.
 #[derive(Debug, Deserialize)]
 pub struct RawMessage<'a> {
@@ -403,8 +409,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
             }
         };
         // Newer runners' rows, when there are any, may repeat v1 messages.
-        let v2 = has_table(&conn, "session_message")
-            && conn.query_row("SELECT EXISTS (SELECT 1 FROM session_message)", [], |r| r.get::<_, bool>(0)).unwrap_or(false);
+        let v2 = has_rows(&conn, "session_message");
         if sources > 1 || v2 {
             seen.get_or_insert_with(FxHashSet::default);
         }
