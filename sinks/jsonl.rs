@@ -54,11 +54,7 @@ crate::register_component!(
 impl JsonlConfig {
     fn template(&self) -> Result<PathTemplate, FieldError> {
         PathTemplate::parse(&self.path, self.base_dir.as_deref()).map_err(|e| {
-            let field = if e.message.contains("base_dir") && self.base_dir.is_some() {
-                "base_dir"
-            } else {
-                "path"
-            };
+            let field = if e.message.contains("base_dir") && self.base_dir.is_some() { "base_dir" } else { "path" };
             FieldError::new(FieldPath::key(field), e.message).help(e.help)
         })
     }
@@ -70,33 +66,20 @@ impl SinkConfig for JsonlConfig {
         if let Err(e) = self.template() {
             errs.push(e);
         }
-        for (name, v) in [
-            ("batch_max_events", self.batch_max_events),
-            ("max_open_files", self.max_open_files),
-        ] {
+        for (name, v) in [("batch_max_events", self.batch_max_events), ("max_open_files", self.max_open_files)] {
             if v == 0 {
-                errs.push(FieldError::new(
-                    FieldPath::key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
+                errs.push(FieldError::new(FieldPath::key(name), format!("`{name}` must be at least 1")));
             }
         }
         errs
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
-        let template = self
-            .template()
-            .map_err(|e| anyhow::anyhow!(e.message))?
-            .resolved(|p| cx.resolve(p));
+        let template = self.template().map_err(|e| anyhow::anyhow!(e.message))?.resolved(|p| cx.resolve(p));
         Ok(Box::new(JsonlSink {
             template,
             batch: self.batch_max_events,
-            files: OpenFiles {
-                max: self.max_open_files,
-                open: HashMap::new(),
-                tick: 0,
-            },
+            files: OpenFiles { max: self.max_open_files, open: HashMap::new(), tick: 0 },
             cx: cx.clone(),
         }))
     }
@@ -114,11 +97,7 @@ impl OpenFiles {
         self.tick += 1;
         if !self.open.contains_key(path) {
             if self.open.len() >= self.max {
-                let oldest = self
-                    .open
-                    .iter()
-                    .min_by_key(|(_, (_, t))| *t)
-                    .map(|(p, _)| p.clone());
+                let oldest = self.open.iter().min_by_key(|(_, (_, t))| *t).map(|(p, _)| p.clone());
                 if let Some(p) = oldest {
                     self.open.remove(&p);
                 }
@@ -126,11 +105,7 @@ impl OpenFiles {
             if let Some(dir) = path.parent() {
                 create_private_dir(dir)?;
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)?;
+            let f = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
             self.open.insert(path.to_path_buf(), (f, self.tick));
         }
         let entry = self.open.get_mut(path).expect("just inserted");
@@ -166,8 +141,7 @@ impl JsonlSink {
             let result = self.files.get(&path).and_then(|f| f.write_all(&buf));
             if let Err(e) = result {
                 self.files.open.remove(&path);
-                self.cx
-                    .error(format_args!("writing {}: {e}", path.display()));
+                self.cx.error(format_args!("writing {}: {e}", path.display()));
                 members.iter().for_each(|&i| batch[i].fail());
             }
         }
@@ -204,9 +178,7 @@ mod tests {
             r#"{{"kind":"request","id":{id},"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"{session}","method":"POST","url":"http://x","headers":{{}},"body":{{"n":{id}}}}}"#
         ))
         .unwrap();
-        let ts = chrono::DateTime::parse_from_rfc3339(&rec.timestamp)
-            .unwrap()
-            .into();
+        let ts = chrono::DateTime::parse_from_rfc3339(&rec.timestamp).unwrap().into();
         Event::new("t".into(), ts, Payload::Trace(Box::new(rec)))
     }
 
@@ -214,56 +186,33 @@ mod tests {
     async fn writes_per_session_files_with_private_modes() {
         let dir = tempfile::tempdir().unwrap();
         let cfg: JsonlConfig = toml::from_str(r#"path = "out/%Y/{sessionID}.jsonl""#).unwrap();
-        let events = vec![
-            trace("ses_a", 1),
-            trace("ses_b", 2),
-            trace("ses_a", 3),
-            trace("../../x", 4),
-        ];
+        let events = vec![trace("ses_a", 1), trace("ses_b", 2), trace("ses_a", 3), trace("../../x", 4)];
         let m = testing::run_sink(&cfg, events, dir.path()).await;
         assert_eq!(m.errors, 0);
         let a = std::fs::read_to_string(dir.path().join("out/2026/ses_a.jsonl")).unwrap();
         assert_eq!(a.lines().count(), 2);
         assert!(a.lines().next().unwrap().ends_with(r#""body":{"n":1}}"#));
         assert!(dir.path().join("out/2026/_.._.._x.jsonl").exists());
-        let mode = std::fs::metadata(dir.path().join("out/2026/ses_b.jsonl"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("out/2026/ses_b.jsonl")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let mode = std::fs::metadata(dir.path().join("out/2026"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("out/2026")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
     fn escaping_templates_are_config_errors() {
-        let errs = testing::parse(
-            Kind::Sink,
-            "jsonl",
-            r#"path = "out/../../{sessionID}.jsonl""#,
-        )
-        .unwrap_err();
+        let errs = testing::parse(Kind::Sink, "jsonl", r#"path = "out/../../{sessionID}.jsonl""#).unwrap_err();
         assert_eq!(errs[0].path.to_string(), "path");
         assert!(errs[0].message.contains("could escape"));
-        let errs = testing::parse(
-            Kind::Sink,
-            "jsonl",
-            "path = \"/etc/{x}\"\nbase_dir = \"/data\"",
-        )
-        .unwrap_err();
+        let errs = testing::parse(Kind::Sink, "jsonl", "path = \"/etc/{x}\"\nbase_dir = \"/data\"").unwrap_err();
         assert_eq!(errs[0].path.to_string(), "base_dir");
     }
 
     #[tokio::test]
     async fn few_open_files_still_write_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg: JsonlConfig = toml::from_str(
-            "path = \"o/{sessionID}.jsonl\"\nmax_open_files = 2\nbatch_max_events = 3",
-        )
-        .unwrap();
+        let cfg: JsonlConfig =
+            toml::from_str("path = \"o/{sessionID}.jsonl\"\nmax_open_files = 2\nbatch_max_events = 3").unwrap();
         let events: Vec<Event> = (0..30).map(|i| trace(&format!("s{}", i % 5), i)).collect();
         testing::run_sink(&cfg, events, dir.path()).await;
         for s in 0..5 {

@@ -113,16 +113,10 @@ impl SinkConfig for SqliteConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.path.trim().is_empty() {
-            errs.push(
-                FieldError::new(FieldPath::key("path"), "`path` is empty")
-                    .help("e.g. path = \"out/ocpipe.db\""),
-            );
+            errs.push(FieldError::new(FieldPath::key("path"), "`path` is empty").help("e.g. path = \"out/ocpipe.db\""));
         }
         if self.batch_max_events == 0 {
-            errs.push(FieldError::new(
-                FieldPath::key("batch_max_events"),
-                "`batch_max_events` must be at least 1",
-            ));
+            errs.push(FieldError::new(FieldPath::key("batch_max_events"), "`batch_max_events` must be at least 1"));
         }
         errs
     }
@@ -130,12 +124,7 @@ impl SinkConfig for SqliteConfig {
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
         let path = cx.resolve(&self.path);
         let conn = open(&path)?;
-        Ok(Box::new(SqliteSink {
-            conn,
-            path,
-            batch: self.batch_max_events,
-            cx: cx.clone(),
-        }))
+        Ok(Box::new(SqliteSink { conn, path, batch: self.batch_max_events, cx: cx.clone() }))
     }
 }
 
@@ -153,8 +142,7 @@ pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
         .with_context(|| format!("creating {}", path.display()))?;
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)
-        .with_context(|| format!("preparing tables in {}", path.display()))?;
+    conn.execute_batch(SCHEMA).with_context(|| format!("preparing tables in {}", path.display()))?;
     Ok(conn)
 }
 
@@ -172,26 +160,38 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
     match &ev.payload {
         Payload::Trace(t) => {
             let id = ev.meta.id.clone().unwrap_or_else(|| t.natural_id());
-            let common = params![
-                id,
-                t.session_id,
-                t.id_text(),
-                t.timestamp,
-                t.method,
-                t.url,
-                &*ev.meta.source,
-                raw
-            ];
+            let common = params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw];
             match t.kind {
                 TraceKind::Request => tx
                     .prepare_cached("INSERT OR IGNORE INTO trace_request VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")?
                     .execute(common)?,
                 TraceKind::Response => tx
                     .prepare_cached("INSERT OR IGNORE INTO trace_response VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?
-                    .execute(params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw, t.status, t.status_text])?,
+                    .execute(params![
+                        id,
+                        t.session_id,
+                        t.id_text(),
+                        t.timestamp,
+                        t.method,
+                        t.url,
+                        &*ev.meta.source,
+                        raw,
+                        t.status,
+                        t.status_text
+                    ])?,
                 TraceKind::Error => tx
                     .prepare_cached("INSERT OR IGNORE INTO trace_error VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")?
-                    .execute(params![id, t.session_id, t.id_text(), t.timestamp, t.method, t.url, &*ev.meta.source, raw, t.error])?,
+                    .execute(params![
+                        id,
+                        t.session_id,
+                        t.id_text(),
+                        t.timestamp,
+                        t.method,
+                        t.url,
+                        &*ev.meta.source,
+                        raw,
+                        t.error
+                    ])?,
             };
         }
         Payload::Session(s) => {
@@ -364,8 +364,16 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
             )?;
         }
         Payload::Json(_) => {
-            tx.prepare_cached("INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)")?
-                .execute(params![ev.meta.id, ev.kind(), &*ev.meta.source, ev.meta.timestamp.to_rfc3339(), raw])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)",
+            )?
+            .execute(params![
+                ev.meta.id,
+                ev.kind(),
+                &*ev.meta.source,
+                ev.meta.timestamp.to_rfc3339(),
+                raw
+            ])?;
         }
     }
     Ok(())
@@ -379,10 +387,7 @@ fn upsert(
     values: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<()> {
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let updates: Vec<String> = cols[1..]
-        .iter()
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
+    let updates: Vec<String> = cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
     let sql = format!(
         "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw",
         cols.join(", "),
@@ -410,11 +415,7 @@ impl Sink for SqliteSink {
                 let mut batch = Vec::with_capacity(self.batch);
                 while input.blocking_recv_batch(&mut batch, self.batch) {
                     if let Err(e) = self.write(&batch) {
-                        self.cx.error(format_args!(
-                            "writing {} events to {}: {e}",
-                            batch.len(),
-                            self.path.display()
-                        ));
+                        self.cx.error(format_args!("writing {} events to {}: {e}", batch.len(), self.path.display()));
                         batch.iter().for_each(Event::fail);
                     }
                     // Dropping the events acknowledges them: they are committed.
@@ -444,54 +445,26 @@ mod tests {
         ))
         .unwrap();
         let id = rec.natural_id();
-        Event::new(
-            "t".into(),
-            chrono::Utc::now(),
-            Payload::Trace(Box::new(rec)),
-        )
-        .with_id(id)
+        Event::new("t".into(), chrono::Utc::now(), Payload::Trace(Box::new(rec))).with_id(id)
     }
 
     #[tokio::test]
     async fn stores_each_kind_once_even_when_sent_twice() {
         let dir = tempfile::tempdir().unwrap();
         let cfg: SqliteConfig = toml::from_str(r#"path = "db/t.db""#).unwrap();
-        let batch = || {
-            vec![
-                trace("request", 1),
-                trace("response", 1),
-                trace("error", 2),
-                trace("request", 3),
-            ]
-        };
+        let batch = || vec![trace("request", 1), trace("response", 1), trace("error", 2), trace("request", 3)];
         testing::run_sink(&cfg, batch(), dir.path()).await;
         testing::run_sink(&cfg, batch(), dir.path()).await;
         let conn = Connection::open(dir.path().join("db/t.db")).unwrap();
-        let count = |t: &str| {
-            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .unwrap()
-        };
-        assert_eq!(
-            (
-                count("trace_request"),
-                count("trace_response"),
-                count("trace_error")
-            ),
-            (2, 1, 1)
-        );
+        let count = |t: &str| conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!((count("trace_request"), count("trace_response"), count("trace_error")), (2, 1, 1));
         let (status, model): (i64, String) = conn
-            .query_row(
-                "SELECT status, json_extract(raw, '$.body.model') FROM trace_response",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT status, json_extract(raw, '$.body.model') FROM trace_response", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         assert_eq!((status, model.as_str()), (200, "m"));
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 }

@@ -59,26 +59,14 @@ impl CheckpointFile {
                 ))),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", self.path.display()),
-            )),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))),
         }
     }
 
     pub fn store<T: Serialize>(&self, data: &T) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&Envelope {
-            version: VERSION,
-            data,
-        })
-        .map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&Envelope { version: VERSION, data }).map_err(io::Error::other)?;
         let tmp = self.tmp();
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_data()?;
         fs::rename(&tmp, &self.path)
@@ -103,11 +91,6 @@ mod tests {
         fs::write(cp.tmp(), br#"{"version":1,"da"#).unwrap();
         assert_eq!(cp.load::<u64>().unwrap(), Some(7));
         fs::write(cp.path(), b"garbage").unwrap();
-        assert!(
-            cp.load::<u64>()
-                .unwrap_err()
-                .to_string()
-                .contains("unreadable checkpoint")
-        );
+        assert!(cp.load::<u64>().unwrap_err().to_string().contains("unreadable checkpoint"));
     }
 }

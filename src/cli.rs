@@ -14,11 +14,7 @@ use crate::registry;
 use crate::runtime::{RunOptions, Topology};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "ocpipe",
-    version,
-    about = "An event pipeline for watching OpenCode coding agents"
-)]
+#[command(name = "ocpipe", version, about = "An event pipeline for watching OpenCode coding agents")]
 pub struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG is used when this is not given).
     #[arg(long, global = true, value_name = "LEVEL")]
@@ -80,9 +76,7 @@ pub fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     // Subcommands that components contribute join the built-in ones.
     let extra = registry::commands();
-    let matches = Cli::command()
-        .subcommands(extra.iter().map(|c| (c.command)()))
-        .get_matches();
+    let matches = Cli::command().subcommands(extra.iter().map(|c| (c.command)())).get_matches();
     let level = matches.get_one::<String>("log_level").cloned();
     if let Some((name, sub)) = matches.subcommand() {
         if let Some(c) = extra.iter().find(|c| c.name == name) {
@@ -108,11 +102,7 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(format_args!("{e:#}")),
         },
-        Command::Tap {
-            component,
-            data_dir,
-            limit,
-        } => tap(component, data_dir, limit),
+        Command::Tap { component, data_dir, limit } => tap(component, data_dir, limit),
         Command::Top { data_dir, once } => top(data_dir, once),
     }
 }
@@ -137,23 +127,14 @@ fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
 
 /// Pipelines shipped in the binary, so `ocpipe run pipelines/x.toml` works from any directory.
 const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "pipelines/trace.toml",
-        include_str!("../pipelines/trace.toml"),
-    ),
-    (
-        "pipelines/monitor.toml",
-        include_str!("../pipelines/monitor.toml"),
-    ),
+    ("pipelines/trace.toml", include_str!("../pipelines/trace.toml")),
+    ("pipelines/monitor.toml", include_str!("../pipelines/monitor.toml")),
 ];
 
 fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
     if let [file] = files {
         if let (false, Some(text)) = (file.exists(), embedded(file)) {
-            tracing::info!(
-                "{} is not here; using the copy built into ocpipe",
-                file.display()
-            );
+            tracing::info!("{} is not here; using the copy built into ocpipe", file.display());
             return config::load_str(&file.display().to_string(), text);
         }
     }
@@ -163,10 +144,7 @@ fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
 fn embedded(path: &Path) -> Option<&'static str> {
     let p = path.to_string_lossy();
     let p = p.trim_start_matches("./");
-    EMBEDDED
-        .iter()
-        .find(|(name, _)| *name == p)
-        .map(|(_, text)| *text)
+    EMBEDDED.iter().find(|(name, _)| *name == p).map(|(_, text)| *text)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -188,24 +166,13 @@ fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
         eprint!("{warnings}");
     }
     let data_dir = data_dir
-        .or_else(|| {
-            pipeline
-                .data_dir
-                .as_ref()
-                .map(|d| expand_home(&d.to_string_lossy()))
-        })
+        .or_else(|| pipeline.data_dir.as_ref().map(|d| expand_home(&d.to_string_lossy())))
         .unwrap_or_else(default_data_dir);
     if let Err(e) = create_private_dir(&data_dir) {
-        return fail(format_args!(
-            "cannot create data directory {}: {e}",
-            data_dir.display()
-        ));
+        return fail(format_args!("cannot create data directory {}: {e}", data_dir.display()));
     }
     let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
     };
@@ -238,10 +205,7 @@ fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
 
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         tracing::warn!("cannot install signal handlers");
         return;
     };
@@ -259,17 +223,8 @@ fn validate(files: Vec<PathBuf>) -> ExitCode {
             println!(
                 "ok: {} component{} ({})",
                 pipeline.components.len(),
-                if pipeline.components.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                pipeline
-                    .components
-                    .iter()
-                    .map(|c| format!("{} {}", c.kind, c.id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                if pipeline.components.len() == 1 { "" } else { "s" },
+                pipeline.components.iter().map(|c| format!("{} {}", c.kind, c.id)).collect::<Vec<_>>().join(", ")
             );
             ExitCode::SUCCESS
         }
@@ -297,11 +252,7 @@ fn list(json: bool) -> ExitCode {
     } else {
         let width = regs.iter().map(|r| r.type_name.len()).max().unwrap_or(0);
         for r in regs {
-            let _ = writeln!(
-                out,
-                "{:<9} {:<width$}  {}",
-                r.kind, r.type_name, r.description
-            );
+            let _ = writeln!(out, "{:<9} {:<width$}  {}", r.kind, r.type_name, r.description);
         }
     }
     ExitCode::SUCCESS
@@ -309,20 +260,13 @@ fn list(json: bool) -> ExitCode {
 
 fn tap(component: String, data_dir: Option<PathBuf>, limit: Option<u64>) -> ExitCode {
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut seen = 0u64;
-    let result = rt.block_on(control::request(
-        &data_dir,
-        &control::Request::Tap(component),
-        |line| {
-            println!("{line}");
-            seen += 1;
-            limit.is_none_or(|l| seen < l)
-        },
-    ));
+    let result = rt.block_on(control::request(&data_dir, &control::Request::Tap(component), |line| {
+        println!("{line}");
+        seen += 1;
+        limit.is_none_or(|l| seen < l)
+    }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format_args!("{e:#}")),
@@ -331,20 +275,13 @@ fn tap(component: String, data_dir: Option<PathBuf>, limit: Option<u64>) -> Exit
 
 fn top(data_dir: Option<PathBuf>, once: bool) -> ExitCode {
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     loop {
         let mut rows: Vec<control::ComponentMetricsRow> = Vec::new();
-        let result = rt.block_on(control::request(
-            &data_dir,
-            &control::Request::Metrics(true),
-            |line| {
-                rows = serde_json::from_str(line).unwrap_or_default();
-                false
-            },
-        ));
+        let result = rt.block_on(control::request(&data_dir, &control::Request::Metrics(true), |line| {
+            rows = serde_json::from_str(line).unwrap_or_default();
+            false
+        }));
         if let Err(e) = result {
             return fail(format_args!("{e:#}"));
         }

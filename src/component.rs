@@ -79,12 +79,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(id: &str, data_root: PathBuf, base_dir: PathBuf) -> Self {
-        Context {
-            id: id.into(),
-            metrics: Arc::default(),
-            data_root,
-            base_dir,
-        }
+        Context { id: id.into(), metrics: Arc::default(), data_root, base_dir }
     }
 
     /// The component's private state directory (`DATA_DIR/<id>`), created with mode 0700.
@@ -98,11 +93,7 @@ impl Context {
     /// the directory ocpipe was started in.
     pub fn resolve(&self, path: &str) -> PathBuf {
         let expanded = expand_home(path);
-        if expanded.is_absolute() {
-            expanded
-        } else {
-            self.base_dir.join(expanded)
-        }
+        if expanded.is_absolute() { expanded } else { self.base_dir.join(expanded) }
     }
 
     /// Counts an error and logs it at warn level.
@@ -121,17 +112,12 @@ pub fn expand_home(path: &str) -> PathBuf {
 }
 
 pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
 }
 
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 pub struct SourceContext {
@@ -260,11 +246,7 @@ pub struct Output {
 
 impl Output {
     pub fn new(targets: Vec<Target>, metrics: Arc<ComponentMetrics>, tap: Arc<TapPoint>) -> Self {
-        Output {
-            targets,
-            metrics,
-            tap,
-        }
+        Output { targets, metrics, tap }
     }
 
     /// Sends to every consumer. A `block` consumer with a full buffer makes this wait (and so

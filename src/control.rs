@@ -51,8 +51,7 @@ pub async fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
                 data_dir.display()
             );
         }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing stale {}", path.display()))?;
+        std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))
 }
@@ -80,11 +79,7 @@ pub async fn serve(listener: UnixListener, handles: Handles, stop: CancellationT
     }
 }
 
-async fn client(
-    stream: UnixStream,
-    handles: Handles,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+async fn client(stream: UnixStream, handles: Handles, stop: CancellationToken) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -132,22 +127,13 @@ async fn client(
 
 /// Client side: sends `request` and passes each answer line to `on_line` until the server closes
 /// or `on_line` returns false.
-pub async fn request(
-    data_dir: &Path,
-    request: &Request,
-    mut on_line: impl FnMut(&str) -> bool,
-) -> anyhow::Result<()> {
+pub async fn request(data_dir: &Path, request: &Request, mut on_line: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
     let stream = UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "no running ocpipe answers on {} (start one with `ocpipe run`, or pass its --data-dir)",
-            path.display()
-        )
+        format!("no running ocpipe answers on {} (start one with `ocpipe run`, or pass its --data-dir)", path.display())
     })?;
     let (read, mut write) = stream.into_split();
-    write
-        .write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes())
-        .await?;
+    write.write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes()).await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         if !on_line(&line) {

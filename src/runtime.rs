@@ -47,10 +47,7 @@ impl Handles {
         self.components.iter().find(|c| c.id == id)
     }
     pub fn snapshot(&self) -> Vec<(String, Kind, &'static str, MetricsSnapshot)> {
-        self.components
-            .iter()
-            .map(|c| (c.id.clone(), c.kind, c.type_name, c.metrics.snapshot()))
-            .collect()
+        self.components.iter().map(|c| (c.id.clone(), c.kind, c.type_name, c.metrics.snapshot())).collect()
     }
 }
 
@@ -78,10 +75,7 @@ type Task = futures::future::BoxFuture<'static, anyhow::Result<()>>;
 /// A built pipeline, ready to run.
 pub struct Topology {
     handles: Handles,
-    sources: Vec<(
-        String,
-        Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>,
-    )>,
+    sources: Vec<(String, Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>)>,
     others: Vec<(String, Task)>,
     shutdown_timeout: Duration,
 }
@@ -104,11 +98,7 @@ impl Topology {
                 tap: Arc::default(),
             });
             if c.kind != Kind::Source {
-                let capacity = if c.kind == Kind::Sink {
-                    c.buffer.max_events
-                } else {
-                    TRANSFORM_BUFFER
-                };
+                let capacity = if c.kind == Kind::Sink { c.buffer.max_events } else { TRANSFORM_BUFFER };
                 let (tx, rx) = mpsc::channel(capacity);
                 senders.insert(c.id.clone(), tx);
                 inputs.insert(c.id.clone(), Input::new(rx, cx.metrics.clone()));
@@ -124,30 +114,18 @@ impl Topology {
                 .filter(|c| c.inputs.iter().any(|i| *i == producer.id))
                 .map(|c| Target {
                     tx: senders[&c.id].clone(),
-                    when_full: if c.kind == Kind::Sink {
-                        c.buffer.when_full
-                    } else {
-                        WhenFull::Block
-                    },
+                    when_full: if c.kind == Kind::Sink { c.buffer.when_full } else { WhenFull::Block },
                     metrics: contexts[&c.id].metrics.clone(),
                 })
                 .collect();
-            let h = handles
-                .get(&producer.id)
-                .expect("handle for every component");
-            outputs.insert(
-                producer.id.clone(),
-                Output::new(targets, h.metrics.clone(), h.tap.clone()),
-            );
+            let h = handles.get(&producer.id).expect("handle for every component");
+            outputs.insert(producer.id.clone(), Output::new(targets, h.metrics.clone(), h.tap.clone()));
         }
         drop(senders);
         let mut output_of = |id: &str| outputs.remove(id).expect("output for every producer");
 
         let mut errors = Vec::new();
-        let mut sources: Vec<(
-            String,
-            Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>,
-        )> = Vec::new();
+        let mut sources: Vec<(String, Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>)> = Vec::new();
         let mut others: Vec<(String, Task)> = Vec::new();
         for c in pipeline.components {
             let cx = contexts[&c.id].clone();
@@ -170,26 +148,15 @@ impl Topology {
                     let out = output_of(&id);
                     sources.push((
                         id,
-                        Box::new(move |shutdown| {
-                            cfg.build(SourceContext { cx, out, shutdown })
-                                .with_context(|| what)
-                        }),
+                        Box::new(move |shutdown| cfg.build(SourceContext { cx, out, shutdown }).with_context(|| what)),
                     ));
                 }
             }
         }
         if !errors.is_empty() {
-            return Err(anyhow!(
-                "could not build the pipeline:\n  {}",
-                errors.join("\n  ")
-            ));
+            return Err(anyhow!("could not build the pipeline:\n  {}", errors.join("\n  ")));
         }
-        Ok(Topology {
-            handles,
-            sources,
-            others,
-            shutdown_timeout: pipeline.shutdown_timeout,
-        })
+        Ok(Topology { handles, sources, others, shutdown_timeout: pipeline.shutdown_timeout })
     }
 
     pub fn handles(&self) -> Handles {
@@ -273,11 +240,7 @@ impl Topology {
                 deadline = Some(tokio::time::Instant::now() + self.shutdown_timeout);
             }
         }
-        Summary {
-            metrics: self.handles.snapshot(),
-            failed,
-            timed_out,
-        }
+        Summary { metrics: self.handles.snapshot(), failed, timed_out }
     }
 }
 

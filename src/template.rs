@@ -41,15 +41,9 @@ impl PathTemplate {
     /// directory before the first placeholder. Relative paths are returned relative; resolve them
     /// with [`PathTemplate::resolved`].
     pub fn parse(template: &str, base_dir: Option<&str>) -> Result<PathTemplate, TemplateError> {
-        let err = |m: String, h: &str| TemplateError {
-            message: m,
-            help: h.to_string(),
-        };
+        let err = |m: String, h: &str| TemplateError { message: m, help: h.to_string() };
         if template.is_empty() {
-            return Err(err(
-                "the path template is empty".into(),
-                "e.g. path = \"out/{sessionID}.jsonl\"",
-            ));
+            return Err(err("the path template is empty".into(), "e.g. path = \"out/{sessionID}.jsonl\""));
         }
         let mut parts = Vec::new();
         let mut rest = template;
@@ -58,10 +52,7 @@ impl PathTemplate {
                 parts.push(literal(&rest[..open])?);
             }
             let Some(close) = rest[open..].find('}') else {
-                return Err(err(
-                    format!("unclosed `{{` in path template `{template}`"),
-                    "close the field with `}`",
-                ));
+                return Err(err(format!("unclosed `{{` in path template `{template}`"), "close the field with `}`"));
             };
             let name = rest[open + 1..open + close].trim();
             if name.is_empty() {
@@ -78,17 +69,12 @@ impl PathTemplate {
         }
         if template.split('/').any(|c| c == "..") {
             return Err(err(
-                format!(
-                    "path template `{template}` contains `..` and could escape its base directory"
-                ),
+                format!("path template `{template}` contains `..` and could escape its base directory"),
                 "write the path without `..`; set `base_dir` to the directory files may go in",
             ));
         }
         if template.ends_with('/') {
-            return Err(err(
-                format!("path template `{template}` names a directory"),
-                "end it with a file name",
-            ));
+            return Err(err(format!("path template `{template}` names a directory"), "end it with a file name"));
         }
         // The literal prefix before the first placeholder or date part.
         let dynamic_at = template.find(['{', '%']).unwrap_or(template.len());
@@ -101,17 +87,11 @@ impl PathTemplate {
             Some(b) => {
                 let b = Path::new(b);
                 if b.components().any(|c| c == Component::ParentDir) {
-                    return Err(err(
-                        format!("base_dir `{}` contains `..`", b.display()),
-                        "use a path without `..`",
-                    ));
+                    return Err(err(format!("base_dir `{}` contains `..`", b.display()), "use a path without `..`"));
                 }
                 if Path::new(template).is_absolute() && !Path::new(prefix_dir).starts_with(b) {
                     return Err(err(
-                        format!(
-                            "path template `{template}` is outside base_dir `{}`",
-                            b.display()
-                        ),
+                        format!("path template `{template}` is outside base_dir `{}`", b.display()),
                         "make the path relative (it is then inside base_dir) or move base_dir",
                     ));
                 }
@@ -119,11 +99,7 @@ impl PathTemplate {
             }
         };
         // With an explicit base, relative templates are relative to it.
-        let root = if base_dir.is_some() && !Path::new(template).is_absolute() {
-            base.clone()
-        } else {
-            PathBuf::new()
-        };
+        let root = if base_dir.is_some() && !Path::new(template).is_absolute() { base.clone() } else { PathBuf::new() };
         Ok(PathTemplate { base, root, parts })
     }
 
@@ -140,29 +116,15 @@ impl PathTemplate {
 
     /// The template is a fixed path (no fields, no date parts).
     pub fn is_static(&self) -> bool {
-        self.parts.iter().all(|p| {
-            matches!(
-                p,
-                Part::Literal {
-                    has_date: false,
-                    ..
-                }
-            )
-        })
+        self.parts.iter().all(|p| matches!(p, Part::Literal { has_date: false, .. }))
     }
 
     pub fn render(&self, event: &Event) -> PathBuf {
         let mut out = String::new();
         for part in &self.parts {
             match part {
-                Part::Literal {
-                    text,
-                    has_date: false,
-                } => out.push_str(text),
-                Part::Literal {
-                    text,
-                    has_date: true,
-                } => out.push_str(&event.meta.timestamp.format(text).to_string()),
+                Part::Literal { text, has_date: false } => out.push_str(text),
+                Part::Literal { text, has_date: true } => out.push_str(&event.meta.timestamp.format(text).to_string()),
                 Part::Field(name) => match event.field(name) {
                     Some(v) => out.push_str(&sanitize(&v)),
                     None => out.push_str("_unknown"),
@@ -183,10 +145,7 @@ fn literal(text: &str) -> Result<Part, TemplateError> {
             help: "use strftime parts such as %Y, %m, %d, %H; write %% for a literal %".into(),
         });
     }
-    Ok(Part::Literal {
-        text: text.to_string(),
-        has_date,
-    })
+    Ok(Part::Literal { text: text.to_string(), has_date })
 }
 
 /// Makes a field value safe as one path component.
@@ -194,13 +153,7 @@ fn sanitize(value: &str) -> String {
     let mut s: String = value
         .chars()
         .take(128)
-        .map(|c| {
-            if c == '/' || c == '\\' || c == '\0' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
+        .map(|c| if c == '/' || c == '\\' || c == '\0' || c.is_control() { '_' } else { c })
         .collect();
     if s.is_empty() || s.starts_with('.') {
         s.insert(0, '_');
@@ -227,10 +180,7 @@ mod tests {
         assert_eq!(p, PathBuf::from("out/2026-04-25/ses_1.jsonl"));
         let t = t.resolved(|p| Path::new("/work").join(p));
         assert_eq!(t.base(), Path::new("/work/out"));
-        assert_eq!(
-            t.render(&ev(serde_json::json!({"sessionID": "s"}))),
-            PathBuf::from("/work/out/2026-04-25/s.jsonl")
-        );
+        assert_eq!(t.render(&ev(serde_json::json!({"sessionID": "s"}))), PathBuf::from("/work/out/2026-04-25/s.jsonl"));
     }
 
     #[test]
@@ -245,18 +195,8 @@ mod tests {
 
     #[test]
     fn templates_that_could_escape_are_rejected() {
-        assert!(
-            PathTemplate::parse("out/../{x}.jsonl", None)
-                .unwrap_err()
-                .message
-                .contains("could escape")
-        );
-        assert!(
-            PathTemplate::parse("/tmp/{x}.jsonl", Some("/data"))
-                .unwrap_err()
-                .message
-                .contains("outside base_dir")
-        );
+        assert!(PathTemplate::parse("out/../{x}.jsonl", None).unwrap_err().message.contains("could escape"));
+        assert!(PathTemplate::parse("/tmp/{x}.jsonl", Some("/data")).unwrap_err().message.contains("outside base_dir"));
         assert!(PathTemplate::parse("out/{x", None).is_err());
         assert!(PathTemplate::parse("out/%Q{x}", None).is_err());
         assert!(PathTemplate::parse("/data/sub/{x}.jsonl", Some("/data")).is_ok());

@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{
-    Context, Input, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform,
-    TransformConfig,
+    Context, Input, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform, TransformConfig,
 };
 use crate::config::{FieldError, WhenFull};
 use crate::event::Event;
@@ -27,16 +26,11 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Parses and validates a component config the way the loader does.
 pub fn parse(kind: Kind, type_name: &str, body: &str) -> Result<AnyConfig, Vec<FieldError>> {
-    let reg = registry::find(kind, type_name)
-        .unwrap_or_else(|| panic!("no {kind} `{type_name}` registered"));
+    let reg = registry::find(kind, type_name).unwrap_or_else(|| panic!("no {kind} `{type_name}` registered"));
     let table: toml::Table = toml::from_str(body).expect("test config is valid TOML");
     let cfg = (reg.parse)(toml::Value::Table(table))?;
     let problems = cfg.validate();
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(cfg) } else { Err(problems) }
 }
 
 pub fn context(id: &str, dir: &Path) -> Context {
@@ -46,15 +40,8 @@ pub fn context(id: &str, dir: &Path) -> Context {
 /// An output that collects into a channel, counting on the component's own metrics.
 fn capture(metrics: &Arc<ComponentMetrics>) -> (Output, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1_000_000);
-    let target = Target {
-        tx,
-        when_full: WhenFull::Block,
-        metrics: Arc::default(),
-    };
-    (
-        Output::new(vec![target], metrics.clone(), Arc::new(TapPoint::default())),
-        rx,
-    )
+    let target = Target { tx, when_full: WhenFull::Block, metrics: Arc::default() };
+    (Output::new(vec![target], metrics.clone(), Arc::new(TapPoint::default())), rx)
 }
 
 fn feed(events: Vec<Event>, metrics: Arc<ComponentMetrics>) -> Input {
@@ -75,6 +62,8 @@ fn delivered(mut e: Event) -> Event {
 pub struct Outcome {
     pub events: Vec<Event>,
     pub metrics: MetricsSnapshot,
+    /// A per-event transform (each event is sent on or dropped), not a stateful one.
+    pub per_event: bool,
 }
 
 /// Feeds `events` to a transform, ends its input, and checks that it finishes and that its
@@ -83,6 +72,7 @@ pub async fn run_transform(cfg: &dyn TransformConfig, events: Vec<Event>, dir: &
     let n = events.len() as u64;
     let cx = context("transform_under_test", dir);
     let transform = cfg.build(&cx).expect("transform builds");
+    let per_event = matches!(transform, Transform::Function(_));
     let input = feed(events, cx.metrics.clone());
     let (mut out, mut rx) = capture(&cx.metrics);
     let task = async move {
@@ -108,19 +98,10 @@ pub async fn run_transform(cfg: &dyn TransformConfig, events: Vec<Event>, dir: &
         got.push(e);
     }
     let metrics = cx.metrics.snapshot();
-    assert_eq!(
-        metrics.received, n,
-        "transform must count every event received"
-    );
-    assert_eq!(
-        metrics.sent,
-        got.len() as u64,
-        "transform must count every event sent"
-    );
-    Outcome {
-        events: got,
-        metrics,
-    }
+    assert_eq!(metrics.received, n, "transform must count every event received");
+    assert_eq!(metrics.sent, got.len() as u64, "transform must count every event sent");
+    assert!(metrics.dropped <= n, "a transform cannot drop more than it received");
+    Outcome { events: got, metrics, per_event }
 }
 
 /// Feeds `events` to a sink, ends its input, and checks that it finishes and counts them.
@@ -140,22 +121,11 @@ pub async fn run_sink(cfg: &dyn SinkConfig, events: Vec<Event>, dir: &Path) -> M
 
 /// Runs a source until `done` says so (given what it emitted so far) or `max` passes, shuts it
 /// down, and checks that it stops in time and counted what it sent.
-pub async fn run_source(
-    cfg: &dyn SourceConfig,
-    dir: &Path,
-    max: Duration,
-    done: impl Fn(&[Event]) -> bool,
-) -> Outcome {
+pub async fn run_source(cfg: &dyn SourceConfig, dir: &Path, max: Duration, done: impl Fn(&[Event]) -> bool) -> Outcome {
     let cx = context("source_under_test", dir);
     let (out, mut rx) = capture(&cx.metrics);
     let shutdown = CancellationToken::new();
-    let fut = cfg
-        .build(SourceContext {
-            cx: cx.clone(),
-            out,
-            shutdown: shutdown.clone(),
-        })
-        .expect("source builds");
+    let fut = cfg.build(SourceContext { cx: cx.clone(), out, shutdown: shutdown.clone() }).expect("source builds");
     let handle = tokio::spawn(fut);
     let mut got = Vec::new();
     let until = tokio::time::Instant::now() + max;
@@ -172,22 +142,13 @@ pub async fn run_source(
             got.push(delivered(e));
         }
     };
-    tokio::time::timeout(STOP_DEADLINE, stop)
-        .await
-        .expect("source must stop after shutdown");
+    tokio::time::timeout(STOP_DEADLINE, stop).await.expect("source must stop after shutdown");
     tokio::time::timeout(STOP_DEADLINE, handle)
         .await
         .expect("source must stop after shutdown")
         .expect("source task does not panic")
         .expect("source runs without error");
     let metrics = cx.metrics.snapshot();
-    assert_eq!(
-        metrics.sent,
-        got.len() as u64,
-        "source must count every event sent"
-    );
-    Outcome {
-        events: got,
-        metrics,
-    }
+    assert_eq!(metrics.sent, got.len() as u64, "source must count every event sent");
+    Outcome { events: got, metrics, per_event: false }
 }

@@ -16,25 +16,12 @@ fn real_opencode_traces_are_stored_redacted_and_complete() {
     }
     let dir = tempfile::tempdir().unwrap();
     let traces = dir.path().join("traces");
-    let capture = Command::new("bash")
-        .arg(root().join("fixtures/tools/capture-traces.sh"))
-        .arg(&traces)
-        .output()
-        .unwrap();
-    assert!(
-        capture.status.success(),
-        "capture failed: {}",
-        text(&capture.stderr)
-    );
+    let capture =
+        Command::new("bash").arg(root().join("fixtures/tools/capture-traces.sh")).arg(&traces).output().unwrap();
+    assert!(capture.status.success(), "capture failed: {}", text(&capture.stderr));
     let records: Vec<serde_json::Value> = std::fs::read_dir(&traces)
         .unwrap()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.unwrap().path())
-                .unwrap()
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().map(String::from).collect::<Vec<_>>())
         .map(|l| serde_json::from_str(&l).unwrap())
         .collect();
     // What the script serves: 3 sessions, each with a title call; a 500, a dropped connection
@@ -42,13 +29,9 @@ fn real_opencode_traces_are_stored_redacted_and_complete() {
     let kinds = |k: &str| records.iter().filter(|r| r["kind"] == k).count();
     assert!(kinds("request") >= 8, "{records:?}");
     assert_eq!(kinds("error"), 1);
+    assert!(records.iter().any(|r| r["status"] == 500) && records.iter().any(|r| r["status"] == 400));
     assert!(
-        records.iter().any(|r| r["status"] == 500) && records.iter().any(|r| r["status"] == 400)
-    );
-    assert!(
-        records
-            .iter()
-            .all(|r| r["sessionID"].as_str().unwrap().starts_with("ses_")),
+        records.iter().all(|r| r["sessionID"].as_str().unwrap().starts_with("ses_")),
         "OpenCode 1.18 sends x-session-id"
     );
 
@@ -62,29 +45,11 @@ fn real_opencode_traces_are_stored_redacted_and_complete() {
     .unwrap();
     let out = ocpipe(dir.path(), &["run", "p.toml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        stored_traces(&dir.path().join("out/t.db")),
-        records.len() as i64
-    );
-    assert_eq!(
-        count(
-            &dir.path().join("out/t.db"),
-            "SELECT count(DISTINCT session_id) FROM trace_request"
-        ),
-        3
-    );
-    for secret in [
-        "sk-ocpipe-fixture-0123456789abcdef",
-        "sk-ant-api03-fixtureSecretValue0123456789",
-    ] {
-        assert!(
-            !files_containing(&traces, secret).is_empty(),
-            "the capture holds {secret}"
-        );
-        assert!(
-            files_containing(&dir.path().join("out"), secret).is_empty(),
-            "{secret} leaked"
-        );
+    assert_eq!(stored_traces(&dir.path().join("out/t.db")), records.len() as i64);
+    assert_eq!(count(&dir.path().join("out/t.db"), "SELECT count(DISTINCT session_id) FROM trace_request"), 3);
+    for secret in ["sk-ocpipe-fixture-0123456789abcdef", "sk-ant-api03-fixtureSecretValue0123456789"] {
+        assert!(!files_containing(&traces, secret).is_empty(), "the capture holds {secret}");
+        assert!(files_containing(&dir.path().join("out"), secret).is_empty(), "{secret} leaked");
     }
 }
 
@@ -94,12 +59,7 @@ fn stats_match_a_real_opencode_1_18_without_forks() {
         return;
     };
     let data = dir.path().join("opencode");
-    assert_matches_opencode(
-        &["--data-dir", data.to_str().unwrap()],
-        dir.path(),
-        false,
-        false,
-    );
+    assert_matches_opencode(&["--data-dir", data.to_str().unwrap()], dir.path(), false, false);
 }
 
 #[test]
@@ -108,12 +68,7 @@ fn stats_count_a_real_fork_once_and_can_reproduce_opencode() {
         return;
     };
     let data = dir.path().join("opencode");
-    assert_matches_opencode(
-        &["--data-dir", data.to_str().unwrap()],
-        dir.path(),
-        false,
-        true,
-    );
+    assert_matches_opencode(&["--data-dir", data.to_str().unwrap()], dir.path(), false, true);
 }
 
 #[test]
@@ -122,16 +77,8 @@ fn stats_match_json_storage_of_a_real_opencode_1_1() {
         return;
     };
     let data = dir.path().join("opencode");
-    assert!(
-        data.join("storage/message").is_dir(),
-        "1.1.x writes JSON files"
-    );
-    assert_matches_opencode(
-        &["--data-dir", data.to_str().unwrap()],
-        dir.path(),
-        true,
-        false,
-    );
+    assert!(data.join("storage/message").is_dir(), "1.1.x writes JSON files");
+    assert_matches_opencode(&["--data-dir", data.to_str().unwrap()], dir.path(), true, false);
 }
 
 fn stored_message(db: &std::path::Path, input: i64) -> Option<(i64, i64)> {
@@ -191,16 +138,11 @@ fn the_monitor_pipeline_follows_a_running_opencode() {
     eprintln!(
         "commit-to-store latency: {latency} ms after OpenCode completed the message ({after_exit:?} after it exited)"
     );
-    assert!(
-        latency < 1000,
-        "the message took {latency} ms to reach the store"
-    );
+    assert!(latency < 1000, "the message took {latency} ms to reach the store");
     wait("the rollup", &|| {
         rusqlite::Connection::open(&db)
             .unwrap()
-            .query_row("SELECT input FROM rollup WHERE group_by = 'all'", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row("SELECT input FROM rollup WHERE group_by = 'all'", [], |r| r.get::<_, i64>(0))
             .unwrap_or(0)
             == 900 + 1500
     });

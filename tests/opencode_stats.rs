@@ -44,31 +44,16 @@ fn views_group_and_format_as_asked() {
         .output()
         .unwrap();
     let table = text(&out.stdout);
-    assert!(
-        table.contains("mock/mock-1") && table.contains("8,334") && table.contains("TOTAL"),
-        "{table}"
-    );
-    assert!(
-        table.contains("Fork copies, counted once above: 2 copied messages"),
-        "{table}"
-    );
+    assert!(table.contains("mock/mock-1") && table.contains("8,334") && table.contains("TOTAL"), "{table}");
+    assert!(table.contains("Fork copies, counted once above: 2 copied messages"), "{table}");
     let out = Command::new(bin())
         .args(["stats", "--db", db, "--csv"])
         .env("XDG_CACHE_HOME", tempfile::tempdir().unwrap().path())
         .output()
         .unwrap();
     let csv = text(&out.stdout);
-    assert!(
-        csv.starts_with("key,sessions,messages,responses,input,"),
-        "{csv}"
-    );
-    assert!(
-        csv.lines()
-            .last()
-            .unwrap()
-            .starts_with("TOTAL,6,13,7,8334,"),
-        "{csv}"
-    );
+    assert!(csv.starts_with("key,sessions,messages,responses,input,"), "{csv}");
+    assert!(csv.lines().last().unwrap().starts_with("TOTAL,6,13,7,8334,"), "{csv}");
 }
 
 #[test]

@@ -26,19 +26,11 @@ impl SourceConfig for GenConfig {
     fn build(&self, sc: SourceContext) -> anyhow::Result<ComponentFuture> {
         let count = self.count;
         Ok(Box::pin(async move {
-            let SourceContext {
-                cx,
-                mut out,
-                shutdown,
-            } = sc;
+            let SourceContext { cx, mut out, shutdown } = sc;
             let mut n = 0u64;
             while (count == 0 || n < count) && !shutdown.is_cancelled() {
-                out.send(Event::new(
-                    cx.id.clone(),
-                    chrono::Utc::now(),
-                    Payload::Json(serde_json::json!({ "n": n })),
-                ))
-                .await;
+                out.send(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Json(serde_json::json!({ "n": n }))))
+                    .await;
                 n += 1;
                 if count == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -52,11 +44,7 @@ impl SourceConfig for GenConfig {
 static SEEN: Mutex<Option<HashMap<String, Vec<u64>>>> = Mutex::new(None);
 
 fn seen(key: &str) -> Vec<u64> {
-    SEEN.lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(key).cloned())
-        .unwrap_or_default()
+    SEEN.lock().unwrap().as_ref().and_then(|m| m.get(key).cloned()).unwrap_or_default()
 }
 
 /// Records the `n` of every event under `key`, sleeping `delay_ms` per event (`hang` never ends).
@@ -90,12 +78,7 @@ impl Sink for Record {
                     tokio::time::sleep(Duration::from_millis(self.1)).await;
                 }
                 let n = ev.to_json()["n"].as_u64().unwrap();
-                SEEN.lock()
-                    .unwrap()
-                    .get_or_insert_with(HashMap::new)
-                    .entry(self.0.clone())
-                    .or_default()
-                    .push(n);
+                SEEN.lock().unwrap().get_or_insert_with(HashMap::new).entry(self.0.clone()).or_default().push(n);
             }
             Ok(())
         })
@@ -105,10 +88,7 @@ impl Sink for Record {
 async fn run(toml: &str, stop_after: Option<Duration>) -> Summary {
     let (pipeline, _) = config::load_str("test.toml", toml).unwrap_or_else(|r| panic!("{r}"));
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        data_dir: dir.path().join("state"),
-        base_dir: dir.path().to_path_buf(),
-    };
+    let opts = RunOptions { data_dir: dir.path().join("state"), base_dir: dir.path().to_path_buf() };
     let topology = Topology::build(pipeline, &opts).unwrap();
     let shutdown = CancellationToken::new();
     if let Some(after) = stop_after {

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const SECRETS: [&str; 2] = [
-    "sk-ocpipe-fixture-0123456789abcdef",
-    "sk-ant-api03-fixtureSecretValue0123456789",
-];
+const SECRETS: [&str; 2] = ["sk-ocpipe-fixture-0123456789abcdef", "sk-ant-api03-fixtureSecretValue0123456789"];
 
 fn pipeline(dir: &Path, follow: bool) -> std::path::PathBuf {
     let cfg = format!(
@@ -46,17 +43,9 @@ path = "out/jsonl/{{sessionID}}.jsonl"
 #[test]
 fn checked_in_pipelines_validate() {
     for p in ["pipelines/trace.toml", "pipelines/monitor.toml"] {
-        let out = Command::new(bin())
-            .args(["validate", p])
-            .current_dir(root())
-            .output()
-            .unwrap();
+        let out = Command::new(bin()).args(["validate", p]).current_dir(root()).output().unwrap();
         assert!(out.status.success(), "{p}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stdout).starts_with("ok: "),
-            "{}",
-            text(&out.stdout)
-        );
+        assert!(text(&out.stdout).starts_with("ok: "), "{}", text(&out.stdout));
     }
     // The binary carries them, so they work from any directory.
     let dir = tempfile::tempdir().unwrap();
@@ -92,24 +81,12 @@ path = \"out/{sessionID}.jsonl\"
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("error: unknown field `folow`"), "{err}");
-    assert!(
-        err.contains("--> bad.toml:4:1 (sources.traces.folow)"),
-        "{err}"
-    );
+    assert!(err.contains("--> bad.toml:4:1 (sources.traces.folow)"), "{err}");
     assert!(err.contains("did you mean `follow`?"), "{err}");
-    assert!(
-        err.contains("error: unknown input `tracez` for sink `out`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("--> bad.toml:17:11 (sinks.out.inputs[0])"),
-        "{err}"
-    );
+    assert!(err.contains("error: unknown input `tracez` for sink `out`"), "{err}");
+    assert!(err.contains("--> bad.toml:17:11 (sinks.out.inputs[0])"), "{err}");
     assert!(err.contains("did you mean `traces`?"), "{err}");
-    assert!(
-        err.contains("error: cycle: a -> b -> a") || err.contains("error: cycle: b -> a -> b"),
-        "{err}"
-    );
+    assert!(err.contains("error: cycle: a -> b -> a") || err.contains("error: cycle: b -> a -> b"), "{err}");
     assert!(err.contains("3 errors in the configuration"), "{err}");
     // `run` refuses the same file the same way.
     let out = ocpipe(dir.path(), &["run", "bad.toml"]);
@@ -144,10 +121,7 @@ condition = '.kind =='
     assert!(err.contains("unknown variant `drop_oldest`"), "{err}");
     assert!(err.contains("(sinks.s.buffer.when_full)"), "{err}");
     assert!(err.contains("condition does not compile"), "{err}");
-    assert!(
-        err.contains("bad.toml:14:13 (transforms.f.condition)"),
-        "{err}"
-    );
+    assert!(err.contains("bad.toml:14:13 (transforms.f.condition)"), "{err}");
 }
 
 #[test]
@@ -157,10 +131,7 @@ fn stores_every_record_reports_bad_lines_leaks_no_secret_and_reruns_add_nothing(
     // A malformed line in the middle of a real file, and a partial last line.
     let f = dir.path().join("traces/session-plain.jsonl");
     let mut body = std::fs::read_to_string(&f).unwrap();
-    body.insert_str(
-        body.find('\n').unwrap() + 1,
-        "{\"kind\":\"request\", truncated\n",
-    );
+    body.insert_str(body.find('\n').unwrap() + 1, "{\"kind\":\"request\", truncated\n");
     body.push_str("{\"kind\":\"request\",\"id\":9");
     std::fs::write(&f, body).unwrap();
     let cfg = pipeline(dir.path(), false);
@@ -168,35 +139,18 @@ fn stores_every_record_reports_bad_lines_leaks_no_secret_and_reruns_add_nothing(
     let out = ocpipe(dir.path(), &["run", cfg.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("session-plain.jsonl:2: malformed trace record"),
-        "{err}"
-    );
+    assert!(err.contains("session-plain.jsonl:2: malformed trace record"), "{err}");
     let db = dir.path().join("out/traces.db");
     assert_eq!(stored_traces(&db), records as i64);
     assert_eq!(count(&db, "SELECT count(*) FROM trace_error"), 1);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM trace_response WHERE status = 500"
-        ),
-        1
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM trace_response WHERE status = 500"), 1);
     let jsonl_lines: usize = std::fs::read_dir(dir.path().join("out/jsonl"))
         .unwrap()
-        .map(|e| {
-            std::fs::read_to_string(e.unwrap().path())
-                .unwrap()
-                .lines()
-                .count()
-        })
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
         .sum();
     assert_eq!(jsonl_lines, records);
     for secret in SECRETS {
-        assert!(
-            files_containing(&dir.path().join("traces"), secret).len() > 0,
-            "fixture lacks {secret}"
-        );
+        assert!(files_containing(&dir.path().join("traces"), secret).len() > 0, "fixture lacks {secret}");
         let leaks = files_containing(&dir.path().join("out"), secret);
         assert!(leaks.is_empty(), "{secret} leaked into {leaks:?}");
     }
@@ -221,13 +175,7 @@ fn stores_every_record_reports_bad_lines_leaks_no_secret_and_reruns_add_nothing(
 fn write_records(dir: &Path, from: usize, n: usize) {
     let pad = "p".repeat(2000);
     let mut files: Vec<_> = (0..4)
-        .map(|i| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("s{i}.jsonl")))
-                .unwrap()
-        })
+        .map(|i| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("s{i}.jsonl"))).unwrap())
         .collect();
     for i in from..from + n {
         let line = format!(
@@ -251,8 +199,7 @@ fn stored_if_any(db: &Path) -> i64 {
         return 0;
     }
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("SELECT count(*) FROM trace_request", [], |r| r.get(0))
-        .unwrap_or(0)
+    conn.query_row("SELECT count(*) FROM trace_request", [], |r| r.get(0)).unwrap_or(0)
 }
 
 #[test]
@@ -271,21 +218,13 @@ fn kill_9_mid_run_then_restart_stores_exactly_the_input() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("a partial store", Duration::from_secs(60), || {
-        stored_if_any(&db) >= 2_000
-    });
+    wait_for("a partial store", Duration::from_secs(60), || stored_if_any(&db) >= 2_000);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let partial = stored_if_any(&db);
-    assert!(
-        partial < total as i64,
-        "the run should have been cut short ({partial})"
-    );
+    assert!(partial < total as i64, "the run should have been cut short ({partial})");
 
-    let out = ocpipe(
-        dir.path(),
-        &["run", pipeline(dir.path(), false).to_str().unwrap()],
-    );
+    let out = ocpipe(dir.path(), &["run", pipeline(dir.path(), false).to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(stored_if_any(&db), total as i64);
 }
@@ -305,34 +244,20 @@ fn sigterm_mid_file_then_append_and_restart_loses_and_duplicates_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("a partial store", Duration::from_secs(60), || {
-        stored_if_any(&db) >= 1_000
-    });
+    wait_for("a partial store", Duration::from_secs(60), || stored_if_any(&db) >= 1_000);
     unsafe { libc_kill(child.id() as i32, 15) };
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("shutting down"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("shutting down"), "{}", text(&out.stderr));
 
     write_records(&traces, 20_000, 5_000);
-    let out = ocpipe(
-        dir.path(),
-        &["run", pipeline(dir.path(), false).to_str().unwrap()],
-    );
+    let out = ocpipe(dir.path(), &["run", pipeline(dir.path(), false).to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(stored_if_any(&db), 25_000);
     // A graceful stop checkpoints exactly what was delivered: the JSONL has no duplicate.
     let lines: usize = std::fs::read_dir(dir.path().join("out/jsonl"))
         .unwrap()
-        .map(|e| {
-            std::fs::read_to_string(e.unwrap().path())
-                .unwrap()
-                .lines()
-                .count()
-        })
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
         .sum();
     assert_eq!(lines, 25_000);
 }
@@ -354,9 +279,7 @@ fn tap_and_top_watch_a_running_pipeline() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the control socket", Duration::from_secs(10), || {
-        dir.path().join("state/control.sock").exists()
-    });
+    wait_for("the control socket", Duration::from_secs(10), || dir.path().join("state/control.sock").exists());
     let tap = Command::new(bin())
         .args(["tap", "redacted", "--limit", "2"])
         .env("OCPIPE_DATA_DIR", dir.path().join("state"))
@@ -366,10 +289,8 @@ fn tap_and_top_watch_a_running_pipeline() {
     std::thread::sleep(Duration::from_millis(300));
     write_records(&dir.path().join("traces"), 0, 4);
     let tapped = tap.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> = text(&tapped.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        text(&tapped.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["meta"]["kind"], "trace.request");
     assert_eq!(lines[0]["event"]["headers"]["authorization"], "[REDACTED]");

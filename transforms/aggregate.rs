@@ -13,15 +13,11 @@ use chrono::{DateTime, Datelike, Local, NaiveDate, TimeZone};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::component::{
-    ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig,
-};
+use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::{Event, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     /// One group for everything.
@@ -49,9 +45,7 @@ impl GroupBy {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RangeName {
     /// Since local midnight.
@@ -86,10 +80,7 @@ impl Window {
         now: DateTime<Local>,
     ) -> Window {
         let midnight = |d: NaiveDate| {
-            Local
-                .from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap())
-                .earliest()
-                .map(|t| t.timestamp_millis())
+            Local.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap()).earliest().map(|t| t.timestamp_millis())
         };
         if since.is_some() || until.is_some() {
             return Window {
@@ -100,33 +91,16 @@ impl Window {
         }
         let today = now.date_naive();
         match range {
-            RangeName::All => Window {
-                start: None,
-                end: None,
-                name: "all",
-            },
-            RangeName::Today => Window {
-                start: midnight(today),
-                end: None,
-                name: "today",
-            },
-            RangeName::Week => Window {
-                start: midnight(today - chrono::Days::new(6)),
-                end: None,
-                name: "week",
-            },
-            RangeName::Month => Window {
-                start: midnight(today.with_day(1).unwrap()),
-                end: None,
-                name: "month",
-            },
+            RangeName::All => Window { start: None, end: None, name: "all" },
+            RangeName::Today => Window { start: midnight(today), end: None, name: "today" },
+            RangeName::Week => Window { start: midnight(today - chrono::Days::new(6)), end: None, name: "week" },
+            RangeName::Month => Window { start: midnight(today.with_day(1).unwrap()), end: None, name: "month" },
         }
     }
 }
 
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|e| format!("`{s}` is not a date (YYYY-MM-DD): {e}"))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("`{s}` is not a date (YYYY-MM-DD): {e}"))
 }
 
 pub fn local_day(ms: i64) -> String {
@@ -190,14 +164,7 @@ pub struct AggregateConfig {
 }
 
 fn default_groups() -> Vec<GroupBy> {
-    vec![
-        GroupBy::All,
-        GroupBy::Session,
-        GroupBy::Project,
-        GroupBy::Model,
-        GroupBy::Agent,
-        GroupBy::Day,
-    ]
+    vec![GroupBy::All, GroupBy::Session, GroupBy::Project, GroupBy::Model, GroupBy::Agent, GroupBy::Day]
 }
 fn default_throttle() -> u64 {
     1000
@@ -225,34 +192,17 @@ impl TransformConfig for AggregateConfig {
         }
         if self.group_by.is_empty() {
             errs.push(
-                FieldError::new(FieldPath::key("group_by"), "`group_by` is empty")
-                    .help("e.g. [\"model\", \"day\"]"),
+                FieldError::new(FieldPath::key("group_by"), "`group_by` is empty").help("e.g. [\"model\", \"day\"]"),
             );
         }
         errs
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Transform> {
-        let since = self
-            .since
-            .as_deref()
-            .map(parse_date)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
-        let until = self
-            .until
-            .as_deref()
-            .map(parse_date)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
+        let since = self.since.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
+        let until = self.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
         Ok(Transform::Task(Box::new(Aggregator {
-            state: Rollups::new(
-                self.group_by.clone(),
-                self.range,
-                since,
-                until,
-                self.include_fork_copies,
-            ),
+            state: Rollups::new(self.group_by.clone(), self.range, since, until, self.include_fork_copies),
             throttle: Duration::from_millis(self.throttle_ms.max(1)),
             cx: cx.clone(),
         })))
@@ -316,8 +266,7 @@ impl Rollups {
     }
 
     pub fn session(&mut self, s: &SessionInfo) {
-        self.sessions
-            .insert(s.id.clone(), (project_key(s), s.title.clone()));
+        self.sessions.insert(s.id.clone(), (project_key(s), s.title.clone()));
     }
 
     pub fn message(&mut self, m: &MessageInfo) {
@@ -327,11 +276,7 @@ impl Rollups {
         if !self.window().contains(m.time_created) {
             return;
         }
-        let project = self
-            .sessions
-            .get(&m.session_id)
-            .map(|s| s.0.clone())
-            .unwrap_or_else(|| "(unknown)".into());
+        let project = self.sessions.get(&m.session_id).map(|s| s.0.clone()).unwrap_or_else(|| "(unknown)".into());
         let keys = self
             .group_by
             .iter()
@@ -363,11 +308,8 @@ impl Rollups {
         for key in &c.keys {
             let acc = self.groups.entry(key.clone()).or_default();
             if c.fork_copy {
-                acc.fork_copy_messages = if add {
-                    acc.fork_copy_messages + 1
-                } else {
-                    acc.fork_copy_messages.saturating_sub(1)
-                };
+                acc.fork_copy_messages =
+                    if add { acc.fork_copy_messages + 1 } else { acc.fork_copy_messages.saturating_sub(1) };
             } else if add {
                 acc.usage.add_message(&c.tokens, c.cost, c.assistant);
                 *acc.sessions.entry(c.session.clone()).or_default() += 1;
@@ -427,15 +369,8 @@ impl Aggregator {
     async fn emit(&mut self, out: &mut Output) {
         for r in self.state.take_changed() {
             let id = r.natural_id();
-            out.send(
-                Event::new(
-                    self.cx.id.clone(),
-                    chrono::Utc::now(),
-                    Payload::Rollup(Box::new(r)),
-                )
-                .with_id(id),
-            )
-            .await;
+            out.send(Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Rollup(Box::new(r))).with_id(id))
+                .await;
         }
     }
 }
@@ -452,7 +387,8 @@ impl TaskTransform for Aggregator {
                             match &ev.payload {
                                 Payload::Session(s) => self.state.session(s),
                                 Payload::Message(m) => self.state.message(m),
-                                _ => {}
+                                // Nothing to sum: discarded on purpose.
+                                _ => self.cx.metrics.dropped(1),
                             }
                             // The input event is consumed here: it is delivered.
                         }
@@ -480,11 +416,7 @@ mod tests {
             provider_id: Some("p".into()),
             model_id: Some(model.into()),
             agent: Some("build".into()),
-            tokens: Tokens {
-                input,
-                output: 1,
-                ..Default::default()
-            },
+            tokens: Tokens { input, output: 1, ..Default::default() },
             cost: 0.5,
             time_created: chrono::Utc::now().timestamp_millis(),
             fork_copy,
@@ -498,67 +430,35 @@ mod tests {
 
     #[test]
     fn updates_replace_and_forks_count_apart() {
-        let mut r = Rollups::new(
-            vec![GroupBy::Model, GroupBy::All],
-            RangeName::All,
-            None,
-            None,
-            false,
-        );
+        let mut r = Rollups::new(vec![GroupBy::Model, GroupBy::All], RangeName::All, None, None, false);
         r.message(&msg("m1", "s1", "a", 10, false));
         r.message(&msg("m1", "s1", "a", 100, false)); // completed: tokens arrive
         r.message(&msg("m2", "s2", "b", 5, false));
         r.message(&msg("m3", "s3", "b", 5, true));
         let all = r.take_changed();
         let total = all.iter().find(|x| x.group_by == "all").unwrap();
-        assert_eq!(
-            (
-                total.messages,
-                total.tokens.input,
-                total.sessions,
-                total.fork_copy_messages
-            ),
-            (2, 105, 2, 1)
-        );
+        assert_eq!((total.messages, total.tokens.input, total.sessions, total.fork_copy_messages), (2, 105, 2, 1));
         let a = all.iter().find(|x| x.key == "p/a").unwrap();
-        assert_eq!(
-            (a.messages, a.tokens.input, a.total, a.cost),
-            (1, 100, 101, 0.5)
-        );
+        assert_eq!((a.messages, a.tokens.input, a.total, a.cost), (1, 100, 101, 0.5));
         assert!(r.take_changed().is_empty(), "nothing changed since");
     }
 
     #[test]
     fn windows_follow_the_local_calendar() {
         let now = Local.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
-        let day = |y, m, d| {
-            Local
-                .with_ymd_and_hms(y, m, d, 0, 0, 0)
-                .unwrap()
-                .timestamp_millis()
-        };
+        let day = |y, m, d| Local.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap().timestamp_millis();
         let w = Window::resolve(RangeName::Month, None, None, now);
         assert!(w.contains(day(2026, 3, 1)) && !w.contains(day(2026, 3, 1) - 1));
         let w = Window::resolve(RangeName::Week, None, None, now);
         assert!(w.contains(day(2026, 3, 9)) && !w.contains(day(2026, 3, 9) - 1));
-        let w = Window::resolve(
-            RangeName::All,
-            parse_date("2026-03-02").ok(),
-            parse_date("2026-03-03").ok(),
-            now,
-        );
-        assert!(
-            w.contains(day(2026, 3, 3) + 1)
-                && !w.contains(day(2026, 3, 4))
-                && !w.contains(day(2026, 3, 2) - 1)
-        );
+        let w = Window::resolve(RangeName::All, parse_date("2026-03-02").ok(), parse_date("2026-03-03").ok(), now);
+        assert!(w.contains(day(2026, 3, 3) + 1) && !w.contains(day(2026, 3, 4)) && !w.contains(day(2026, 3, 2) - 1));
     }
 
     #[tokio::test]
     async fn emits_rollups_when_its_input_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg: AggregateConfig =
-            toml::from_str("group_by = [\"project\"]\nthrottle_ms = 60000").unwrap();
+        let cfg: AggregateConfig = toml::from_str("group_by = [\"project\"]\nthrottle_ms = 60000").unwrap();
         let session = SessionInfo {
             id: "s1".into(),
             project_id: "p1".into(),
@@ -579,9 +479,6 @@ mod tests {
             })
             .collect();
         assert_eq!(rollups, [("/w/app".to_string(), 7)]);
-        assert_eq!(
-            out.events[0].meta.id.as_deref(),
-            Some("rollup:project:all:/w/app")
-        );
+        assert_eq!(out.events[0].meta.id.as_deref(), Some("rollup:project:all:/w/app"));
     }
 }

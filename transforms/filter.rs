@@ -34,58 +34,37 @@ type Program = jaq_core::Filter<data::JustLut<Val>>;
 
 /// Compiles a jq program; errors carry the byte offset in the program and a message.
 pub fn compile(code: &str) -> Result<Program, Vec<(usize, String)>> {
-    let defs = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
-    let funs = jaq_core::funs()
-        .chain(jaq_std::funs())
-        .chain(jaq_json::funs());
+    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+    let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
     let loader = Loader::new(defs);
     let arena = Arena::default();
     let offset = |part: &str| jaq_core::load::span(code, part).start;
-    let modules = loader
-        .load(&arena, File { code, path: () })
-        .map_err(|errs| {
-            let mut out = Vec::new();
-            for (_, e) in errs {
-                match e {
-                    jaq_core::load::Error::Io(v) => out.extend(v.into_iter().map(|(_, m)| (0, m))),
-                    jaq_core::load::Error::Lex(v) => out.extend(
-                        v.into_iter()
-                            .map(|(exp, at)| (offset(at), format!("expected {}", exp.as_str()))),
-                    ),
-                    jaq_core::load::Error::Parse(v) => {
-                        out.extend(v.into_iter().map(|(exp, at)| {
-                            let found = if at.is_empty() {
-                                "end of input".to_string()
-                            } else {
-                                format!("`{}`", at.chars().take(20).collect::<String>())
-                            };
-                            (
-                                offset(at),
-                                format!("expected {}, found {found}", exp.as_str()),
-                            )
-                        }))
-                    }
+    let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
+        let mut out = Vec::new();
+        for (_, e) in errs {
+            match e {
+                jaq_core::load::Error::Io(v) => out.extend(v.into_iter().map(|(_, m)| (0, m))),
+                jaq_core::load::Error::Lex(v) => {
+                    out.extend(v.into_iter().map(|(exp, at)| (offset(at), format!("expected {}", exp.as_str()))))
                 }
+                jaq_core::load::Error::Parse(v) => out.extend(v.into_iter().map(|(exp, at)| {
+                    let found = if at.is_empty() {
+                        "end of input".to_string()
+                    } else {
+                        format!("`{}`", at.chars().take(20).collect::<String>())
+                    };
+                    (offset(at), format!("expected {}, found {found}", exp.as_str()))
+                })),
             }
-            out
-        })?;
-    Compiler::default()
-        .with_funs(funs)
-        .with_global_vars(["$meta"])
-        .compile(modules)
-        .map_err(|errs| {
-            errs.into_iter()
-                .flat_map(|(_, v)| v)
-                .map(|(name, undefined)| {
-                    (
-                        offset(name),
-                        format!("undefined {} `{name}`", undefined.as_str()),
-                    )
-                })
-                .collect()
-        })
+        }
+        out
+    })?;
+    Compiler::default().with_funs(funs).with_global_vars(["$meta"]).compile(modules).map_err(|errs| {
+        errs.into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|(name, undefined)| (offset(name), format!("undefined {} `{name}`", undefined.as_str())))
+            .collect()
+    })
 }
 
 impl TransformConfig for FilterConfig {
@@ -96,20 +75,19 @@ impl TransformConfig for FilterConfig {
                 .into_iter()
                 .map(|(at, msg)| {
                     let col = self.condition[..at.min(self.condition.len())].chars().count() + 1;
-                    FieldError::new(FieldPath::key("condition"), format!("condition does not compile: {msg} (at character {col} of the condition)"))
-                        .help("conditions are jq expressions, e.g. '.kind == \"request\"'")
+                    FieldError::new(
+                        FieldPath::key("condition"),
+                        format!("condition does not compile: {msg} (at character {col} of the condition)"),
+                    )
+                    .help("conditions are jq expressions, e.g. '.kind == \"request\"'")
                 })
                 .collect(),
         }
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Transform> {
-        let program = compile(&self.condition)
-            .map_err(|e| anyhow::anyhow!("condition does not compile: {e:?}"))?;
-        Ok(Transform::Function(Box::new(Filter {
-            program,
-            cx: cx.clone(),
-        })))
+        let program = compile(&self.condition).map_err(|e| anyhow::anyhow!("condition does not compile: {e:?}"))?;
+        Ok(Transform::Function(Box::new(Filter { program, cx: cx.clone() })))
     }
 }
 
@@ -142,10 +120,7 @@ impl FunctionTransform for Filter {
             Ok(false) => self.cx.metrics.dropped(1),
             Err(e) => {
                 self.cx.metrics.dropped(1);
-                self.cx.error(format_args!(
-                    "condition failed on a {} event: {e}",
-                    event.kind()
-                ));
+                self.cx.error(format_args!("condition failed on a {} event: {e}", event.kind()));
             }
         }
     }
@@ -164,33 +139,18 @@ mod tests {
 
     #[test]
     fn compile_errors_name_the_place() {
-        let errs =
-            testing::parse(Kind::Transform, "filter", "condition = '.kind == '").unwrap_err();
+        let errs = testing::parse(Kind::Transform, "filter", "condition = '.kind == '").unwrap_err();
         assert_eq!(errs[0].path.to_string(), "condition");
-        assert!(
-            errs[0].message.contains("does not compile"),
-            "{}",
-            errs[0].message
-        );
-        let errs =
-            testing::parse(Kind::Transform, "filter", "condition = 'nosuchfn(1)'").unwrap_err();
-        assert!(
-            errs[0].message.contains("undefined filter `nosuchfn`"),
-            "{}",
-            errs[0].message
-        );
-        assert!(
-            errs[0].message.contains("at character 1"),
-            "{}",
-            errs[0].message
-        );
+        assert!(errs[0].message.contains("does not compile"), "{}", errs[0].message);
+        let errs = testing::parse(Kind::Transform, "filter", "condition = 'nosuchfn(1)'").unwrap_err();
+        assert!(errs[0].message.contains("undefined filter `nosuchfn`"), "{}", errs[0].message);
+        assert!(errs[0].message.contains("at character 1"), "{}", errs[0].message);
     }
 
     #[tokio::test]
     async fn keeps_matching_events_and_counts_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg: FilterConfig =
-            toml::from_str(r#"condition = '.status >= 400 and $meta.source == "traces"'"#).unwrap();
+        let cfg: FilterConfig = toml::from_str(r#"condition = '.status >= 400 and $meta.source == "traces"'"#).unwrap();
         let events = vec![
             ev(serde_json::json!({"status": 200})),
             ev(serde_json::json!({"status": 500})),
@@ -198,20 +158,9 @@ mod tests {
             ev(serde_json::json!({"status": "x"})),
         ];
         let out = testing::run_transform(&cfg, events, dir.path()).await;
-        let kept: Vec<_> = out
-            .events
-            .iter()
-            .map(|e| e.to_json()["status"].clone())
-            .collect();
+        let kept: Vec<_> = out.events.iter().map(|e| e.to_json()["status"].clone()).collect();
         // jq orders strings after numbers, so "x" >= 400 holds as in jq itself.
-        assert_eq!(
-            kept,
-            [
-                serde_json::json!(500),
-                serde_json::json!(404),
-                serde_json::json!("x")
-            ]
-        );
+        assert_eq!(kept, [serde_json::json!(500), serde_json::json!(404), serde_json::json!("x")]);
         assert_eq!(out.metrics.dropped, 1);
         assert_eq!(out.metrics.errors, 0);
     }
@@ -220,8 +169,7 @@ mod tests {
     async fn runtime_errors_drop_and_count() {
         let dir = tempfile::tempdir().unwrap();
         let cfg: FilterConfig = toml::from_str(r#"condition = '.a | error("boom")'"#).unwrap();
-        let out =
-            testing::run_transform(&cfg, vec![ev(serde_json::json!({"a": 1}))], dir.path()).await;
+        let out = testing::run_transform(&cfg, vec![ev(serde_json::json!({"a": 1}))], dir.path()).await;
         assert!(out.events.is_empty());
         assert_eq!((out.metrics.dropped, out.metrics.errors), (1, 1));
     }

@@ -22,26 +22,20 @@ use crate::config::{FieldError, FieldPath};
 use crate::event::{Event, Payload, TraceRecord};
 
 /// Header names always redacted when `default_headers` is on.
-pub const DEFAULT_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-    "set-cookie",
-];
+pub const DEFAULT_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"];
 
 /// A header or query parameter whose name says it holds a secret.
 const SECRET_NAME: &str = r"(?i)(token|secret|passw|api[-_]?key|credential|auth)";
 
 /// Secret-looking values. A `b` group marks the part to replace (the rest is kept).
 pub const DEFAULT_PATTERNS: &[&str] = &[
-    r"\bsk-[A-Za-z0-9_\-]{16,}", // OpenAI, Anthropic (sk-ant-…), most proxies
+    r"\bsk-[A-Za-z0-9_\-]{16,}",                   // OpenAI, Anthropic (sk-ant-…), most proxies
     r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}", // GitHub tokens
-    r"\bgithub_pat_[A-Za-z0-9_]{22,}", // GitHub fine-grained tokens
-    r"\bAKIA[0-9A-Z]{16}\b",     // AWS access key ids
-    r"\bAIza[0-9A-Za-z\-_]{35}", // Google API keys
-    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", // Slack tokens
+    r"\bgithub_pat_[A-Za-z0-9_]{22,}",             // GitHub fine-grained tokens
+    r"\bAKIA[0-9A-Z]{16}\b",                       // AWS access key ids
+    r"\bAIza[0-9A-Za-z\-_]{35}",                   // Google API keys
+    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",            // Slack tokens
     r"(?i:\bbearer)\s+(?P<b>[A-Za-z0-9\-._~+/]{8,}=*)", // bearer credentials
 ];
 
@@ -96,16 +90,8 @@ crate::register_component!(
 
 impl RedactConfig {
     fn patterns(&self) -> Vec<&str> {
-        let defaults = if self.default_patterns {
-            DEFAULT_PATTERNS
-        } else {
-            &[]
-        };
-        defaults
-            .iter()
-            .copied()
-            .chain(self.patterns.iter().map(String::as_str))
-            .collect()
+        let defaults = if self.default_patterns { DEFAULT_PATTERNS } else { &[] };
+        defaults.iter().copied().chain(self.patterns.iter().map(String::as_str)).collect()
     }
 }
 
@@ -123,13 +109,8 @@ impl TransformConfig for RedactConfig {
         for (i, p) in self.paths.iter().enumerate() {
             if let Err(e) = JsonPath::parse(p) {
                 errs.push(
-                    FieldError::new(
-                        FieldPath::key("paths").index(i),
-                        format!("invalid JSONPath `{p}`: {e}"),
-                    )
-                    .help(
-                        "JSONPath starts with `$`, e.g. `$.user.email` or `$.messages[*].content`",
-                    ),
+                    FieldError::new(FieldPath::key("paths").index(i), format!("invalid JSONPath `{p}`: {e}"))
+                        .help("JSONPath starts with `$`, e.g. `$.user.email` or `$.messages[*].content`"),
                 );
             }
         }
@@ -159,11 +140,7 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         return Ok(hex::decode(k.trim())?);
     }
     let key: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(hex::encode(key).as_bytes())?;
     Ok(key.to_vec())
 }
@@ -178,8 +155,7 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn new(cfg: &RedactConfig, key: Option<Vec<u8>>) -> anyhow::Result<Redactor> {
-        let mut header_names: HashSet<String> =
-            cfg.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let mut header_names: HashSet<String> = cfg.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         if cfg.default_headers {
             header_names.extend(DEFAULT_HEADERS.iter().map(|h| h.to_string()));
         }
@@ -187,25 +163,13 @@ impl Redactor {
         let values = if patterns.is_empty() {
             None
         } else {
-            Some(Regex::new(
-                &patterns
-                    .iter()
-                    .map(|p| format!("(?:{p})"))
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            )?)
+            Some(Regex::new(&patterns.iter().map(|p| format!("(?:{p})")).collect::<Vec<_>>().join("|"))?)
         };
         Ok(Redactor {
             header_names,
-            secret_name: cfg
-                .default_headers
-                .then(|| Regex::new(SECRET_NAME).expect("valid")),
+            secret_name: cfg.default_headers.then(|| Regex::new(SECRET_NAME).expect("valid")),
             values,
-            paths: cfg
-                .paths
-                .iter()
-                .map(|p| JsonPath::parse(p))
-                .collect::<Result<_, _>>()?,
+            paths: cfg.paths.iter().map(|p| JsonPath::parse(p)).collect::<Result<_, _>>()?,
             key,
         })
     }
@@ -214,8 +178,7 @@ impl Redactor {
         match &self.key {
             None => REDACTED.to_string(),
             Some(key) => {
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
                 mac.update(secret.as_bytes());
                 let digest = mac.finalize().into_bytes();
                 format!("[REDACTED:{}]", hex::encode(&digest[..8]))
@@ -236,11 +199,7 @@ impl Redactor {
         re.replace_all(text, |caps: &Captures<'_>| {
             let whole = caps.get(0).expect("group 0");
             match caps.name("b") {
-                Some(b) => format!(
-                    "{}{}",
-                    &whole.as_str()[..b.start() - whole.start()],
-                    self.replacement(b.as_str())
-                ),
+                Some(b) => format!("{}{}", &whole.as_str()[..b.start() - whole.start()], self.replacement(b.as_str())),
                 None => self.replacement(whole.as_str()),
             }
         })
@@ -286,11 +245,7 @@ impl Redactor {
 
     fn redact_paths(&self, value: &mut Value) {
         for path in &self.paths {
-            let pointers: Vec<String> = path
-                .query_located(value)
-                .locations()
-                .map(|l| l.to_json_pointer())
-                .collect();
+            let pointers: Vec<String> = path.query_located(value).locations().map(|l| l.to_json_pointer()).collect();
             for p in pointers {
                 if let Some(v) = value.pointer_mut(&p) {
                     let secret = match &mut *v {
@@ -399,9 +354,7 @@ mod tests {
 
     fn redactor(body: &str) -> Redactor {
         let cfg = match testing::parse(Kind::Transform, "redact", body) {
-            Ok(crate::registry::AnyConfig::Transform(_)) => {
-                toml::from_str::<RedactConfig>(body).unwrap()
-            }
+            Ok(crate::registry::AnyConfig::Transform(_)) => toml::from_str::<RedactConfig>(body).unwrap(),
             other => panic!("{other:?}"),
         };
         let key = cfg.hash.then(|| b"test-key".to_vec());
@@ -438,12 +391,7 @@ mod tests {
         assert_eq!(rec.headers["x-session-id"], "ses_1");
         assert!(out.contains(r#""max_tokens":50"#), "{out}");
         assert!(out.contains("Authorization: Bearer [REDACTED]"), "{out}");
-        assert!(
-            rec.url
-                .as_deref()
-                .unwrap()
-                .ends_with("?api_key=[REDACTED]&model=x")
-        );
+        assert!(rec.url.as_deref().unwrap().ends_with("?api_key=[REDACTED]&model=x"));
         let body: Value = serde_json::from_str(rec.body.as_ref().unwrap().get()).unwrap();
         assert_eq!(body["metadata"]["user_id"], "[REDACTED]");
     }
@@ -451,41 +399,22 @@ mod tests {
     #[test]
     fn hashes_are_stable_and_distinguish_secrets() {
         let r = redactor("hash = true");
-        assert_eq!(
-            r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa"),
-            r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa")
-        );
-        assert_ne!(
-            r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa"),
-            r.redact_text("sk-bbbbbbbbbbbbbbbbbbbb")
-        );
-        assert!(
-            r.redact_text("x sk-aaaaaaaaaaaaaaaaaaaa y")
-                .starts_with("x [REDACTED:")
-        );
+        assert_eq!(r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa"), r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa"));
+        assert_ne!(r.redact_text("sk-aaaaaaaaaaaaaaaaaaaa"), r.redact_text("sk-bbbbbbbbbbbbbbbbbbbb"));
+        assert!(r.redact_text("x sk-aaaaaaaaaaaaaaaaaaaa y").starts_with("x [REDACTED:"));
     }
 
     #[test]
     fn leaves_lookalikes_alone() {
         let r = redactor("");
-        for s in [
-            "task-abcdefghijklmnopqrstuv",
-            "sk-short",
-            "max_tokens",
-            "the bearer of news",
-        ] {
+        for s in ["task-abcdefghijklmnopqrstuv", "sk-short", "max_tokens", "the bearer of news"] {
             assert_eq!(r.redact_text(s), s);
         }
     }
 
     #[test]
     fn bad_patterns_and_paths_are_config_errors() {
-        let errs = testing::parse(
-            Kind::Transform,
-            "redact",
-            "patterns = [\"(\"]\npaths = [\"metadata\"]",
-        )
-        .unwrap_err();
+        let errs = testing::parse(Kind::Transform, "redact", "patterns = [\"(\"]\npaths = [\"metadata\"]").unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(paths, ["patterns[0]", "paths[0]"]);
     }
@@ -498,19 +427,11 @@ mod tests {
             .map(|i| {
                 let mut rec = record(REQ);
                 rec.id = i.into();
-                Event::new(
-                    "t".into(),
-                    chrono::Utc::now(),
-                    Payload::Trace(Box::new(rec)),
-                )
+                Event::new("t".into(), chrono::Utc::now(), Payload::Trace(Box::new(rec)))
             })
             .collect();
         let out = testing::run_transform(&cfg, events, dir.path()).await;
         assert_eq!(out.events.len(), 10);
-        assert!(
-            dir.path()
-                .join("data/transform_under_test/hash.key")
-                .exists()
-        );
+        assert!(dir.path().join("data/transform_under_test/hash.key").exists());
     }
 }

@@ -1,7 +1,6 @@
 //! A compact in-memory catalog of every session and message, for answering token views fast
 //! and in little memory: strings are interned, a message is 56 bytes.
 
-
 use chrono::{Datelike, TimeZone};
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -56,12 +55,7 @@ impl Interner {
     }
     /// Rebuilds the lookup index after deserializing.
     pub fn reindex(&mut self) {
-        self.index = self
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
+        self.index = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
     }
 }
 
@@ -91,13 +85,7 @@ pub struct CMessage {
 impl CMessage {
     pub fn tokens(&self) -> Tokens {
         let [input, output, reasoning, cache_read, cache_write] = self.tokens.map(u64::from);
-        Tokens {
-            input,
-            output,
-            reasoning,
-            cache_read,
-            cache_write,
-        }
+        Tokens { input, output, reasoning, cache_read, cache_write }
     }
 }
 
@@ -128,20 +116,8 @@ impl Visitor for Builder {
         self.cat.sessions.push(cs);
     }
 
-    fn message(
-        &mut self,
-        id: &str,
-        session: &str,
-        row_created: i64,
-        m: &RawMessage<'_>,
-        _origin: &'static str,
-    ) {
-        self.cat.messages.push(super::index::compact(
-            &mut self.cat.names,
-            session,
-            row_created,
-            m,
-        ));
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, _origin: &'static str) {
+        self.cat.messages.push(super::index::compact(&mut self.cat.names, session, row_created, m));
         self.cat.ids.push(xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
     }
 }
@@ -184,7 +160,8 @@ impl Catalog {
         let mut order: Vec<(i64, u32)> = Vec::new();
         let mut packed_order: Vec<u64> = Vec::new();
         if packed {
-            packed_order = self.messages.iter().enumerate().map(|(i, m)| (((m.created - min) as u64) << 24) | i as u64).collect();
+            packed_order =
+                self.messages.iter().enumerate().map(|(i, m)| (((m.created - min) as u64) << 24) | i as u64).collect();
             packed_order.sort_unstable();
         } else {
             order = self.messages.iter().enumerate().map(|(i, m)| (m.created, i as u32)).collect();
@@ -206,7 +183,8 @@ impl Catalog {
             }
             if j - i > 1 {
                 let mut run: Vec<(i64, u32)> = (i..j).map(at).collect();
-                let session_created = |m: &CMessage| (created_of.get(&m.session).copied().unwrap_or(i64::MAX), m.session);
+                let session_created =
+                    |m: &CMessage| (created_of.get(&m.session).copied().unwrap_or(i64::MAX), m.session);
                 run.sort_by(|a, b| {
                     let (ma, mb) = (&self.messages[a.1 as usize], &self.messages[b.1 as usize]);
                     key(ma).cmp(&key(mb)).then_with(|| session_created(ma).cmp(&session_created(mb)))
@@ -236,7 +214,8 @@ impl Catalog {
             return Vec::new();
         }
         let times: FxHashSet<i64> = times.iter().copied().collect();
-        let mut hits: Vec<u32> = (0..self.messages.len() as u32).filter(|&i| times.contains(&self.messages[i as usize].created)).collect();
+        let mut hits: Vec<u32> =
+            (0..self.messages.len() as u32).filter(|&i| times.contains(&self.messages[i as usize].created)).collect();
         let created_of: FxHashMap<u32, i64> = self.sessions.iter().map(|s| (s.id, s.created)).collect();
         let key = |m: &CMessage| (m.created, m.provider, m.model, m.agent, m.tokens, m.flags & ASSISTANT);
         let rank = |m: &CMessage| (created_of.get(&m.session).copied().unwrap_or(i64::MAX), m.session);
@@ -265,7 +244,12 @@ impl Catalog {
 
     /// Sums messages in `window` by `group`; fork copies go to the second result unless
     /// `include_fork_copies`.
-    pub fn aggregate(&self, group: GroupBy, window: Window, include_fork_copies: bool) -> (Vec<(String, Usage)>, Usage, Usage) {
+    pub fn aggregate(
+        &self,
+        group: GroupBy,
+        window: Window,
+        include_fork_copies: bool,
+    ) -> (Vec<(String, Usage)>, Usage, Usage) {
         /// A group's sums; `last` skips the set for runs of one session's messages.
         #[derive(Default)]
         struct Acc {
@@ -308,12 +292,16 @@ impl Catalog {
                 // Local days, looked up once per UTC hour (an hour never straddles a local
                 // midnight in whole-hour time zones).
                 GroupBy::Day => *day_of_hour.entry(m.created.div_euclid(3_600_000)).or_insert_with(|| {
-                    chrono::Local.timestamp_millis_opt(m.created).earliest().map_or(0, |t| t.date_naive().num_days_from_ce() as u64)
+                    chrono::Local
+                        .timestamp_millis_opt(m.created)
+                        .earliest()
+                        .map_or(0, |t| t.date_naive().num_days_from_ce() as u64)
                 }),
             };
             groups.entry(key).or_default().add(m);
         }
-        let mut rows: Vec<(String, Usage)> = groups.into_iter().map(|(k, acc)| (self.key_name(group, k), acc.finish())).collect();
+        let mut rows: Vec<(String, Usage)> =
+            groups.into_iter().map(|(k, acc)| (self.key_name(group, k), acc.finish())).collect();
         rows.sort_by(|a, b| b.1.total.cmp(&a.1.total).then_with(|| a.0.cmp(&b.0)));
         if group == GroupBy::Day {
             rows.sort_by(|a, b| b.0.cmp(&a.0));
@@ -322,11 +310,15 @@ impl Catalog {
     }
 
     fn key_name(&self, group: GroupBy, key: u64) -> String {
-        let n = |i: u32| if i == u32::MAX { "(unknown)" } else { self.names.name(i) };
+        let n = |i: u32| {
+            if i == u32::MAX { "(unknown)" } else { self.names.name(i) }
+        };
         let (high, low) = ((key >> 32) as u32, key as u32);
         match group {
             GroupBy::All => "all".into(),
-            GroupBy::Day => chrono::NaiveDate::from_num_days_from_ce_opt(key as i32).map_or("unknown".into(), |d| d.to_string()),
+            GroupBy::Day => {
+                chrono::NaiveDate::from_num_days_from_ce_opt(key as i32).map_or("unknown".into(), |d| d.to_string())
+            }
             GroupBy::Model => match (n(high), n(low)) {
                 ("", "") => "unknown".into(),
                 ("", m) => m.into(),
@@ -339,9 +331,6 @@ impl Catalog {
 
     /// The title of a session, by its id.
     pub fn title_of(&self, session_id: &str) -> Option<&str> {
-        self.sessions
-            .iter()
-            .find(|s| self.names.name(s.id) == session_id)
-            .map(|s| self.names.name(s.title))
+        self.sessions.iter().find(|s| self.names.name(s.id) == session_id).map(|s| self.names.name(s.title))
     }
 }

@@ -46,17 +46,8 @@ struct Header {
 
 fn stamp(path: &Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
-    let mtime = m
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos() as i128;
-    Some(FileStamp {
-        path: path.to_path_buf(),
-        len: m.len(),
-        mtime_ns: mtime,
-    })
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128;
+    Some(FileStamp { path: path.to_path_buf(), len: m.len(), mtime_ns: mtime })
 }
 
 fn stamps(loc: &Location) -> Vec<FileStamp> {
@@ -85,10 +76,7 @@ pub fn index_path(loc: &Location) -> PathBuf {
         None => crate::component::home_dir().join(".cache"),
     };
     let key = format!("{:?}|{:?}", loc.dbs, loc.storage);
-    cache.join("ocpipe").join(format!(
-        "stats-{:016x}.idx",
-        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
-    ))
+    cache.join("ocpipe").join(format!("stats-{:016x}.idx", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
 }
 
 /// The catalog for `loc`, from the index when possible; the index is refreshed.
@@ -164,7 +152,8 @@ struct Delta {
 
 impl Delta {
     fn of(base: u64, base_names: usize, header: Header, cat: &Catalog, changes: &Changes) -> Delta {
-        let mut sessions: Vec<(u32, CSession)> = changes.sessions.iter().map(|&i| (i, cat.sessions[i as usize])).collect();
+        let mut sessions: Vec<(u32, CSession)> =
+            changes.sessions.iter().map(|&i| (i, cat.sessions[i as usize])).collect();
         sessions.sort_by_key(|s| s.0);
         let mut messages: Vec<(u32, CMessage, u64)> =
             changes.messages.iter().map(|&i| (i, cat.messages[i as usize], cat.ids[i as usize])).collect();
@@ -235,12 +224,7 @@ fn max_rowid(conn: &Connection, table: &str) -> i64 {
     if !has_table(conn, table) {
         return 0;
     }
-    conn.query_row(
-        &format!("SELECT coalesce(max(rowid), 0) FROM {table}"),
-        [],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
+    conn.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {table}"), [], |r| r.get(0)).unwrap_or(0)
 }
 
 fn marks_now(loc: &Location) -> Vec<DbMark> {
@@ -271,15 +255,30 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
     let mut session_rows: Vec<(String, String, String, i64, Option<String>)> = Vec::new();
     for old in &header.marks {
         let conn = open_read_only(&old.path).ok()?;
-        let now = DbMark { path: old.path.clone(), session: max_rowid(&conn, "session"), message: max_rowid(&conn, "message"), event: max_rowid(&conn, "event") };
-        if now.session < old.session || now.message < old.message || now.event < old.event || has_rows(&conn, "session_message") {
+        let now = DbMark {
+            path: old.path.clone(),
+            session: max_rowid(&conn, "session"),
+            message: max_rowid(&conn, "message"),
+            event: max_rowid(&conn, "event"),
+        };
+        if now.session < old.session
+            || now.message < old.message
+            || now.event < old.event
+            || has_rows(&conn, "session_message")
+        {
             return None;
         }
         let mut msg_ids: Vec<String> = Vec::new();
         let mut ses_ids: Vec<String> = Vec::new();
         if has_table(&conn, "event") {
-            let mut st = conn.prepare("SELECT type, aggregate_id, json_extract(data, '$.info.id') FROM event WHERE rowid > ?1").ok()?;
-            let rows = st.query_map([old.event], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))).ok()?;
+            let mut st = conn
+                .prepare("SELECT type, aggregate_id, json_extract(data, '$.info.id') FROM event WHERE rowid > ?1")
+                .ok()?;
+            let rows = st
+                .query_map([old.event], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+                })
+                .ok()?;
             for (ty, aggregate, info_id) in rows.flatten() {
                 if ty.starts_with("message.updated") {
                     msg_ids.extend(info_id);
@@ -300,7 +299,9 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
             .prepare("SELECT s.project_id, s.title, s.time_created, p.worktree FROM session s LEFT JOIN project p ON p.id = s.project_id WHERE s.id = ?1")
             .ok()?;
         for id in ses_ids {
-            if let Ok((project_id, title, created, worktree)) = st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))) {
+            if let Ok((project_id, title, created, worktree)) =
+                st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            {
                 session_rows.push((id, project_id, title, created, worktree));
             }
         }
@@ -319,9 +320,11 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
         marks.push(now);
     }
 
-    let mut session_at: rustc_hash::FxHashMap<u32, usize> = cat.sessions.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let mut session_at: rustc_hash::FxHashMap<u32, usize> =
+        cat.sessions.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
     for (id, project_id, title, created, worktree) in session_rows {
-        let info = SessionInfo { project: worktree.filter(|_| project_id != "global"), project_id, ..Default::default() };
+        let info =
+            SessionInfo { project: worktree.filter(|_| project_id != "global"), project_id, ..Default::default() };
         let n = &mut cat.names;
         let s = CSession { id: n.id(&id), project: n.id(&project_key(&info)), title: n.id(&title), created };
         let at = *session_at.entry(s.id).or_insert_with(|| {
@@ -343,7 +346,9 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
     }
     let mut created = Vec::new();
     for (id, session, row_created, data) in found {
-        let Ok(m) = serde_json::from_str::<RawMessage<'_>>(&data) else { return None };
+        let Ok(m) = serde_json::from_str::<RawMessage<'_>>(&data) else {
+            return None;
+        };
         let c = compact(&mut cat.names, &session, row_created, &m);
         let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
         let i = *at.entry(h).or_insert_with(|| {

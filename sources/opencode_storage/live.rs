@@ -43,30 +43,16 @@ impl Marks {
                 let event = open_read_only(p)
                     .ok()
                     .filter(|c| has_table(c, "event"))
-                    .and_then(|c| {
-                        c.query_row("SELECT coalesce(max(rowid), 0) FROM event", [], |r| {
-                            r.get(0)
-                        })
-                        .ok()
-                    })
+                    .and_then(|c| c.query_row("SELECT coalesce(max(rowid), 0) FROM event", [], |r| r.get(0)).ok())
                     .unwrap_or(0);
-                DbPos {
-                    path: p.clone(),
-                    event,
-                }
+                DbPos { path: p.clone(), event }
             })
             .collect();
-        Marks {
-            dbs,
-            json_ms: chrono::Utc::now().timestamp_millis(),
-        }
+        Marks { dbs, json_ms: chrono::Utc::now().timestamp_millis() }
     }
 
     fn event_mark(&self, path: &PathBuf) -> i64 {
-        self.dbs
-            .iter()
-            .find(|d| &d.path == path)
-            .map_or(0, |d| d.event)
+        self.dbs.iter().find(|d| &d.path == path).map_or(0, |d| d.event)
     }
 }
 
@@ -77,14 +63,7 @@ pub struct ForkKeys {
     keys: HashMap<u64, u64>,
 }
 
-fn fork_key(
-    created: i64,
-    provider: &str,
-    model: &str,
-    agent: &str,
-    t: [u32; 5],
-    assistant: bool,
-) -> u64 {
+fn fork_key(created: i64, provider: &str, model: &str, agent: &str, t: [u32; 5], assistant: bool) -> u64 {
     let mut buf = Vec::with_capacity(96);
     buf.extend_from_slice(&created.to_le_bytes());
     for s in [provider, model, agent] {
@@ -103,13 +82,7 @@ fn sat(v: u64) -> u32 {
 }
 
 fn token_array(t: &Tokens) -> [u32; 5] {
-    [
-        sat(t.input),
-        sat(t.output),
-        sat(t.reasoning),
-        sat(t.cache_read),
-        sat(t.cache_write),
-    ]
+    [sat(t.input), sat(t.output), sat(t.reasoning), sat(t.cache_read), sat(t.cache_write)]
 }
 
 impl ForkKeys {
@@ -120,14 +93,7 @@ impl ForkKeys {
             .iter()
             .filter(|m| m.flags & FORK_COPY == 0)
             .map(|m| {
-                let k = fork_key(
-                    m.created,
-                    n(m.provider),
-                    n(m.model),
-                    n(m.agent),
-                    m.tokens,
-                    m.flags & ASSISTANT != 0,
-                );
+                let k = fork_key(m.created, n(m.provider), n(m.model), n(m.agent), m.tokens, m.flags & ASSISTANT != 0);
                 (k, xxhash_rust::xxh3::xxh3_64(n(m.session).as_bytes()))
             })
             .collect();
@@ -161,8 +127,7 @@ impl ForkKeys {
 
 pub fn message_event(cx: &Context, info: MessageInfo) -> Event {
     let ts =
-        chrono::DateTime::from_timestamp_millis(info.time_completed.unwrap_or(info.time_created))
-            .unwrap_or_default();
+        chrono::DateTime::from_timestamp_millis(info.time_completed.unwrap_or(info.time_created)).unwrap_or_default();
     let id = format!("opencode.message:{}", info.id);
     Event::new(cx.id.clone(), ts, Payload::Message(Box::new(info))).with_id(id)
 }
@@ -214,8 +179,8 @@ struct FeedPart<'a> {
 
 pub struct Follower {
     loc: Location,
-    /// How to find the data again (data dir, explicit db), to notice new databases.
-    rediscover: Option<(PathBuf, Option<PathBuf>)>,
+    /// The data directory to look in again for new databases (unless one was named).
+    rediscover: Option<PathBuf>,
     parts: bool,
     marks: Marks,
     tracker: BatchTracker<Marks>,
@@ -227,7 +192,7 @@ impl Follower {
     /// `fixed_db`: the database was named explicitly, so no other is looked for.
     pub fn new(loc: Location, fixed_db: bool, parts: bool, resume: Option<Marks>) -> Self {
         Follower {
-            rediscover: (!fixed_db).then(|| (loc.data_dir.clone(), None)),
+            rediscover: (!fixed_db).then(|| loc.data_dir.clone()),
             loc,
             parts,
             marks: resume.unwrap_or_default(),
@@ -250,10 +215,7 @@ impl Follower {
     fn watch(&self, wake: mpsc::Sender<()>) -> Vec<notify::RecommendedWatcher> {
         use notify::Watcher;
         let mut out = Vec::new();
-        let mut targets = vec![(
-            self.loc.data_dir.clone(),
-            notify::RecursiveMode::NonRecursive,
-        )];
+        let mut targets = vec![(self.loc.data_dir.clone(), notify::RecursiveMode::NonRecursive)];
         for db in &self.loc.dbs {
             if let Some(dir) = db.parent().filter(|d| *d != self.loc.data_dir) {
                 targets.push((dir.to_path_buf(), notify::RecursiveMode::NonRecursive));
@@ -292,10 +254,7 @@ impl Follower {
             let more = self.round(cx, out).await;
             if let Some(m) = self.tracker.committed() {
                 if let Err(e) = checkpoint.store(&m) {
-                    cx.error(format_args!(
-                        "writing checkpoint {}: {e}",
-                        checkpoint.path().display()
-                    ));
+                    cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
                 }
             }
             if shutdown.is_cancelled() {
@@ -336,10 +295,7 @@ impl Follower {
         }
         if let Some(m) = last.or_else(|| self.tracker.committed()) {
             if let Err(e) = checkpoint.store(&m) {
-                cx.error(format_args!(
-                    "writing checkpoint {}: {e}",
-                    checkpoint.path().display()
-                ));
+                cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
             }
         }
     }
@@ -348,8 +304,8 @@ impl Follower {
     async fn round(&mut self, cx: &Context, out: &mut Output) -> bool {
         // Databases (or a JSON storage) that appeared since the start are followed from their
         // first change.
-        if let Some((data_dir, db)) = &self.rediscover {
-            let found = Location::find(Some(data_dir), db.as_deref());
+        if let Some(data_dir) = &self.rediscover {
+            let found = Location::find(Some(data_dir), None);
             if found.dbs != self.loc.dbs || found.storage != self.loc.storage {
                 tracing::info!(component = &*cx.id, "now reading {:?}", found.dbs);
                 self.loc = found;
@@ -370,12 +326,7 @@ impl Follower {
         if let Some(storage) = self.loc.storage.clone() {
             let since = self.marks.json_ms;
             let started = chrono::Utc::now().timestamp_millis();
-            let mut v = JsonChanges {
-                cx: cx.clone(),
-                events: &mut events,
-                keys: &mut self.keys,
-                parts: self.parts,
-            };
+            let mut v = JsonChanges { cx: cx.clone(), events: &mut events, keys: &mut self.keys, parts: self.parts };
             store::read_json_changed(&storage, since, &mut v);
             next.json_ms = started;
         }
@@ -409,9 +360,8 @@ impl Follower {
         }
         let conn = &self.conns[db];
         let from = self.marks.event_mark(db);
-        let mut st = conn.prepare_cached(
-            "SELECT rowid, type, data FROM event WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-        )?;
+        let mut st =
+            conn.prepare_cached("SELECT rowid, type, data FROM event WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
         let mut rows = st.query(rusqlite::params![from, ROUND])?;
         let mut last = from;
         let mut n = 0;
@@ -430,10 +380,9 @@ impl Follower {
                         info.fork_copy = self.keys.is_copy(&info);
                         events.push(message_event(cx, info));
                     }
-                    Err(e) => cx.error(format_args!(
-                        "{}: event row {last} ({ty}) is not valid: {e}; skipped",
-                        db.display()
-                    )),
+                    Err(e) => {
+                        cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))
+                    }
                 }
             } else if ty.starts_with("session.created") || ty.starts_with("session.updated") {
                 match serde_json::from_slice::<FeedSession>(data) {
@@ -445,19 +394,14 @@ impl Follower {
                             project_cache
                                 .entry(s.project_id.clone())
                                 .or_insert_with(|| {
-                                    conn.query_row(
-                                        "SELECT worktree FROM project WHERE id = ?1",
-                                        [&s.project_id],
-                                        |r| r.get(0),
-                                    )
+                                    conn.query_row("SELECT worktree FROM project WHERE id = ?1", [&s.project_id], |r| {
+                                        r.get(0)
+                                    })
                                     .ok()
                                 })
                                 .clone()
                         };
-                        let t = s.time.unwrap_or(RawSessionTime {
-                            created: None,
-                            updated: None,
-                        });
+                        let t = s.time.unwrap_or(RawSessionTime { created: None, updated: None });
                         events.push(session_event(
                             cx,
                             SessionInfo {
@@ -475,22 +419,16 @@ impl Follower {
                             },
                         ));
                     }
-                    Err(e) => cx.error(format_args!(
-                        "{}: event row {last} ({ty}) is not valid: {e}; skipped",
-                        db.display()
-                    )),
+                    Err(e) => {
+                        cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))
+                    }
                 }
             } else if self.parts && ty.starts_with("message.part.updated") {
                 if let Ok(f) = serde_json::from_slice::<FeedPart<'_>>(data) {
                     if let Some(p) = f.part.to_info("", "", "") {
                         let id = format!("opencode.part:{}", p.id);
                         events.push(
-                            Event::new(
-                                cx.id.clone(),
-                                chrono::Utc::now(),
-                                Payload::Part(Box::new(p)),
-                            )
-                            .with_id(id),
+                            Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id),
                         );
                     }
                 }
@@ -498,10 +436,7 @@ impl Follower {
         }
         match next.dbs.iter_mut().find(|d| &d.path == db) {
             Some(d) => d.event = last,
-            None => next.dbs.push(DbPos {
-                path: db.clone(),
-                event: last,
-            }),
+            None => next.dbs.push(DbPos { path: db.clone(), event: last }),
         }
         Ok(n == ROUND)
     }
@@ -518,28 +453,14 @@ impl store::Visitor for JsonChanges<'_> {
     fn session(&mut self, s: SessionInfo) {
         self.events.push(session_event(&self.cx, s));
     }
-    fn message(
-        &mut self,
-        id: &str,
-        session: &str,
-        row_created: i64,
-        m: &RawMessage<'_>,
-        _origin: &'static str,
-    ) {
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, _origin: &'static str) {
         let mut info = m.to_info(id, session, row_created, "json");
         info.fork_copy = self.keys.is_copy(&info);
         self.events.push(message_event(&self.cx, info));
     }
     fn part(&mut self, p: crate::event::PartInfo) {
         let id = format!("opencode.part:{}", p.id);
-        self.events.push(
-            Event::new(
-                self.cx.id.clone(),
-                chrono::Utc::now(),
-                Payload::Part(Box::new(p)),
-            )
-            .with_id(id),
-        );
+        self.events.push(Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id));
     }
     fn wants_parts(&self) -> bool {
         self.parts

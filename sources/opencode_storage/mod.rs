@@ -94,10 +94,7 @@ impl SourceConfig for OpencodeStorageConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.poll_interval_ms < 10 {
-            errs.push(FieldError::new(
-                FieldPath::key("poll_interval_ms"),
-                "`poll_interval_ms` must be at least 10",
-            ));
+            errs.push(FieldError::new(FieldPath::key("poll_interval_ms"), "`poll_interval_ms` must be at least 10"));
         }
         for (name, v) in [("data_dir", &self.data_dir), ("db", &self.db)] {
             if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
@@ -112,16 +109,11 @@ impl SourceConfig for OpencodeStorageConfig {
 
     fn build(&self, sc: SourceContext) -> anyhow::Result<ComponentFuture> {
         let loc = self.location(&sc.cx);
-        let checkpoint =
-            crate::checkpoint::CheckpointFile::new(sc.cx.data_dir()?.join("checkpoint.json"));
+        let checkpoint = crate::checkpoint::CheckpointFile::new(sc.cx.data_dir()?.join("checkpoint.json"));
         let saved: Option<live::Marks> = checkpoint.load()?;
         let cfg = self.clone();
         Ok(Box::pin(async move {
-            let SourceContext {
-                cx,
-                mut out,
-                shutdown,
-            } = sc;
+            let SourceContext { cx, mut out, shutdown } = sc;
             let resume = saved.filter(|_| cfg.from == From::Checkpoint);
             let mut follower = live::Follower::new(
                 loc.clone(),
@@ -140,21 +132,14 @@ impl SourceConfig for OpencodeStorageConfig {
                     "resuming after the checkpoint (set from = \"beginning\" to emit history again)"
                 );
                 let loc2 = loc.clone();
-                let keys = tokio::task::spawn_blocking(move || {
-                    live::ForkKeys::from_catalog(&index::load_or_build(&loc2))
-                })
-                .await?;
+                let keys =
+                    tokio::task::spawn_blocking(move || live::ForkKeys::from_catalog(&index::load_or_build(&loc2)))
+                        .await?;
                 follower.set_fork_keys(keys);
             }
             if cfg.follow {
                 follower
-                    .run(
-                        &cx,
-                        &mut out,
-                        &shutdown,
-                        Duration::from_millis(cfg.poll_interval_ms),
-                        &checkpoint,
-                    )
+                    .run(&cx, &mut out, &shutdown, Duration::from_millis(cfg.poll_interval_ms), &checkpoint)
                     .await?;
             }
             drop(out);
@@ -187,24 +172,13 @@ async fn backfill(
             .collect();
         let keys = live::ForkKeys::from_catalog(&cat);
         drop(cat);
-        let mut v = Emit {
-            cx: cx2.clone(),
-            out,
-            rt,
-            forks,
-            parts,
-            batch,
-        };
+        let mut v = Emit { cx: cx2.clone(), out, rt, forks, parts, batch };
         let report = store::read_all(&loc2, &mut v);
         for w in &report.warnings {
             cx2.error(format_args!("{w}"));
         }
         if report.sessions == 0 && report.messages == 0 {
-            tracing::warn!(
-                component = &*cx2.id,
-                "no OpenCode data yet: {}",
-                loc2.explain_empty()
-            );
+            tracing::warn!(component = &*cx2.id, "no OpenCode data yet: {}", loc2.explain_empty());
         } else {
             tracing::info!(
                 component = &*cx2.id,
@@ -245,31 +219,15 @@ impl store::Visitor for Emit {
         self.send(Event::new(self.cx.id.clone(), ts, Payload::Session(Box::new(s))).with_id(id));
     }
 
-    fn message(
-        &mut self,
-        id: &str,
-        session: &str,
-        row_created: i64,
-        m: &store::RawMessage<'_>,
-        origin: &'static str,
-    ) {
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &store::RawMessage<'_>, origin: &'static str) {
         let mut info = m.to_info(id, session, row_created, origin);
-        info.fork_copy = self
-            .forks
-            .contains(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
+        info.fork_copy = self.forks.contains(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
         self.send(live::message_event(&self.cx, info));
     }
 
     fn part(&mut self, p: crate::event::PartInfo) {
         let id = format!("opencode.part:{}", p.id);
-        self.send(
-            Event::new(
-                self.cx.id.clone(),
-                chrono::Utc::now(),
-                Payload::Part(Box::new(p)),
-            )
-            .with_id(id),
-        );
+        self.send(Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id));
     }
 
     fn wants_parts(&self) -> bool {

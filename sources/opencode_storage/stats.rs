@@ -50,9 +50,10 @@ pub struct StatsArgs {
 }
 
 fn command() -> clap::Command {
-    StatsArgs::augment_args(clap::Command::new("stats").about(
-        "Token usage from OpenCode's storage: overview, or --by session|project|model|agent|day",
-    ))
+    StatsArgs::augment_args(
+        clap::Command::new("stats")
+            .about("Token usage from OpenCode's storage: overview, or --by session|project|model|agent|day"),
+    )
 }
 
 fn run(m: &ArgMatches) -> ExitCode {
@@ -72,25 +73,11 @@ fn run(m: &ArgMatches) -> ExitCode {
 crate::register_command!("stats", command, run);
 
 pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let since = args
-        .since
-        .as_deref()
-        .map(parse_date)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let until = args
-        .until
-        .as_deref()
-        .map(parse_date)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let since = args.since.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
+    let until = args.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
     let window = Window::resolve(args.range, since, until, Local::now());
     let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
-    let cat = if args.no_index {
-        Catalog::load(&loc)
-    } else {
-        index::load_or_build(&loc)
-    };
+    let cat = if args.no_index { Catalog::load(&loc) } else { index::load_or_build(&loc) };
     for w in &cat.report.warnings {
         eprintln!("warning: {w}");
     }
@@ -128,14 +115,8 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else if args.csv {
-        writeln!(
-            out,
-            "key,sessions,messages,responses,input,output,reasoning,cache_read,cache_write,total,cost"
-        )?;
-        for (k, u) in rows
-            .iter()
-            .chain(std::iter::once(&("TOTAL".to_string(), totals.clone())))
-        {
+        writeln!(out, "key,sessions,messages,responses,input,output,reasoning,cache_read,cache_write,total,cost")?;
+        for (k, u) in rows.iter().chain(std::iter::once(&("TOTAL".to_string(), totals.clone()))) {
             let t = &u.tokens;
             writeln!(
                 out,
@@ -154,26 +135,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
     } else if args.by.is_none() {
-        overview(
-            out,
-            &loc,
-            range_name,
-            &rows,
-            &totals,
-            &forks,
-            args.include_fork_copies,
-        )?;
+        overview(out, &loc, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
     } else {
-        table(
-            out,
-            &cat,
-            group,
-            range_name,
-            &rows,
-            &totals,
-            &forks,
-            args.include_fork_copies,
-        )?;
+        table(out, &cat, group, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
     }
     Ok(())
 }
@@ -185,11 +149,7 @@ fn merge(v: &mut serde_json::Value, u: &Usage) {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// 1234567 -> "1,234,567".
@@ -217,10 +177,7 @@ fn range_title(range: &str) -> &str {
 
 fn fork_note(out: &mut dyn Write, forks: &Usage, included: bool) -> std::io::Result<()> {
     if included {
-        writeln!(
-            out,
-            "\nFork copies are counted (--include-fork-copies), as OpenCode's own sums do."
-        )
+        writeln!(out, "\nFork copies are counted (--include-fork-copies), as OpenCode's own sums do.")
     } else if forks.messages > 0 {
         writeln!(
             out,
@@ -245,29 +202,15 @@ fn overview(
     included: bool,
 ) -> std::io::Result<()> {
     writeln!(out, "OpenCode token usage, {}", range_title(range))?;
-    let sources: Vec<String> = loc
-        .dbs
-        .iter()
-        .chain(loc.storage.iter())
-        .map(|p| p.display().to_string())
-        .collect();
+    let sources: Vec<String> = loc.dbs.iter().chain(loc.storage.iter()).map(|p| p.display().to_string()).collect();
     writeln!(
         out,
         "from {}\n",
-        if sources.is_empty() {
-            loc.data_dir.display().to_string()
-        } else {
-            sources.join(", ")
-        }
+        if sources.is_empty() { loc.data_dir.display().to_string() } else { sources.join(", ") }
     )?;
     let w = thousands(t.total.max(t.messages)).len().max(5);
     writeln!(out, "Sessions     {:>w$}", thousands(t.sessions))?;
-    writeln!(
-        out,
-        "Messages     {:>w$}   ({} responses)\n",
-        thousands(t.messages),
-        thousands(t.responses)
-    )?;
+    writeln!(out, "Messages     {:>w$}   ({} responses)\n", thousands(t.messages), thousands(t.responses))?;
     for (label, v) in [
         ("Input", t.tokens.input),
         ("Output", t.tokens.output),
@@ -282,17 +225,9 @@ fn overview(
     writeln!(out, "{:<12} {:>w$}", "Cost", format!("${:.2}", t.cost))?;
     if !models.is_empty() {
         writeln!(out, "\nTop models")?;
-        let kw = models
-            .iter()
-            .map(|m| m.0.chars().count())
-            .max()
-            .unwrap_or(0);
+        let kw = models.iter().map(|m| m.0.chars().count()).max().unwrap_or(0);
         for (k, u) in models {
-            let pct = if t.total > 0 {
-                100.0 * u.total as f64 / t.total as f64
-            } else {
-                0.0
-            };
+            let pct = if t.total > 0 { 100.0 * u.total as f64 / t.total as f64 } else { 0.0 };
             writeln!(
                 out,
                 "  {k:<kw$}  {pct:>5.1}%  ({} tokens, {} responses)",
@@ -315,12 +250,7 @@ fn table(
     forks: &Usage,
     included: bool,
 ) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "OpenCode token usage by {}, {}\n",
-        group.name(),
-        range_title(range)
-    )?;
+    writeln!(out, "OpenCode token usage by {}, {}\n", group.name(), range_title(range))?;
     let label = |k: &str| -> String {
         match (group, cat.title_of(k)) {
             (GroupBy::Session, Some(title)) if !title.is_empty() => {
@@ -331,13 +261,7 @@ fn table(
         }
     };
     let labels: Vec<String> = rows.iter().map(|r| label(&r.0)).collect();
-    let kw = labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(group.name().len())
-        .max(5);
+    let kw = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(group.name().len()).max(5);
     let cells = |u: &Usage| {
         [
             u.sessions,
@@ -351,44 +275,25 @@ fn table(
         ]
         .map(thousands)
     };
-    let heads = [
-        "SESSIONS",
-        "MESSAGES",
-        "INPUT",
-        "OUTPUT",
-        "REASONING",
-        "CACHE READ",
-        "CACHE WRITE",
-        "TOTAL",
-    ];
+    let heads = ["SESSIONS", "MESSAGES", "INPUT", "OUTPUT", "REASONING", "CACHE READ", "CACHE WRITE", "TOTAL"];
     let mut widths = heads.map(str::len);
     for u in rows.iter().map(|r| &r.1).chain(std::iter::once(t)) {
         for (i, c) in cells(u).iter().enumerate() {
             widths[i] = widths[i].max(c.len());
         }
     }
-    let line =
-        |out: &mut dyn Write, key: &str, cols: &[String], cost: &str| -> std::io::Result<()> {
-            write!(out, "{:<kw$}", key)?;
-            for (i, c) in cols.iter().enumerate() {
-                write!(out, "  {:>w$}", c, w = widths[i])?;
-            }
-            writeln!(out, "  {cost:>9}")
-        };
-    line(
-        out,
-        &group.name().to_uppercase(),
-        &heads.map(String::from),
-        "COST",
-    )?;
+    let line = |out: &mut dyn Write, key: &str, cols: &[String], cost: &str| -> std::io::Result<()> {
+        write!(out, "{:<kw$}", key)?;
+        for (i, c) in cols.iter().enumerate() {
+            write!(out, "  {:>w$}", c, w = widths[i])?;
+        }
+        writeln!(out, "  {cost:>9}")
+    };
+    line(out, &group.name().to_uppercase(), &heads.map(String::from), "COST")?;
     for (l, (_, u)) in labels.iter().zip(rows) {
         line(out, l, &cells(u), &format!("${:.2}", u.cost))?;
     }
-    writeln!(
-        out,
-        "{}",
-        "─".repeat(kw + widths.iter().map(|w| w + 2).sum::<usize>() + 11)
-    )?;
+    writeln!(out, "{}", "─".repeat(kw + widths.iter().map(|w| w + 2).sum::<usize>() + 11))?;
     line(out, "TOTAL", &cells(t), &format!("${:.2}", t.cost))?;
     fork_note(out, forks, included)
 }

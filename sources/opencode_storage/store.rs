@@ -33,9 +33,7 @@ impl Location {
     /// `opencode.db` and `opencode-*.db` in the data dir (`data_dir`, else
     /// `$XDG_DATA_HOME/opencode`, else `~/.local/share/opencode`).
     pub fn find(data_dir: Option<&Path>, db: Option<&Path>) -> Location {
-        let data_dir = data_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(default_data_dir);
+        let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(default_data_dir);
         let dbs = if let Some(db) = db {
             vec![db.to_path_buf()]
         } else if let Some(env) = std::env::var_os("OPENCODE_DB").filter(|v| !v.is_empty()) {
@@ -48,19 +46,14 @@ impl Location {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name == "opencode.db"
-                        || (name.starts_with("opencode-") && name.ends_with(".db"))
+                    name == "opencode.db" || (name.starts_with("opencode-") && name.ends_with(".db"))
                 })
                 .collect();
             dbs.sort();
             dbs
         };
         let storage = Some(data_dir.join("storage")).filter(|s| s.is_dir());
-        Location {
-            data_dir,
-            dbs,
-            storage,
-        }
+        Location { data_dir, dbs, storage }
     }
 
     /// Why nothing was found, for a data dir that yields nothing.
@@ -71,10 +64,7 @@ impl Location {
                 self.data_dir.display()
             )
         } else if self.dbs.is_empty() && self.storage.is_none() {
-            format!(
-                "{} has no opencode.db, opencode-*.db or storage/ directory",
-                self.data_dir.display()
-            )
+            format!("{} has no opencode.db, opencode-*.db or storage/ directory", self.data_dir.display())
         } else {
             let what: Vec<String> = self
                 .dbs
@@ -104,21 +94,19 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 pub fn has_table(conn: &Connection, name: &str) -> bool {
-    conn.query_row(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |_| Ok(()),
-    )
-    .optional()
-    .ok()
-    .flatten()
-    .is_some()
+    conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |_| Ok(()))
+        .optional()
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// Whether `table` exists and holds at least one row.
 pub fn has_rows(conn: &Connection, table: &str) -> bool {
     has_table(conn, table)
-        && conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| r.get::<_, bool>(0)).unwrap_or(false)
+        && conn
+            .query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| r.get::<_, bool>(0))
+            .unwrap_or(false)
 }
 
 /// A message's JSON as OpenCode stores it (SQLite `data`, or a JSON file), borrowed.
@@ -210,11 +198,7 @@ pub struct RawErrorData<'a> {
 impl RawTokens {
     pub fn to_tokens(&self) -> Tokens {
         let n = |v: f64| {
-            if v.is_finite() && v > 0.0 {
-                v as u64
-            } else {
-                0
-            }
+            if v.is_finite() && v > 0.0 { v as u64 } else { 0 }
         };
         Tokens {
             input: n(self.input),
@@ -228,20 +212,13 @@ impl RawTokens {
 
 impl<'a> RawMessage<'a> {
     pub fn provider(&self) -> Option<&str> {
-        self.provider_id
-            .as_deref()
-            .or_else(|| self.model.as_ref().and_then(|m| m.provider_id.as_deref()))
+        self.provider_id.as_deref().or_else(|| self.model.as_ref().and_then(|m| m.provider_id.as_deref()))
     }
     pub fn model_name(&self) -> Option<&str> {
-        self.model_id
-            .as_deref()
-            .or_else(|| self.model.as_ref().and_then(|m| m.model_id.as_deref()))
+        self.model_id.as_deref().or_else(|| self.model.as_ref().and_then(|m| m.model_id.as_deref()))
     }
     pub fn tokens(&self) -> Tokens {
-        self.tokens
-            .as_ref()
-            .map(RawTokens::to_tokens)
-            .unwrap_or_default()
+        self.tokens.as_ref().map(RawTokens::to_tokens).unwrap_or_default()
     }
     pub fn created(&self) -> Option<i64> {
         self.time.as_ref().and_then(|t| t.created).map(|c| c as i64)
@@ -264,11 +241,7 @@ impl<'a> RawMessage<'a> {
             tokens: self.tokens(),
             cost: self.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
             time_created: self.created().unwrap_or(row_created),
-            time_completed: self
-                .time
-                .as_ref()
-                .and_then(|t| t.completed)
-                .map(|c| c as i64),
+            time_completed: self.time.as_ref().and_then(|t| t.completed).map(|c| c as i64),
             finish: self.finish.as_deref().map(str::to_string),
             error: error.as_ref().map(|e| {
                 let name = e.name.as_deref().unwrap_or("Error");
@@ -350,11 +323,7 @@ impl RawPart<'_> {
             session_id: self.session_id.as_deref().unwrap_or(session).to_string(),
             part_type: t.to_string(),
             tool: self.tool.as_deref().map(str::to_string),
-            status: self
-                .state
-                .as_ref()
-                .and_then(|s| s.status.as_deref())
-                .map(str::to_string),
+            status: self.state.as_ref().and_then(|s| s.status.as_deref()).map(str::to_string),
             tokens: self.tokens.as_ref().map(RawTokens::to_tokens),
             cost: self.cost,
         })
@@ -374,14 +343,7 @@ pub struct ReadReport {
 /// allocation-free; `Sink::message` is called once per distinct message id.
 pub trait Visitor {
     fn session(&mut self, s: SessionInfo);
-    fn message(
-        &mut self,
-        id: &str,
-        session: &str,
-        row_created: i64,
-        m: &RawMessage<'_>,
-        origin: &'static str,
-    );
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, origin: &'static str);
     fn part(&mut self, _p: PartInfo) {}
     /// Whether parts are wanted (reading them costs time).
     fn wants_parts(&self) -> bool {
@@ -402,9 +364,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
         let conn = match open_read_only(db) {
             Ok(c) => c,
             Err(e) => {
-                report
-                    .warnings
-                    .push(format!("{}: cannot open read-only: {e}", db.display()));
+                report.warnings.push(format!("{}: cannot open read-only: {e}", db.display()));
                 continue;
             }
         };
@@ -413,16 +373,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
         if sources > 1 || v2 {
             seen.get_or_insert_with(FxHashSet::default);
         }
-        if let Err(e) = read_db(
-            &conn,
-            db,
-            v,
-            &mut report,
-            &mut seen,
-            &mut seen_sessions,
-            &mut projects,
-            v2,
-        ) {
+        if let Err(e) = read_db(&conn, db, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, v2) {
             report.warnings.push(format!("{}: {e}", db.display()));
         }
     }
@@ -430,15 +381,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
         if sources > 1 {
             seen.get_or_insert_with(FxHashSet::default);
         }
-        read_json(
-            storage,
-            v,
-            &mut report,
-            &mut seen,
-            &mut seen_sessions,
-            &mut projects,
-            None,
-        );
+        read_json(storage, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, None);
     }
     report
 }
@@ -446,15 +389,7 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
 /// Reads the JSON storage files modified after `since_ms` (with a second of slack).
 pub fn read_json_changed(storage: &Path, since_ms: i64, v: &mut dyn Visitor) -> ReadReport {
     let mut report = ReadReport::default();
-    read_json(
-        storage,
-        v,
-        &mut report,
-        &mut None,
-        &mut HashSet::new(),
-        &mut HashMap::new(),
-        Some(since_ms),
-    );
+    read_json(storage, v, &mut report, &mut None, &mut HashSet::new(), &mut HashMap::new(), Some(since_ms));
     report
 }
 
@@ -473,11 +408,16 @@ fn read_db(
     projects: &mut HashMap<String, String>,
     v2: bool,
 ) -> rusqlite::Result<()> {
+    if !["session", "message", "session_message"].iter().any(|t| has_table(conn, t)) {
+        report.warnings.push(format!(
+            "{}: unknown schema: no session or message table (is it an OpenCode database?)",
+            db.display()
+        ));
+        return Ok(());
+    }
     if has_table(conn, "project") {
         let mut st = conn.prepare("SELECT id, worktree FROM project")?;
-        let rows = st.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
         for (id, wt) in rows.flatten() {
             if let Some(wt) = wt {
                 projects.insert(id, wt);
@@ -535,7 +475,9 @@ fn read_db(
                 }
                 Ok(_) if table == "session_message" => {}
                 Ok(_) => report.warnings.push(format!("{}: {table} row {id} has no role; skipped", db.display())),
-                Err(e) => report.warnings.push(format!("{}: {table} row {id} is not valid message JSON ({e}); skipped", db.display())),
+                Err(e) => report
+                    .warnings
+                    .push(format!("{}: {table} row {id} is not valid message JSON ({e}); skipped", db.display())),
             }
         })?;
     }
@@ -543,21 +485,16 @@ fn read_db(
         let mut st = conn.prepare("SELECT id, message_id, session_id, data FROM part")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let (id, msg, ses) = (
-                r.get_ref(0)?.as_str()?,
-                r.get_ref(1)?.as_str()?,
-                r.get_ref(2)?.as_str()?,
-            );
+            let (id, msg, ses) = (r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?, r.get_ref(2)?.as_str()?);
             match serde_json::from_slice::<RawPart<'_>>(r.get_ref(3)?.as_bytes()?) {
                 Ok(p) => {
                     if let Some(info) = p.to_info(id, msg, ses) {
                         v.part(info);
                     }
                 }
-                Err(e) => report.warnings.push(format!(
-                    "{}: part row {id} is not valid JSON ({e}); skipped",
-                    db.display()
-                )),
+                Err(e) => {
+                    report.warnings.push(format!("{}: part row {id} is not valid JSON ({e}); skipped", db.display()))
+                }
             }
         }
     }
@@ -618,11 +555,7 @@ fn for_each_row(db: &Path, sql: &str, f: &mut dyn FnMut(&str, &str, i64, &[u8]))
 }
 
 fn project_of(project_id: &str, projects: &HashMap<String, String>) -> Option<String> {
-    if project_id == "global" {
-        None
-    } else {
-        projects.get(project_id).cloned()
-    }
+    if project_id == "global" { None } else { projects.get(project_id).cloned() }
 }
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
@@ -653,9 +586,7 @@ fn read_json(
 ) {
     let changed = |p: &Path| since.is_none_or(|s| super::live::modified_after(p, s));
     let bad = |report: &mut ReadReport, p: &Path, e: &dyn std::fmt::Display| {
-        report
-            .warnings
-            .push(format!("{}: not valid JSON ({e}); skipped", p.display()));
+        report.warnings.push(format!("{}: not valid JSON ({e}); skipped", p.display()));
     };
     for p in json_files(&storage.join("project")) {
         match std::fs::read(&p)
@@ -670,10 +601,7 @@ fn read_json(
             Err(e) => bad(report, &p, &e),
         }
     }
-    for p in json_files(&storage.join("session"))
-        .into_iter()
-        .filter(|p| changed(p))
-    {
+    for p in json_files(&storage.join("session")).into_iter().filter(|p| changed(p)) {
         match std::fs::read(&p)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<RawSession>(&b).map_err(|e| e.to_string()))
@@ -700,10 +628,7 @@ fn read_json(
             Err(e) => bad(report, &p, &e),
         }
     }
-    for p in json_files(&storage.join("message"))
-        .into_iter()
-        .filter(|p| changed(p))
-    {
+    for p in json_files(&storage.join("message")).into_iter().filter(|p| changed(p)) {
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) => {
@@ -714,11 +639,7 @@ fn read_json(
         match serde_json::from_slice::<RawMessage<'_>>(&bytes) {
             Ok(m) if m.role.is_some() => {
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                let dir = p
-                    .parent()
-                    .and_then(|d| d.file_name())
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("");
+                let dir = p.parent().and_then(|d| d.file_name()).and_then(|s| s.to_str()).unwrap_or("");
                 let id = m.id.as_deref().unwrap_or(stem).to_string();
                 if let Some(seen) = seen.as_mut() {
                     if !seen.insert(id_hash(&id)) {
@@ -730,28 +651,19 @@ fn read_json(
                 report.messages += 1;
                 v.message(&id, &session, m.created().unwrap_or(0), &m, "json");
             }
-            Ok(_) => report
-                .warnings
-                .push(format!("{}: message without a role; skipped", p.display())),
+            Ok(_) => report.warnings.push(format!("{}: message without a role; skipped", p.display())),
             Err(e) => bad(report, &p, &e),
         }
     }
     if v.wants_parts() {
-        for p in json_files(&storage.join("part"))
-            .into_iter()
-            .filter(|p| changed(p))
-        {
+        for p in json_files(&storage.join("part")).into_iter().filter(|p| changed(p)) {
             let Ok(bytes) = std::fs::read(&p) else {
                 continue;
             };
             match serde_json::from_slice::<RawPart<'_>>(&bytes) {
                 Ok(part) => {
                     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                    let msg = p
-                        .parent()
-                        .and_then(|d| d.file_name())
-                        .and_then(|s| s.to_str())
-                        .unwrap_or("");
+                    let msg = p.parent().and_then(|d| d.file_name()).and_then(|s| s.to_str()).unwrap_or("");
                     if let Some(info) = part.to_info(stem, msg, "") {
                         v.part(info);
                     }

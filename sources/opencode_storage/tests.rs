@@ -10,9 +10,7 @@ use crate::testing;
 use crate::transforms::aggregate::{GroupBy, Window};
 
 fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/storage")
-        .join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/storage").join(p)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -20,18 +18,12 @@ fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let p = e.unwrap().path();
         let dst = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dst)
-        } else {
-            std::fs::copy(&p, &dst).map(|_| ()).unwrap()
-        }
+        if p.is_dir() { copy_dir(&p, &dst) } else { std::fs::copy(&p, &dst).map(|_| ()).unwrap() }
     }
 }
 
 fn totals(loc: &Location, forks: bool) -> crate::transforms::aggregate::Usage {
-    Catalog::load(loc)
-        .aggregate(GroupBy::All, Window::default(), forks)
-        .1
+    Catalog::load(loc).aggregate(GroupBy::All, Window::default(), forks).1
 }
 
 #[test]
@@ -41,19 +33,8 @@ fn sqlite_history_counts_fork_copies_once() {
     assert!(cat.report.warnings.is_empty(), "{:?}", cat.report.warnings);
     let (_, t, forks) = cat.aggregate(GroupBy::All, Window::default(), false);
     assert_eq!((t.sessions, t.messages, t.responses), (6, 13, 7));
-    assert_eq!(
-        (
-            t.tokens.input,
-            t.tokens.output,
-            t.tokens.reasoning,
-            t.tokens.cache_read
-        ),
-        (8334, 64, 28, 6100)
-    );
-    assert_eq!(
-        (forks.messages, forks.tokens.input, forks.sessions),
-        (2, 1600, 1)
-    );
+    assert_eq!((t.tokens.input, t.tokens.output, t.tokens.reasoning, t.tokens.cache_read), (8334, 64, 28, 6100));
+    assert_eq!((forks.messages, forks.tokens.input, forks.sessions), (2, 1600, 1));
     let with = totals(&loc, true);
     assert_eq!((with.messages, with.tokens.input), (15, 9934));
 }
@@ -63,28 +44,21 @@ fn json_storage_of_1_1_is_read() {
     let loc = Location::find(Some(&fixture("v1.1.65")), None);
     assert!(loc.dbs.is_empty() && loc.storage.is_some());
     let t = totals(&loc, false);
-    assert_eq!(
-        (
-            t.sessions,
-            t.messages,
-            t.tokens.input,
-            t.tokens.output,
-            t.tokens.cache_read
-        ),
-        (5, 11, 5334, 81, 5100)
-    );
+    assert_eq!((t.sessions, t.messages, t.tokens.input, t.tokens.output, t.tokens.cache_read), (5, 11, 5334, 81, 5100));
 }
 
 /// A database holding the same messages as the JSON storage, as OpenCode 1.2's import made.
 fn migrate_json_into_db(storage: &Path, db: &Path) {
     let conn = Connection::open(db).unwrap();
-    conn.execute_batch(&std::fs::read_to_string(fixture("opencode-1.18.33-schema.sql")).unwrap())
-        .unwrap();
-    conn.execute("INSERT INTO project (id, worktree, time_created, time_updated, sandboxes) VALUES ('global', '/', 0, 0, '[]')", []).ok();
+    conn.execute_batch(&std::fs::read_to_string(fixture("opencode-1.18.33-schema.sql")).unwrap()).unwrap();
+    conn.execute(
+        "INSERT INTO project (id, worktree, time_created, time_updated, sandboxes) VALUES ('global', '/', 0, 0, '[]')",
+        [],
+    )
+    .ok();
     for dir in std::fs::read_dir(storage.join("message")).unwrap() {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap();
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap();
             let id = v["id"].as_str().unwrap().to_string();
             let session = v["sessionID"].as_str().unwrap().to_string();
             let created = v["time"]["created"].as_i64().unwrap();
@@ -114,10 +88,7 @@ fn mixed_generations_count_each_message_once() {
     let cat = Catalog::load(&loc);
     assert_eq!(cat.report.duplicates, 11);
     let t = cat.aggregate(GroupBy::All, Window::default(), false).1;
-    assert_eq!(
-        (t.sessions, t.messages, t.tokens.input, t.tokens.output),
-        (5, 11, 5334, 81)
-    );
+    assert_eq!((t.sessions, t.messages, t.tokens.input, t.tokens.output), (5, 11, 5334, 81));
 
     // Newer runners add session_message rows beside the v1 tables: union, no double count.
     let conn = Connection::open(dir.path().join("opencode.db")).unwrap();
@@ -147,8 +118,7 @@ fn corrupt_records_are_named_and_skipped_and_empty_dirs_say_why() {
     let cat = Catalog::load(&loc);
     assert_eq!(cat.report.warnings.len(), 1);
     assert!(
-        cat.report.warnings[0].contains("msg_bad.json")
-            && cat.report.warnings[0].contains("not valid JSON"),
+        cat.report.warnings[0].contains("msg_bad.json") && cat.report.warnings[0].contains("not valid JSON"),
         "{:?}",
         cat.report.warnings
     );
@@ -156,20 +126,19 @@ fn corrupt_records_are_named_and_skipped_and_empty_dirs_say_why() {
 
     let db = dir.path().join("db.db");
     std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
-    Connection::open(&db)
-        .unwrap()
-        .execute("UPDATE message SET data = '{broken' WHERE rowid = 3", [])
-        .unwrap();
+    Connection::open(&db).unwrap().execute("UPDATE message SET data = '{broken' WHERE rowid = 3", []).unwrap();
     let cat = Catalog::load(&Location::find(None, Some(&db)));
     assert!(
-        cat.report
-            .warnings
-            .iter()
-            .any(|w| w.contains("message row msg_") && w.contains("not valid message JSON")),
+        cat.report.warnings.iter().any(|w| w.contains("message row msg_") && w.contains("not valid message JSON")),
         "{:?}",
         cat.report.warnings
     );
     assert_eq!(cat.messages.len(), 14);
+
+    let other = dir.path().join("other.db");
+    Connection::open(&other).unwrap().execute_batch("CREATE TABLE notes (x)").unwrap();
+    let cat = Catalog::load(&Location::find(None, Some(&other)));
+    assert!(cat.report.warnings[0].contains("unknown schema"), "{:?}", cat.report.warnings);
 
     let empty = tempfile::tempdir().unwrap();
     let loc = Location::find(Some(empty.path()), None);
@@ -223,11 +192,7 @@ fn cfg(body: &str) -> OpencodeStorageConfig {
 
 fn kinds(events: &[Event]) -> (usize, usize, usize) {
     let count = |k: &str| events.iter().filter(|e| e.kind() == k).count();
-    (
-        count("opencode.session"),
-        count("opencode.message"),
-        count("opencode.part"),
-    )
+    (count("opencode.session"), count("opencode.message"), count("opencode.part"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,15 +200,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("oc");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::copy(
-        fixture("v1.18.33-fork/opencode.db"),
-        data.join("opencode.db"),
-    )
-    .unwrap();
-    let c = cfg(&format!(
-        "data_dir = \"{}\"\nfollow = false",
-        data.display()
-    ));
+    std::fs::copy(fixture("v1.18.33-fork/opencode.db"), data.join("opencode.db")).unwrap();
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = false", data.display()));
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |_| false).await;
     assert_eq!(kinds(&out.events).0, 6);
     assert_eq!(kinds(&out.events).1, 15);
@@ -257,25 +215,14 @@ async fn backfill_then_checkpoint_then_live_changes() {
         .collect();
     assert_eq!(copies.len(), 2);
     assert!(copies.iter().all(|s| s == "ses_e01242a2effenbbW8xzS5x1peb"));
-    assert!(
-        out.events
-            .iter()
-            .any(|e| matches!(&e.payload, Payload::Part(p) if p.tool.as_deref() == Some("bash")))
-    );
+    assert!(out.events.iter().any(|e| matches!(&e.payload, Payload::Part(p) if p.tool.as_deref() == Some("bash"))));
 
     // A restart re-emits nothing.
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |_| false).await;
-    assert!(
-        out.events.is_empty(),
-        "{} events re-emitted",
-        out.events.len()
-    );
+    assert!(out.events.is_empty(), "{} events re-emitted", out.events.len());
 
     // Live: a message committed with its change-feed row arrives.
-    let c = cfg(&format!(
-        "data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000",
-        data.display()
-    ));
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000", data.display()));
     let db = data.join("opencode.db");
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -291,16 +238,10 @@ async fn backfill_then_checkpoint_then_live_changes() {
     let started = std::time::Instant::now();
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !e.is_empty()).await;
     writer.await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the notification, not the 5 s poll, delivered it"
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "the notification, not the 5 s poll, delivered it");
     match &out.events[..] {
         [e] => match &e.payload {
-            Payload::Message(m) => assert_eq!(
-                (m.id.as_str(), m.tokens.input, m.fork_copy),
-                ("msg_live", 4242, false)
-            ),
+            Payload::Message(m) => assert_eq!((m.id.as_str(), m.tokens.input, m.fork_copy), ("msg_live", 4242, false)),
             other => panic!("{other:?}"),
         },
         other => panic!("{} events", other.len()),

@@ -45,8 +45,7 @@ struct AckLog {
 
 impl AckLog {
     fn push(&mut self, end: u64, line: u64, done: bool) -> u64 {
-        self.entries
-            .push_back((end, line, if done { 1 } else { 0 }));
+        self.entries.push_back((end, line, if done { 1 } else { 0 }));
         self.front_seq + self.entries.len() as u64 - 1
     }
 
@@ -134,9 +133,7 @@ impl Reader {
             b.add(Glob::new(p)?);
         }
         let checkpoint = CheckpointFile::new(cx.data_dir()?.join("checkpoints.json"));
-        let saved = checkpoint
-            .load::<HashMap<String, Saved>>()?
-            .unwrap_or_default();
+        let saved = checkpoint.load::<HashMap<String, Saved>>()?.unwrap_or_default();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         Ok(Reader {
             pattern: root.to_string_lossy().into_owned(),
@@ -157,17 +154,8 @@ impl Reader {
         })
     }
 
-    pub async fn run(
-        mut self,
-        sc: SourceContext,
-        follow: bool,
-        poll: Duration,
-    ) -> anyhow::Result<()> {
-        let SourceContext {
-            cx: _,
-            mut out,
-            shutdown,
-        } = sc;
+    pub async fn run(mut self, sc: SourceContext, follow: bool, poll: Duration) -> anyhow::Result<()> {
+        let SourceContext { cx: _, mut out, shutdown } = sc;
         let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
         let _watcher = if follow { self.watch(wake_tx) } else { None };
         let mut last_flush = Instant::now();
@@ -208,11 +196,7 @@ impl Reader {
 
     fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
-        let dir = if self.root.is_dir() {
-            self.root.clone()
-        } else {
-            literal_dir(&self.pattern)
-        };
+        let dir = if self.root.is_dir() { self.root.clone() } else { literal_dir(&self.pattern) };
         let mut w = notify::recommended_watcher(move |_res| {
             let _ = wake.try_send(());
         })
@@ -220,11 +204,7 @@ impl Reader {
         match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
             Ok(()) => Some(w),
             Err(e) => {
-                tracing::debug!(
-                    component = &*self.cx.id,
-                    "not watching {} ({e}); polling",
-                    dir.display()
-                );
+                tracing::debug!(component = &*self.cx.id, "not watching {} ({e}); polling", dir.display());
                 None
             }
         }
@@ -238,26 +218,15 @@ impl Reader {
                     .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
                     .collect(),
                 Err(e) => {
-                    self.cx
-                        .error(format_args!("cannot list {}: {e}", self.root.display()));
+                    self.cx.error(format_args!("cannot list {}: {e}", self.root.display()));
                     Vec::new()
                 }
             }
         } else {
-            glob::glob(&self.pattern)
-                .map(|g| g.filter_map(Result::ok).collect())
-                .unwrap_or_default()
+            glob::glob(&self.pattern).map(|g| g.filter_map(Result::ok).collect()).unwrap_or_default()
         };
-        if paths.is_empty()
-            && !self.warned_missing
-            && !self.root.exists()
-            && !self.pattern.contains(['*', '?', '['])
-        {
-            tracing::warn!(
-                component = &*self.cx.id,
-                "{} does not exist (yet); waiting for it",
-                self.root.display()
-            );
+        if paths.is_empty() && !self.warned_missing && !self.root.exists() && !self.pattern.contains(['*', '?', '[']) {
+            tracing::warn!(component = &*self.cx.id, "{} does not exist (yet); waiting for it", self.root.display());
             self.warned_missing = true;
         }
         let mut paths: Vec<PathBuf> = paths
@@ -277,29 +246,19 @@ impl Reader {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
-            if self
-                .files
-                .values()
-                .any(|t| t.path == path && t.ino == meta.ino())
-            {
+            if self.files.values().any(|t| t.path == path && t.ino == meta.ino()) {
                 continue;
             }
             let fp = match fingerprint(&path) {
                 Ok(Some(fp)) => fp,
                 Ok(None) => continue, // no complete first line yet
                 Err(e) => {
-                    self.cx
-                        .error(format_args!("cannot read {}: {e}", path.display()));
+                    self.cx.error(format_args!("cannot read {}: {e}", path.display()));
                     continue;
                 }
             };
             if let Some(t) = self.files.get_mut(&fp) {
-                tracing::debug!(
-                    component = &*self.cx.id,
-                    "{} is now {}",
-                    t.path.display(),
-                    path.display()
-                );
+                tracing::debug!(component = &*self.cx.id, "{} is now {}", t.path.display(), path.display());
                 t.path = path;
                 t.ino = meta.ino();
                 continue;
@@ -339,9 +298,7 @@ impl Reader {
                         },
                     );
                 }
-                Err(e) => self
-                    .cx
-                    .error(format_args!("cannot open {}: {e}", path.display())),
+                Err(e) => self.cx.error(format_args!("cannot open {}: {e}", path.display())),
             }
         }
     }
@@ -357,12 +314,7 @@ impl Reader {
             }
             let t = self.files.get_mut(&fp).expect("key from map");
             // Truncated in place: start over as a new file.
-            if t.reader
-                .get_ref()
-                .metadata()
-                .map(|m| m.len() < t.read_pos)
-                .unwrap_or(false)
-            {
+            if t.reader.get_ref().metadata().map(|m| m.len() < t.read_pos).unwrap_or(false) {
                 tracing::warn!(
                     component = &*self.cx.id,
                     "{} was truncated: reading it again from the start",
@@ -392,9 +344,7 @@ impl Reader {
             // A rotated-away or deleted file that is fully read and delivered is done.
             let t = &self.files[&fp];
             if t.eof && t.acks.pending() == 0 {
-                let gone = std::fs::metadata(&t.path)
-                    .map(|m| m.ino() != t.ino)
-                    .unwrap_or(true);
+                let gone = std::fs::metadata(&t.path).map(|m| m.ino() != t.ino).unwrap_or(true);
                 if gone {
                     self.files.remove(&fp);
                 }
@@ -427,26 +377,19 @@ impl Reader {
                             .map(|d| d.with_timezone(&Utc))
                             .unwrap_or_else(|_| Utc::now());
                         let ack = self.ack_tx.clone();
-                        let event =
-                            Event::new(self.cx.id.clone(), ts, Payload::Trace(Box::new(rec)));
+                        let event = Event::new(self.cx.id.clone(), ts, Payload::Trace(Box::new(rec)));
                         let id = match &event.payload {
                             Payload::Trace(r) => r.natural_id(),
                             _ => unreachable!(),
                         };
-                        let event =
-                            event
-                                .with_id(id)
-                                .with_finalizer(Finalizer::new(move |status| {
-                                    let _ = ack.send((fp, instance, seq, status));
-                                }));
+                        let event = event.with_id(id).with_finalizer(Finalizer::new(move |status| {
+                            let _ = ack.send((fp, instance, seq, status));
+                        }));
                         out.send(event).await;
                     }
                     Err(e) => {
                         t.acks.push(end, line, true);
-                        self.cx.error(format_args!(
-                            "{}:{line}: malformed trace record, skipped: {e}",
-                            path.display()
-                        ));
+                        self.cx.error(format_args!("{}:{line}: malformed trace record, skipped: {e}", path.display()));
                     }
                 }
             }
@@ -490,22 +433,13 @@ impl Reader {
         for t in self.files.values() {
             self.saved.insert(
                 format!("{:016x}", t.fingerprint),
-                Saved {
-                    path: t.path.display().to_string(),
-                    offset: t.committed.0,
-                    line: t.committed.1,
-                    updated: now,
-                },
+                Saved { path: t.path.display().to_string(), offset: t.committed.0, line: t.committed.1, updated: now },
             );
         }
-        self.saved
-            .retain(|_, s| now - s.updated < FORGET_AFTER_SECS);
+        self.saved.retain(|_, s| now - s.updated < FORGET_AFTER_SECS);
         match self.checkpoint.store(&self.saved) {
             Ok(()) => self.dirty = false,
-            Err(e) => self.cx.error(format_args!(
-                "writing checkpoint {}: {e}",
-                self.checkpoint.path().display()
-            )),
+            Err(e) => self.cx.error(format_args!("writing checkpoint {}: {e}", self.checkpoint.path().display())),
         }
     }
 }
@@ -519,11 +453,7 @@ fn literal_dir(pattern: &str) -> PathBuf {
         }
         dir.push(comp);
     }
-    if dir.as_os_str() == pattern {
-        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
-    } else {
-        dir
-    }
+    if dir.as_os_str() == pattern { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir }
 }
 
 fn open_at(path: &Path, offset: u64) -> io::Result<BufReader<File>> {
@@ -575,18 +505,11 @@ fn read_lines(t: &mut Tracked, max_line: usize, budget: usize) -> io::Result<(Ve
                 t.skipping = false;
                 if too_long {
                     t.partial.clear();
-                    lines.push(Line::TooLong {
-                        line: t.line,
-                        end: t.read_pos,
-                    });
+                    lines.push(Line::TooLong { line: t.line, end: t.read_pos });
                 } else {
                     let data = std::mem::take(&mut t.partial);
                     bytes += data.len();
-                    lines.push(Line::Data {
-                        data,
-                        line: t.line,
-                        end: t.read_pos,
-                    });
+                    lines.push(Line::Data { data, line: t.line, end: t.read_pos });
                 }
                 if bytes >= budget {
                     return Ok((lines, false));

@@ -81,11 +81,8 @@ impl SourceConfig for TraceJsonlConfig {
             );
         } else if let Err(e) = glob::Pattern::new(&self.path) {
             errs.push(
-                FieldError::new(
-                    FieldPath::key("path"),
-                    format!("`{}` is not a valid glob: {e}", self.path),
-                )
-                .help("escape `[` as `[[]`"),
+                FieldError::new(FieldPath::key("path"), format!("`{}` is not a valid glob: {e}", self.path))
+                    .help("escape `[` as `[[]`"),
             );
         }
         for (i, pat) in self.exclude.iter().enumerate() {
@@ -98,18 +95,12 @@ impl SourceConfig for TraceJsonlConfig {
         }
         if self.poll_interval_ms < 10 {
             errs.push(
-                FieldError::new(
-                    FieldPath::key("poll_interval_ms"),
-                    "`poll_interval_ms` must be at least 10",
-                )
-                .help("250 is a good value"),
+                FieldError::new(FieldPath::key("poll_interval_ms"), "`poll_interval_ms` must be at least 10")
+                    .help("250 is a good value"),
             );
         }
         if self.max_line_bytes < 1024 {
-            errs.push(FieldError::new(
-                FieldPath::key("max_line_bytes"),
-                "`max_line_bytes` must be at least 1024",
-            ));
+            errs.push(FieldError::new(FieldPath::key("max_line_bytes"), "`max_line_bytes` must be at least 1024"));
         }
         errs
     }

@@ -14,20 +14,12 @@ fn record(session: &str, id: u32, kind: &str) -> String {
 }
 
 fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
 fn cfg(dir: &Path, follow: bool) -> TraceJsonlConfig {
-    toml::from_str(&format!(
-        "path = \"{}\"\nfollow = {follow}\npoll_interval_ms = 20",
-        dir.display()
-    ))
-    .unwrap()
+    toml::from_str(&format!("path = \"{}\"\nfollow = {follow}\npoll_interval_ms = 20", dir.display())).unwrap()
 }
 
 fn ids(events: &[Event]) -> Vec<String> {
@@ -43,10 +35,7 @@ fn ids(events: &[Event]) -> Vec<String> {
 }
 
 async fn read_once(traces: &Path, state: &Path) -> testing::Outcome {
-    testing::run_source(&cfg(traces, false), state, Duration::from_secs(10), |_| {
-        false
-    })
-    .await
+    testing::run_source(&cfg(traces, false), state, Duration::from_secs(10), |_| false).await
 }
 
 #[tokio::test]
@@ -54,29 +43,17 @@ async fn reads_complete_records_reports_bad_lines_and_waits_for_partial_ones() {
     let traces = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let f = traces.path().join("2026-04-25-10-41-09-Reply.jsonl");
-    append(
-        &f,
-        &(record("ses_a", 1, "request") + "{not json\n" + &record("ses_a", 1, "response")),
-    );
+    append(&f, &(record("ses_a", 1, "request") + "{not json\n" + &record("ses_a", 1, "response")));
     append(&f, "\n"); // blank lines are fine
-    append(
-        &f,
-        r#"{"kind":"request","id":2,"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"ses_a""#,
-    ); // no newline yet
-    append(
-        &traces.path().join("opencode-api-tracer.debug.jsonl"),
-        "{\"event\":\"install.start\"}\n",
-    );
+    append(&f, r#"{"kind":"request","id":2,"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"ses_a""#); // no newline yet
+    append(&traces.path().join("opencode-api-tracer.debug.jsonl"), "{\"event\":\"install.start\"}\n");
     append(&traces.path().join("notes.txt"), "ignored\n");
 
     let out = read_once(traces.path(), state.path()).await;
     assert_eq!(ids(&out.events), ["ses_a/1/request", "ses_a/1/response"]);
     assert_eq!(out.metrics.errors, 1, "the malformed line is counted");
     let ev = &out.events[0];
-    assert_eq!(
-        ev.meta.id.as_deref(),
-        Some("trace:ses_a:1:request:2026-04-25T02:41:01.000Z")
-    );
+    assert_eq!(ev.meta.id.as_deref(), Some("trace:ses_a:1:request:2026-04-25T02:41:01.000Z"));
     assert_eq!(ev.meta.timestamp.to_rfc3339(), "2026-04-25T02:41:01+00:00");
 
     // The partial line completes; a second run emits only it.
@@ -92,10 +69,7 @@ async fn reads_complete_records_reports_bad_lines_and_waits_for_partial_ones() {
 async fn follows_appends_and_new_files() {
     let traces = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    append(
-        &traces.path().join("a.jsonl"),
-        &record("ses_a", 1, "request"),
-    );
+    append(&traces.path().join("a.jsonl"), &record("ses_a", 1, "request"));
     let dir = traces.path().to_path_buf();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -104,18 +78,10 @@ async fn follows_appends_and_new_files() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         append(&dir.join("b.jsonl"), &record("ses_b", 7, "request")[40..]);
     });
-    let out = testing::run_source(
-        &cfg(traces.path(), true),
-        state.path(),
-        Duration::from_secs(10),
-        |e| e.len() >= 3,
-    )
-    .await;
+    let out =
+        testing::run_source(&cfg(traces.path(), true), state.path(), Duration::from_secs(10), |e| e.len() >= 3).await;
     writer.await.unwrap();
-    assert_eq!(
-        ids(&out.events),
-        ["ses_a/1/request", "ses_a/1/response", "ses_b/7/request"]
-    );
+    assert_eq!(ids(&out.events), ["ses_a/1/request", "ses_a/1/response", "ses_b/7/request"]);
 }
 
 #[tokio::test]
@@ -123,10 +89,7 @@ async fn rotation_keeps_position_and_truncation_starts_over() {
     let traces = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let a = traces.path().join("a.jsonl");
-    append(
-        &a,
-        &(record("ses_a", 1, "request") + &record("ses_a", 1, "response")),
-    );
+    append(&a, &(record("ses_a", 1, "request") + &record("ses_a", 1, "response")));
     assert_eq!(read_once(traces.path(), state.path()).await.events.len(), 2);
 
     // Renamed (still matched) and continued; a new file takes the old name.
@@ -151,10 +114,7 @@ async fn huge_lines_work_and_lines_over_the_limit_are_skipped() {
     let line = format!(
         r#"{{"kind":"request","id":1,"timestamp":"2026-04-25T02:41:09.000Z","sessionID":"ses_big","headers":{{}},"body":{{"prompt":"{big}"}}}}"#
     );
-    append(
-        &traces.path().join("a.jsonl"),
-        &(line + "\n" + &record("ses_big", 2, "request")),
-    );
+    append(&traces.path().join("a.jsonl"), &(line + "\n" + &record("ses_big", 2, "request")));
     let out = read_once(traces.path(), state.path()).await;
     assert_eq!(ids(&out.events), ["ses_big/1/request", "ses_big/2/request"]);
     match &out.events[0].payload {
@@ -189,12 +149,8 @@ async fn stops_promptly_on_shutdown_while_following() {
 #[test]
 fn config_errors_point_at_fields() {
     use crate::registry::Kind;
-    let errs = testing::parse(
-        Kind::Source,
-        "trace_jsonl",
-        "path = \"\"\npoll_interval_ms = 1\nexclude = [\"a{\"]",
-    )
-    .unwrap_err();
+    let errs = testing::parse(Kind::Source, "trace_jsonl", "path = \"\"\npoll_interval_ms = 1\nexclude = [\"a{\"]")
+        .unwrap_err();
     let paths: Vec<_> = errs.iter().map(|e| e.path.to_string()).collect();
     assert_eq!(paths, ["path", "exclude[0]", "poll_interval_ms"]);
 }

@@ -42,10 +42,7 @@ impl Diagnostic {
         }
     }
     pub fn warning(message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message) }
     }
     pub fn at(mut self, file: usize, span: Option<Range<usize>>) -> Self {
         self.file = Some(file);
@@ -102,9 +99,7 @@ pub struct Report {
 
 impl Report {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
     }
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
@@ -118,11 +113,7 @@ impl fmt::Display for Report {
         }
         let errors = self.errors().count();
         if errors > 0 {
-            writeln!(
-                f,
-                "{errors} error{} in the configuration",
-                if errors == 1 { "" } else { "s" }
-            )?;
+            writeln!(f, "{errors} error{} in the configuration", if errors == 1 { "" } else { "s" })?;
         }
         Ok(())
     }
@@ -145,31 +136,19 @@ fn render(d: &Diagnostic, files: &SourceFiles, f: &mut fmt::Formatter<'_>) -> fm
                 let line_text = files.text(file).lines().nth(line - 1).unwrap_or("");
                 let width = line.to_string().len();
                 gutter = " ".repeat(width + 1);
-                let path = d
-                    .path
-                    .as_deref()
-                    .map(|p| format!(" ({p})"))
-                    .unwrap_or_default();
+                let path = d.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
                 writeln!(f, "{gutter}--> {location}{path}")?;
                 writeln!(f, "{gutter}|")?;
                 writeln!(f, "{line:>width$} | {line_text}")?;
-                let start = span.start
-                    - files.text(file)[..span.start]
-                        .rfind('\n')
-                        .map_or(0, |i| i + 1);
-                let marked =
-                    &files.text(file)[span.start..span.end.min(span.start + line_text.len())];
+                let start = span.start - files.text(file)[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                let marked = &files.text(file)[span.start..span.end.min(span.start + line_text.len())];
                 let marked = marked.split('\n').next().unwrap_or("");
                 let pad = line_text.get(..start).map_or(start, |s| s.chars().count());
                 let carets = marked.chars().count().max(1);
                 writeln!(f, "{gutter}| {}{}", " ".repeat(pad), "^".repeat(carets))?;
             }
             None => {
-                let path = d
-                    .path
-                    .as_deref()
-                    .map(|p| format!(" ({p})"))
-                    .unwrap_or_default();
+                let path = d.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
                 writeln!(f, "  --> {name}{path}")?;
             }
         }
@@ -196,17 +175,10 @@ mod tests {
             .at(id, Some(start..start + 3))
             .path("sinks.s.inputs[0]")
             .help("components that can be inputs: a");
-        let out = Report {
-            diagnostics: vec![d],
-            files,
-        }
-        .to_string();
+        let out = Report { diagnostics: vec![d], files }.to_string();
         assert!(out.contains("--> p.toml:2:11 (sinks.s.inputs[0])"), "{out}");
         assert!(out.contains("          ^^^"), "{out}");
-        assert!(
-            out.contains("= help: components that can be inputs: a"),
-            "{out}"
-        );
+        assert!(out.contains("= help: components that can be inputs: a"), "{out}");
         assert!(out.ends_with("1 error in the configuration\n"), "{out}");
     }
 }

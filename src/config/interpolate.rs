@@ -58,17 +58,12 @@ pub fn interpolate_str(
                 (Some(v), _) => out.push_str(&v),
                 (None, "-") => out.push_str(arg),
                 (None, "?") => {
-                    return Err((
-                        format!("environment variable {name} is not set: {arg}"),
-                        None,
-                    ));
+                    return Err((format!("environment variable {name} is not set: {arg}"), None));
                 }
                 (None, _) => {
                     return Err((
                         format!("environment variable {name} is not set"),
-                        Some(format!(
-                            "set {name}, or give a default: `${{{name}:-value}}`"
-                        )),
+                        Some(format!("set {name}, or give a default: `${{{name}:-value}}`")),
                     ));
                 }
             }
@@ -131,10 +126,7 @@ mod tests {
         assert_eq!(interpolate_str("${NOPE:-d}/x", &env).unwrap(), "d/x");
         assert_eq!(interpolate_str("${EMPTY:-d}", &env).unwrap(), "d");
         assert_eq!(interpolate_str("${EMPTY}", &env).unwrap(), "");
-        assert_eq!(
-            interpolate_str("cost $$5 and $x", &env).unwrap(),
-            "cost $5 and $x"
-        );
+        assert_eq!(interpolate_str("cost $$5 and $x", &env).unwrap(), "cost $5 and $x");
     }
 
     #[test]
@@ -142,19 +134,9 @@ mod tests {
         let (msg, help) = interpolate_str("${NOPE}", &env).unwrap_err();
         assert!(msg.contains("NOPE is not set"));
         assert!(help.unwrap().contains("${NOPE:-value}"));
-        assert!(
-            interpolate_str("${NOPE:?give a dir}", &env)
-                .unwrap_err()
-                .0
-                .contains("give a dir")
-        );
+        assert!(interpolate_str("${NOPE:?give a dir}", &env).unwrap_err().0.contains("give a dir"));
         assert!(interpolate_str("${HOME", &env).is_err());
         assert!(interpolate_str("${A B}", &env).is_err());
-        assert!(
-            interpolate_str("${A:-${HOME}}/x", &env)
-                .unwrap_err()
-                .0
-                .contains("nested")
-        );
+        assert!(interpolate_str("${A:-${HOME}}/x", &env).unwrap_err().0.contains("nested"));
     }
 }

@@ -12,33 +12,20 @@ use super::topology::{self, Node};
 use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
 use crate::registry::{self, AnyConfig, Kind};
 
-const TOP_LEVEL: [&str; 5] = [
-    "data_dir",
-    "shutdown_timeout_secs",
-    "sources",
-    "transforms",
-    "sinks",
-];
+const TOP_LEVEL: [&str; 5] = ["data_dir", "shutdown_timeout_secs", "sources", "transforms", "sinks"];
 
 /// Loads and checks the given files. `Ok` carries warnings (possibly none).
 pub fn load(paths: &[PathBuf]) -> Result<(Pipeline, Report), Report> {
     let inputs = paths
         .iter()
-        .map(|p| {
-            (
-                p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|e| read_error(p, e)),
-            )
-        })
+        .map(|p| (p.display().to_string(), std::fs::read_to_string(p).map_err(|e| read_error(p, e))))
         .collect();
     load_texts(inputs, &|name| std::env::var(name).ok())
 }
 
 /// Loads one config from a string (tests, embedded pipelines).
 pub fn load_str(name: &str, text: &str) -> Result<(Pipeline, Report), Report> {
-    load_texts(vec![(name.to_string(), Ok(text.to_string()))], &|n| {
-        std::env::var(n).ok()
-    })
+    load_texts(vec![(name.to_string(), Ok(text.to_string()))], &|n| std::env::var(n).ok())
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> String {
@@ -66,18 +53,8 @@ struct Loader<'e> {
 }
 
 impl Loader<'_> {
-    fn error_at(
-        &mut self,
-        file: usize,
-        path: &FieldPath,
-        at_key: bool,
-        message: String,
-        help: Option<String>,
-    ) {
-        let span = self
-            .docs
-            .get(&file)
-            .and_then(|d| spans::find(d, path, at_key));
+    fn error_at(&mut self, file: usize, path: &FieldPath, at_key: bool, message: String, help: Option<String>) {
+        let span = self.docs.get(&file).and_then(|d| spans::find(d, path, at_key));
         let mut d = Diagnostic::error(message).at(file, span);
         if !path.0.is_empty() {
             d = d.path(path);
@@ -99,20 +76,14 @@ fn load_texts(
     inputs: Vec<(String, Result<String, String>)>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Pipeline, Report), Report> {
-    let mut l = Loader {
-        files: SourceFiles::default(),
-        docs: HashMap::new(),
-        diags: Vec::new(),
-        env,
-    };
+    let mut l = Loader { files: SourceFiles::default(), docs: HashMap::new(), diags: Vec::new(), env };
     let mut pending: Vec<Pending> = Vec::new();
     let mut first_seen: HashMap<String, (usize, FieldPath)> = HashMap::new();
     let mut data_dir: Option<(PathBuf, usize)> = None;
     let mut shutdown_timeout = Duration::from_secs(60);
 
     if inputs.is_empty() {
-        l.diags
-            .push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
+        l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
     }
     for (name, text) in inputs {
         let text = match text {
@@ -138,9 +109,7 @@ fn load_texts(
         let table: toml::Table = match toml::from_str(&text) {
             Ok(t) => t,
             Err(e) => {
-                l.diags.push(
-                    Diagnostic::error(format!("invalid TOML: {}", e.message())).at(file, e.span()),
-                );
+                l.diags.push(Diagnostic::error(format!("invalid TOML: {}", e.message())).at(file, e.span()));
                 continue;
             }
         };
@@ -163,15 +132,19 @@ fn load_texts(
                         let cpath = path.clone().child(&id);
                         if let Some((prev_file, _)) = first_seen.get(&id) {
                             let prev = l.files.name(*prev_file).to_string();
-                            l.error_at(file, &cpath, true, format!("component id `{id}` is defined twice"), Some(format!("it is also defined in {prev}; ids are shared by sources, transforms and sinks")));
+                            l.error_at(
+                                file,
+                                &cpath,
+                                true,
+                                format!("component id `{id}` is defined twice"),
+                                Some(format!(
+                                    "it is also defined in {prev}; ids are shared by sources, transforms and sinks"
+                                )),
+                            );
                             continue;
                         }
                         first_seen.insert(id.clone(), (file, cpath.clone()));
-                        if id.is_empty()
-                            || !id
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                        {
+                        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                             l.error_at(
                                 file,
                                 &cpath,
@@ -199,10 +172,7 @@ fn load_texts(
                                     file,
                                     &path,
                                     false,
-                                    format!(
-                                        "data_dir differs from the one in {prev_name} ({})",
-                                        prev.display()
-                                    ),
+                                    format!("data_dir differs from the one in {prev_name} ({})", prev.display()),
                                     Some("set it in one file only".into()),
                                 );
                             }
@@ -233,27 +203,14 @@ fn load_texts(
                         Some(c) => format!("did you mean `{c}`?"),
                         None => format!("top-level keys are: {}", TOP_LEVEL.join(", ")),
                     };
-                    l.error_at(
-                        file,
-                        &path,
-                        true,
-                        format!("unknown top-level key `{key}`"),
-                        Some(help),
-                    );
+                    l.error_at(file, &path, true, format!("unknown top-level key `{key}`"), Some(help));
                 }
             }
         }
     }
 
     // Graph checks.
-    let nodes: Vec<Node<'_>> = pending
-        .iter()
-        .map(|p| Node {
-            id: &p.id,
-            kind: p.kind,
-            inputs: &p.inputs,
-        })
-        .collect();
+    let nodes: Vec<Node<'_>> = pending.iter().map(|p| Node { id: &p.id, kind: p.kind, inputs: &p.inputs }).collect();
     if nodes.is_empty() && !l.diags.iter().any(|d| d.severity == super::Severity::Error) {
         l.diags.push(
             Diagnostic::error("the configuration defines no components")
@@ -274,10 +231,7 @@ fn load_texts(
     let mut warnings = Vec::new();
     for i in checked.unused {
         let p = &pending[i];
-        let span = l
-            .docs
-            .get(&p.file)
-            .and_then(|d| spans::find(d, &locate(p), true));
+        let span = l.docs.get(&p.file).and_then(|d| spans::find(d, &locate(p), true));
         warnings.push(
             Diagnostic::warning(format!("nothing reads the output of {} `{}`", p.kind, p.id))
                 .at(p.file, span)
@@ -290,10 +244,7 @@ fn load_texts(
         l.diags.extend(warnings);
     }
 
-    let report = Report {
-        diagnostics: l.diags,
-        files: l.files,
-    };
+    let report = Report { diagnostics: l.diags, files: l.files };
     if report.has_errors() {
         return Err(report);
     }
@@ -309,18 +260,8 @@ fn load_texts(
             config: p.config.expect("no errors means every component parsed"),
         })
         .collect();
-    let pipeline = Pipeline {
-        data_dir: data_dir.map(|(d, _)| d),
-        shutdown_timeout,
-        components,
-    };
-    Ok((
-        pipeline,
-        Report {
-            diagnostics: report.diagnostics,
-            files: report.files,
-        },
-    ))
+    let pipeline = Pipeline { data_dir: data_dir.map(|(d, _)| d), shutdown_timeout, components };
+    Ok((pipeline, Report { diagnostics: report.diagnostics, files: report.files }))
 }
 
 /// Parses one `[kind.id]` table: the shared options, then the component's own config.
@@ -338,18 +279,11 @@ fn component(
             cpath,
             false,
             format!("{kind} `{id}` must be a table"),
-            Some(format!(
-                "write `[{}.{id}]` with `type = \"…\"`",
-                kind.table()
-            )),
+            Some(format!("write `[{}.{id}]` with `type = \"…\"`", kind.table())),
         );
         return None;
     };
-    let types: Vec<&str> = registry::all()
-        .into_iter()
-        .filter(|r| r.kind == kind)
-        .map(|r| r.type_name)
-        .collect();
+    let types: Vec<&str> = registry::all().into_iter().filter(|r| r.kind == kind).map(|r| r.type_name).collect();
     let reg = match table.remove("type") {
         None => {
             l.error_at(
@@ -369,24 +303,12 @@ fn component(
                     Some(c) => format!("did you mean `{c}`? {kind} types: {}", types.join(", ")),
                     None => format!("{kind} types: {}", types.join(", ")),
                 };
-                l.error_at(
-                    file,
-                    &cpath.clone().child("type"),
-                    false,
-                    format!("unknown {kind} type `{t}`"),
-                    Some(help),
-                );
+                l.error_at(file, &cpath.clone().child("type"), false, format!("unknown {kind} type `{t}`"), Some(help));
                 None
             }
         },
         Some(_) => {
-            l.error_at(
-                file,
-                &cpath.clone().child("type"),
-                false,
-                "`type` must be a string".into(),
-                None,
-            );
+            l.error_at(file, &cpath.clone().child("type"), false, "`type` must be a string".into(), None);
             None
         }
     };
@@ -464,32 +386,15 @@ fn component(
         l.field_errors(file, cpath, errs);
         None
     };
-    Some(Pending {
-        id,
-        kind,
-        file,
-        type_name: reg.type_name,
-        inputs,
-        buffer,
-        config,
-    })
+    Some(Pending { id, kind, file, type_name: reg.type_name, inputs, buffer, config })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(
-        files: &[(&str, &str)],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Pipeline, Report), Report> {
-        load_texts(
-            files
-                .iter()
-                .map(|(n, t)| (n.to_string(), Ok(t.to_string())))
-                .collect(),
-            env,
-        )
+    fn load(files: &[(&str, &str)], env: &dyn Fn(&str) -> Option<String>) -> Result<(Pipeline, Report), Report> {
+        load_texts(files.iter().map(|(n, t)| (n.to_string(), Ok(t.to_string()))).collect(), env)
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -503,9 +408,7 @@ mod tests {
         let (p, _) = load(&[("a.toml", a), ("b.toml", b)], &no_env).unwrap();
         assert_eq!(p.components.len(), 2);
         assert_eq!(p.get("s").unwrap().inputs, ["t"]);
-        let err = load(&[("a.toml", a), ("c.toml", a)], &no_env)
-            .unwrap_err()
-            .to_string();
+        let err = load(&[("a.toml", a), ("c.toml", a)], &no_env).unwrap_err().to_string();
         assert!(err.contains("component id `t` is defined twice"), "{err}");
         assert!(err.contains("c.toml:1:10"), "{err}");
         assert!(err.contains("also defined in a.toml"), "{err}");

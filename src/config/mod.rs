@@ -87,12 +87,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: FieldPath, message: impl Into<String>) -> Self {
-        FieldError {
-            path,
-            message: message.into(),
-            help: None,
-            at_key: false,
-        }
+        FieldError { path, message: message.into(), help: None, at_key: false }
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
@@ -122,10 +117,7 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig {
-            max_events: 500,
-            when_full: WhenFull::Block,
-        }
+        BufferConfig { max_events: 500, when_full: WhenFull::Block }
     }
 }
 

@@ -46,9 +46,7 @@ impl<'a> Node<'a> {
                 let t = tables.get(*i)?;
                 Some((Node::Table(t), t.span()))
             }
-            (Node::Value(Value::Array(a)), Seg::Index(i)) => {
-                a.get(*i).map(|v| (Node::Value(v), None))
-            }
+            (Node::Value(Value::Array(a)), Seg::Index(i)) => a.get(*i).map(|v| (Node::Value(v), None)),
             _ => None,
         }
     }
@@ -57,11 +55,7 @@ impl<'a> Node<'a> {
 /// The span of the value at `path` (or of its key when `at_key`). When the path goes deeper than
 /// the file (a missing field), the deepest existing part is returned: its key, so the message
 /// points at the component that lacks the field.
-pub fn find(
-    doc: &toml_edit::Document<String>,
-    path: &FieldPath,
-    at_key: bool,
-) -> Option<Range<usize>> {
+pub fn find(doc: &toml_edit::Document<String>, path: &FieldPath, at_key: bool) -> Option<Range<usize>> {
     let mut node = Node::Item(doc.as_item());
     let mut key_span: Option<Range<usize>> = None;
     let mut best: Option<Range<usize>> = None;
@@ -75,9 +69,5 @@ pub fn find(
             None => return best,
         }
     }
-    if at_key {
-        key_span.or_else(|| node.span())
-    } else {
-        node.span().or(key_span)
-    }
+    if at_key { key_span.or_else(|| node.span()) } else { node.span().or(key_span) }
 }

@@ -30,11 +30,7 @@ pub struct Checked {
 
 pub fn check(nodes: &[Node<'_>]) -> Checked {
     let mut errors = Vec::new();
-    let producers: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n.kind != Kind::Sink)
-        .map(|n| n.id)
-        .collect();
+    let producers: Vec<&str> = nodes.iter().filter(|n| n.kind != Kind::Sink).map(|n| n.id).collect();
     let kind_of: HashMap<&str, Kind> = nodes.iter().map(|n| (n.id, n.kind)).collect();
     let mut resolved = Vec::with_capacity(nodes.len());
 
@@ -45,10 +41,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
                 component: ci,
                 input: None,
                 message: format!("{} `{}` has no inputs", node.kind, node.id),
-                help: Some(format!(
-                    "add `inputs = [\"…\"]` naming one of: {}",
-                    producers.join(", ")
-                )),
+                help: Some(format!("add `inputs = [\"…\"]` naming one of: {}", producers.join(", "))),
             });
         }
         for (ii, pattern) in node.inputs.iter().enumerate() {
@@ -57,11 +50,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
                 match Glob::new(pattern) {
                     Ok(g) => {
                         let m = g.compile_matcher();
-                        producers
-                            .iter()
-                            .copied()
-                            .filter(|p| *p != node.id && m.is_match(p))
-                            .collect()
+                        producers.iter().copied().filter(|p| *p != node.id && m.is_match(p)).collect()
                     }
                     Err(e) => {
                         errors.push(GraphError {
@@ -78,10 +67,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
                     component: ci,
                     input: Some(ii),
                     message: format!("input `{pattern}` is a sink, and sinks have no output"),
-                    help: Some(format!(
-                        "read from a source or transform: {}",
-                        producers.join(", ")
-                    )),
+                    help: Some(format!("read from a source or transform: {}", producers.join(", "))),
                 });
                 continue;
             } else if kind_of.contains_key(pattern.as_str()) {
@@ -92,17 +78,10 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
             if matched.is_empty() {
                 let close = crate::registry::suggest(pattern, producers.iter().copied());
                 let help = match close.first() {
-                    Some(c) => format!(
-                        "did you mean `{c}`? components that can be inputs: {}",
-                        producers.join(", ")
-                    ),
+                    Some(c) => format!("did you mean `{c}`? components that can be inputs: {}", producers.join(", ")),
                     None => format!("components that can be inputs: {}", producers.join(", ")),
                 };
-                let what = if is_glob {
-                    "input pattern matches no component"
-                } else {
-                    "unknown input"
-                };
+                let what = if is_glob { "input pattern matches no component" } else { "unknown input" };
                 errors.push(GraphError {
                     component: ci,
                     input: Some(ii),
@@ -155,14 +134,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
     }
     for v in 0..nodes.len() {
         if state[v] == 0 {
-            visit(
-                v,
-                &resolved,
-                &index,
-                &mut state,
-                &mut stack,
-                &mut seen_cycles,
-            );
+            visit(v, &resolved, &index, &mut state, &mut stack, &mut seen_cycles);
         }
     }
     for cycle in seen_cycles {
@@ -194,11 +166,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
         .filter(|(_, n)| n.kind != Kind::Sink && !consumed.contains(n.id))
         .map(|(i, _)| i)
         .collect();
-    Checked {
-        inputs: resolved,
-        errors,
-        unused,
-    }
+    Checked { inputs: resolved, errors, unused }
 }
 
 #[cfg(test)]
@@ -213,71 +181,30 @@ mod tests {
     fn resolves_globs_and_finds_cycles() {
         let (a, b, c, none) = (v(&["src_*"]), v(&["b_t", "a_t"]), v(&["a_t"]), v(&[]));
         let nodes = [
-            Node {
-                id: "src_1",
-                kind: Kind::Source,
-                inputs: &none,
-            },
-            Node {
-                id: "src_2",
-                kind: Kind::Source,
-                inputs: &none,
-            },
-            Node {
-                id: "a_t",
-                kind: Kind::Transform,
-                inputs: &b,
-            },
-            Node {
-                id: "b_t",
-                kind: Kind::Transform,
-                inputs: &c,
-            },
-            Node {
-                id: "out",
-                kind: Kind::Sink,
-                inputs: &a,
-            },
+            Node { id: "src_1", kind: Kind::Source, inputs: &none },
+            Node { id: "src_2", kind: Kind::Source, inputs: &none },
+            Node { id: "a_t", kind: Kind::Transform, inputs: &b },
+            Node { id: "b_t", kind: Kind::Transform, inputs: &c },
+            Node { id: "out", kind: Kind::Sink, inputs: &a },
         ];
         let checked = check(&nodes);
         assert_eq!(checked.inputs[4], v(&["src_1", "src_2"]));
         let msgs: Vec<_> = checked.errors.iter().map(|e| e.message.as_str()).collect();
-        assert!(
-            msgs.contains(&"cycle: a_t -> b_t -> a_t")
-                || msgs.contains(&"cycle: b_t -> a_t -> b_t"),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.starts_with("cycle: a_t -> a_t")),
-            "{msgs:?}"
-        );
+        assert!(msgs.contains(&"cycle: a_t -> b_t -> a_t") || msgs.contains(&"cycle: b_t -> a_t -> b_t"), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("cycle: a_t -> a_t")), "{msgs:?}");
     }
 
     #[test]
     fn unknown_inputs_list_candidates() {
         let (x, none) = (v(&["tracez", "nothing_*"]), v(&[]));
         let nodes = [
-            Node {
-                id: "traces",
-                kind: Kind::Source,
-                inputs: &none,
-            },
-            Node {
-                id: "out",
-                kind: Kind::Sink,
-                inputs: &x,
-            },
+            Node { id: "traces", kind: Kind::Source, inputs: &none },
+            Node { id: "out", kind: Kind::Sink, inputs: &x },
         ];
         let checked = check(&nodes);
         assert_eq!(checked.errors.len(), 2);
         assert!(checked.errors[0].message.contains("unknown input `tracez`"));
-        assert!(
-            checked.errors[0]
-                .help
-                .as_ref()
-                .unwrap()
-                .contains("did you mean `traces`?")
-        );
+        assert!(checked.errors[0].help.as_ref().unwrap().contains("did you mean `traces`?"));
         assert!(checked.errors[1].message.contains("matches no component"));
     }
 }

@@ -29,11 +29,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(cb) = self.callback.take() {
-            let status = if self.failed.load(Ordering::Acquire) {
-                Status::Failed
-            } else {
-                Status::Delivered
-            };
+            let status = if self.failed.load(Ordering::Acquire) { Status::Failed } else { Status::Delivered };
             cb(status);
         }
     }
@@ -45,10 +41,7 @@ pub struct Finalizer(Arc<Inner>);
 
 impl Finalizer {
     pub fn new(callback: impl FnOnce(Status) + Send + Sync + 'static) -> Self {
-        Finalizer(Arc::new(Inner {
-            failed: AtomicBool::new(false),
-            callback: Some(Box::new(callback)),
-        }))
+        Finalizer(Arc::new(Inner { failed: AtomicBool::new(false), callback: Some(Box::new(callback)) }))
     }
 
     pub fn fail(&self) {
@@ -58,9 +51,7 @@ impl Finalizer {
 
 impl fmt::Debug for Finalizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Finalizer")
-            .field("failed", &self.0.failed.load(Ordering::Relaxed))
-            .finish()
+        f.debug_struct("Finalizer").field("failed", &self.0.failed.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -92,9 +83,7 @@ pub struct BatchTracker<M> {
 
 impl<M: Clone> Default for BatchTracker<M> {
     fn default() -> Self {
-        BatchTracker {
-            batches: Default::default(),
-        }
+        BatchTracker { batches: Default::default() }
     }
 }
 
@@ -122,8 +111,7 @@ impl<M: Clone> BatchTracker<M> {
     pub fn batch(&mut self, mark: M) -> Batch {
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
-        self.batches
-            .push_back((mark, pending.clone(), failed.clone()));
+        self.batches.push_back((mark, pending.clone(), failed.clone()));
         Batch { pending, failed }
     }
 
@@ -147,9 +135,7 @@ impl<M: Clone> BatchTracker<M> {
 
     /// The oldest batch failed and nothing of it is pending: the checkpoint cannot move.
     pub fn stuck(&self) -> bool {
-        self.batches
-            .front()
-            .is_some_and(|(_, p, f)| f.load(Ordering::Acquire) && p.load(Ordering::Acquire) == 0)
+        self.batches.front().is_some_and(|(_, p, f)| f.load(Ordering::Acquire) && p.load(Ordering::Acquire) == 0)
     }
 }
 

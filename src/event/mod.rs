@@ -57,15 +57,7 @@ pub enum Payload {
 
 impl Event {
     pub fn new(source: Arc<str>, timestamp: DateTime<Utc>, payload: Payload) -> Self {
-        Event {
-            meta: Meta {
-                source,
-                timestamp,
-                id: None,
-                finalizer: None,
-            },
-            payload,
-        }
+        Event { meta: Meta { source, timestamp, id: None, finalizer: None }, payload }
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
@@ -134,8 +126,7 @@ impl Event {
             ("_source", _) => Some(Cow::Borrowed(&self.meta.source)),
             (_, Payload::Trace(t)) => t.field(name),
             (_, Payload::Json(v)) => lookup(v, name).and_then(scalar_text),
-            (_, _) => lookup(&self.to_json(), name)
-                .and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),
+            (_, _) => lookup(&self.to_json(), name).and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),
         }
     }
 

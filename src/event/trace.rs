@@ -69,13 +69,7 @@ impl TraceRecord {
 
     /// The natural id that makes sinks idempotent: equal records get equal ids.
     pub fn natural_id(&self) -> String {
-        format!(
-            "trace:{}:{}:{}:{}",
-            self.session_id,
-            self.id_text(),
-            self.kind.as_str(),
-            self.timestamp
-        )
+        format!("trace:{}:{}:{}:{}", self.session_id, self.id_text(), self.kind.as_str(), self.timestamp)
     }
 
     pub fn field(&self, name: &str) -> Option<Cow<'_, str>> {
@@ -106,11 +100,7 @@ impl TraceRecord {
                     _ => self.extra.iter().find(|(k, _)| k == top).map(|(_, v)| &**v),
                 }?;
                 let value: Value = serde_json::from_str(raw.get()).ok()?;
-                let found = if rest.is_empty() {
-                    &value
-                } else {
-                    super::lookup(&value, rest)?
-                };
+                let found = if rest.is_empty() { &value } else { super::lookup(&value, rest)? };
                 match found {
                     Value::String(s) => Some(Cow::Owned(s.clone())),
                     Value::Number(_) | Value::Bool(_) => Some(Cow::Owned(found.to_string())),
@@ -232,23 +222,15 @@ mod tests {
         let rec: TraceRecord = serde_json::from_str(LINE).unwrap();
         assert_eq!(rec.field("sessionID").as_deref(), Some("ses_a"));
         assert_eq!(rec.field("status").as_deref(), Some("200"));
-        assert_eq!(
-            rec.field("headers.content-type").as_deref(),
-            Some("text/event-stream")
-        );
+        assert_eq!(rec.field("headers.content-type").as_deref(), Some("text/event-stream"));
         assert_eq!(rec.field("body.a.2.b").as_deref(), Some("c"));
         assert_eq!(rec.field("durationMs").as_deref(), Some("12"));
-        assert_eq!(
-            rec.natural_id(),
-            "trace:ses_a:1:response:2026-04-25T02:41:10.000Z"
-        );
+        assert_eq!(rec.natural_id(), "trace:ses_a:1:response:2026-04-25T02:41:10.000Z");
     }
 
     #[test]
     fn missing_required_field_is_named() {
-        let err =
-            serde_json::from_str::<TraceRecord>(r#"{"kind":"request","id":1,"timestamp":"t"}"#)
-                .unwrap_err();
+        let err = serde_json::from_str::<TraceRecord>(r#"{"kind":"request","id":1,"timestamp":"t"}"#).unwrap_err();
         assert!(err.to_string().contains("sessionID"), "{err}");
     }
 }

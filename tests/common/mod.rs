@@ -102,11 +102,7 @@ pub fn served_totals(served: &Path, output_includes_reasoning: bool) -> [u64; 4]
         let u = &step["usage"];
         let n = |k: &str| u[k].as_u64().unwrap_or(0);
         t[0] += n("prompt") - n("cached");
-        t[1] += if output_includes_reasoning {
-            n("completion")
-        } else {
-            n("completion") - n("reasoning")
-        };
+        t[1] += if output_includes_reasoning { n("completion") } else { n("completion") - n("reasoning") };
         t[2] += n("reasoning");
         t[3] += n("cached");
     }
@@ -118,14 +114,7 @@ pub fn opencode_stats_overview(text: &str) -> std::collections::HashMap<String, 
     let mut out = std::collections::HashMap::new();
     for line in text.lines() {
         let inner = line.trim_matches(|c| c == '│' || c == ' ');
-        for key in [
-            "Sessions",
-            "Messages",
-            "Input",
-            "Output",
-            "Cache Read",
-            "Cache Write",
-        ] {
+        for key in ["Sessions", "Messages", "Input", "Output", "Cache Read", "Cache Write"] {
             if let Some(rest) = inner.strip_prefix(key) {
                 if rest.starts_with(' ') && !out.contains_key(key) {
                     out.insert(key.to_string(), rest.trim().to_string());
@@ -149,59 +138,36 @@ pub fn opencode_number(n: u64) -> String {
 
 pub fn stats_json(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .arg("stats")
-        .args(args)
-        .arg("--json")
-        .env("XDG_CACHE_HOME", dir.path())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(bin()).arg("stats").args(args).arg("--json").env("XDG_CACHE_HOME", dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Checks `ocpipe stats --json` totals against what the mock served and against OpenCode's own
 /// overview of the same data.
-pub fn assert_matches_opencode(
-    data: &[&str],
-    dir: &Path,
-    output_includes_reasoning: bool,
-    forks: bool,
-) {
+pub fn assert_matches_opencode(data: &[&str], dir: &Path, output_includes_reasoning: bool, forks: bool) {
     let served = served_totals(&dir.join("served.jsonl"), output_includes_reasoning);
     let ours = stats_json(data);
     let t = &ours["totals"];
     let got = |k: &str| t[k].as_u64().unwrap();
     assert_eq!(
-        [
-            got("input"),
-            got("output"),
-            got("reasoning"),
-            got("cache_read")
-        ],
+        [got("input"), got("output"), got("reasoning"), got("cache_read")],
         served,
         "ocpipe vs the usage served: {ours}"
     );
     assert_eq!(got("cache_write"), 0);
     assert_eq!(t["cost"], 0.0);
     if forks {
-        assert!(
-            ours["fork_copies"]["messages"].as_u64().unwrap() > 0,
-            "{ours}"
-        );
+        assert!(ours["fork_copies"]["messages"].as_u64().unwrap() > 0, "{ours}");
     } else {
         assert_eq!(ours["fork_copies"]["messages"], 0, "{ours}");
     }
     // OpenCode's own sums count fork copies: compare with them included.
-    let with: Vec<&str> = data
-        .iter()
-        .copied()
-        .chain(["--include-fork-copies"])
-        .collect();
+    let with: Vec<&str> = data.iter().copied().chain(["--include-fork-copies"]).collect();
     let all = stats_json(&with);
     let t = &all["totals"];
-    let theirs =
-        opencode_stats_overview(&std::fs::read_to_string(dir.join("opencode-stats.txt")).unwrap());
+    let theirs = opencode_stats_overview(&std::fs::read_to_string(dir.join("opencode-stats.txt")).unwrap());
     for (key, ours) in [
         ("Sessions", t["sessions"].as_u64().unwrap()),
         ("Messages", t["messages"].as_u64().unwrap()),
@@ -231,15 +197,8 @@ impl OpenCode {
     pub fn start(script: &str) -> Option<OpenCode> {
         require("npm")?;
         require("python3")?;
-        let out = Command::new("bash")
-            .arg(root().join("fixtures/tools/opencode-bin.sh"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "installing OpenCode: {}",
-            text(&out.stderr)
-        );
+        let out = Command::new("bash").arg(root().join("fixtures/tools/opencode-bin.sh")).output().unwrap();
+        assert!(out.status.success(), "installing OpenCode: {}", text(&out.stderr));
         let bin = PathBuf::from(text(&out.stdout).trim());
         let dir = tempfile::tempdir().unwrap();
         for d in ["home", "data", "config/opencode", "cache", "state", "work"] {
@@ -248,14 +207,7 @@ impl OpenCode {
         std::fs::write(dir.path().join("script.json"), script).unwrap();
         let mock = Command::new("python3")
             .arg(root().join("fixtures/tools/mock_llm.py"))
-            .args([
-                "--script",
-                "script.json",
-                "--port-file",
-                "port",
-                "--log",
-                "served.jsonl",
-            ])
+            .args(["--script", "script.json", "--port-file", "port", "--log", "served.jsonl"])
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -294,9 +246,7 @@ impl OpenCode {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(args)
-            .current_dir(self.dir.path().join("work"))
-            .env("OPENCODE_DISABLE_MODELS_FETCH", "1");
+        c.args(args).current_dir(self.dir.path().join("work")).env("OPENCODE_DISABLE_MODELS_FETCH", "1");
         for (k, v) in self.env() {
             c.env(k, v);
         }
@@ -332,10 +282,6 @@ pub fn capture(script: &str, args: &[&str]) -> Option<tempfile::TempDir> {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{script} failed: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "{script} failed: {}", text(&out.stderr));
     Some(dir)
 }
