@@ -140,29 +140,7 @@ fn session_event(cx: &Context, s: SessionInfo) -> Event {
 
 #[derive(Deserialize)]
 struct FeedSession {
-    info: RawSessionInfo,
-}
-
-#[derive(Deserialize)]
-struct RawSessionInfo {
-    id: String,
-    #[serde(rename = "projectID", default)]
-    project_id: String,
-    #[serde(rename = "parentID")]
-    parent_id: Option<String>,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    directory: String,
-    slug: Option<String>,
-    version: Option<String>,
-    time: Option<RawSessionTime>,
-}
-
-#[derive(Deserialize)]
-struct RawSessionTime {
-    created: Option<f64>,
-    updated: Option<f64>,
+    info: store::RawSession,
 }
 
 #[derive(Deserialize)]
@@ -388,36 +366,22 @@ impl Follower {
                 match serde_json::from_slice::<FeedSession>(data) {
                     Ok(f) => {
                         let s = f.info;
-                        let project = if s.project_id == "global" {
-                            None
-                        } else {
-                            project_cache
-                                .entry(s.project_id.clone())
-                                .or_insert_with(|| {
-                                    conn.query_row("SELECT worktree FROM project WHERE id = ?1", [&s.project_id], |r| {
-                                        r.get(0)
+                        let project = (s.project_id() != "global")
+                            .then(|| {
+                                project_cache
+                                    .entry(s.project_id().to_string())
+                                    .or_insert_with(|| {
+                                        conn.query_row(
+                                            "SELECT worktree FROM project WHERE id = ?1",
+                                            [s.project_id()],
+                                            |r| r.get(0),
+                                        )
+                                        .ok()
                                     })
-                                    .ok()
-                                })
-                                .clone()
-                        };
-                        let t = s.time.unwrap_or(RawSessionTime { created: None, updated: None });
-                        events.push(session_event(
-                            cx,
-                            SessionInfo {
-                                id: s.id,
-                                project_id: s.project_id,
-                                project,
-                                parent_id: s.parent_id,
-                                title: s.title,
-                                directory: s.directory,
-                                slug: s.slug,
-                                version: s.version,
-                                time_created: t.created.unwrap_or(0.0) as i64,
-                                time_updated: t.updated.or(t.created).unwrap_or(0.0) as i64,
-                                origin: "event".into(),
-                            },
-                        ));
+                                    .clone()
+                            })
+                            .flatten();
+                        events.push(session_event(cx, s.into_info(project, "event")));
                     }
                     Err(e) => {
                         cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))

@@ -256,9 +256,9 @@ impl<'a> RawMessage<'a> {
     }
 }
 
-/// A session as stored in JSON files.
+/// A session's JSON (a `storage/session/…` file, or `info` of a change-feed row).
 #[derive(Debug, Deserialize)]
-struct RawSession {
+pub struct RawSession {
     id: String,
     #[serde(rename = "projectID", default)]
     project_id: String,
@@ -278,6 +278,29 @@ struct RawSession {
 struct RawSessionTime {
     created: Option<f64>,
     updated: Option<f64>,
+}
+
+impl RawSession {
+    pub fn project_id(&self) -> &str {
+        &self.project_id
+    }
+
+    /// The typed session; `project` is the worktree of its project, if known.
+    pub fn into_info(self, project: Option<String>, origin: &str) -> SessionInfo {
+        SessionInfo {
+            project,
+            id: self.id,
+            project_id: self.project_id,
+            parent_id: self.parent_id,
+            title: self.title,
+            directory: self.directory,
+            slug: self.slug,
+            version: self.version,
+            time_created: self.time.created.unwrap_or(0.0) as i64,
+            time_updated: self.time.updated.or(self.time.created).unwrap_or(0.0) as i64,
+            origin: origin.into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -611,19 +634,8 @@ fn read_json(
                     continue;
                 }
                 report.sessions += 1;
-                v.session(SessionInfo {
-                    project: project_of(&s.project_id, projects),
-                    id: s.id,
-                    project_id: s.project_id,
-                    parent_id: s.parent_id,
-                    title: s.title,
-                    directory: s.directory,
-                    slug: s.slug,
-                    version: s.version,
-                    time_created: s.time.created.unwrap_or(0.0) as i64,
-                    time_updated: s.time.updated.or(s.time.created).unwrap_or(0.0) as i64,
-                    origin: "json".into(),
-                });
+                let project = project_of(&s.project_id, projects);
+                v.session(s.into_info(project, "json"));
             }
             Err(e) => bad(report, &p, &e),
         }
