@@ -3,3 +3,4 @@
 pub mod aggregate;
 pub mod filter;
 pub mod redact;
+pub mod status;

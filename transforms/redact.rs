@@ -340,7 +340,18 @@ impl FunctionTransform for Redactor {
                     m.error = Some(e);
                 }
             }
-            Payload::Part(_) | Payload::Rollup(_) => {}
+            Payload::Live(e) => {
+                self.redact_paths(&mut e.properties);
+                self.redact_value(&mut e.properties);
+            }
+            Payload::Process(p) => {
+                for arg in p.cmdline.iter_mut() {
+                    if let Cow::Owned(a) = self.redact_text(arg) {
+                        *arg = a;
+                    }
+                }
+            }
+            Payload::Part(_) | Payload::Rollup(_) | Payload::Status(_) => {}
         }
         out.push(event);
     }

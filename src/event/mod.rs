@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
-pub use opencode::{MessageInfo, PartInfo, Rollup, SessionInfo, Tokens};
+pub use opencode::{LiveEvent, MessageInfo, PartInfo, ProcessInfo, Rollup, SessionInfo, StatusInfo, Tokens};
 pub use trace::{TraceKind, TraceRecord};
 
 /// One event travelling through a pipeline.
@@ -51,6 +51,12 @@ pub enum Payload {
     Part(Box<PartInfo>),
     /// Token usage of one group, from the `aggregate` transform.
     Rollup(Box<Rollup>),
+    /// An event from a running OpenCode server.
+    Live(Box<LiveEvent>),
+    /// An OpenCode process started, changed or exited.
+    Process(Box<ProcessInfo>),
+    /// A session's or instance's status, from the `status` transform.
+    Status(Box<StatusInfo>),
     /// An untyped JSON document (tests, generic sources).
     Json(Value),
 }
@@ -78,6 +84,9 @@ impl Event {
             Payload::Message(_) => "opencode.message",
             Payload::Part(_) => "opencode.part",
             Payload::Rollup(_) => "rollup",
+            Payload::Live(_) => "opencode.live",
+            Payload::Process(_) => "process",
+            Payload::Status(_) => "status",
             Payload::Json(_) => "json",
         }
     }
@@ -90,6 +99,9 @@ impl Event {
             Payload::Message(m) => serde_json::to_value(m).expect("serializes"),
             Payload::Part(p) => serde_json::to_value(p).expect("serializes"),
             Payload::Rollup(r) => serde_json::to_value(r).expect("serializes"),
+            Payload::Live(e) => serde_json::to_value(e).expect("serializes"),
+            Payload::Process(p) => serde_json::to_value(p).expect("serializes"),
+            Payload::Status(s) => serde_json::to_value(s).expect("serializes"),
             Payload::Json(v) => v.clone(),
         }
     }
@@ -102,6 +114,9 @@ impl Event {
             Payload::Message(m) => serde_json::to_writer(&mut *out, m),
             Payload::Part(p) => serde_json::to_writer(&mut *out, p),
             Payload::Rollup(r) => serde_json::to_writer(&mut *out, r),
+            Payload::Live(e) => serde_json::to_writer(&mut *out, e),
+            Payload::Process(p) => serde_json::to_writer(&mut *out, p),
+            Payload::Status(s) => serde_json::to_writer(&mut *out, s),
             Payload::Json(v) => serde_json::to_writer(&mut *out, v),
         };
         result.expect("writing JSON into memory cannot fail");

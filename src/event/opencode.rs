@@ -144,3 +144,60 @@ impl Rollup {
         format!("rollup:{}:{}:{}", self.group_by, self.range, self.key)
     }
 }
+
+/// One event from a running OpenCode server (`GET /event`), tagged with the instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveEvent {
+    /// The server's base URL, e.g. `http://127.0.0.1:4096`.
+    pub instance: String,
+    pub port: u16,
+    /// OpenCode's event type (`session.status`, `message.part.updated`, …), or
+    /// `instance.connected` / `instance.disconnected` from the source itself.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(rename = "sessionID")]
+    pub session_id: Option<String>,
+    pub properties: serde_json::Value,
+}
+
+/// A running OpenCode process, as the process scan sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessInfo {
+    /// `started`, `updated` or `exited`.
+    pub change: String,
+    pub pid: u32,
+    pub parent: Option<u32>,
+    pub name: String,
+    pub cmdline: Vec<String>,
+    /// `tui`, `run`, `serve`, `web`, `acp`, `lsp` or `launcher` (the node/bun wrapper).
+    pub mode: String,
+    pub cpu_percent: f32,
+    pub memory_bytes: u64,
+    pub uptime_secs: u64,
+    pub cwd: Option<String>,
+    /// TCP ports it listens on.
+    pub ports: Vec<u16>,
+}
+
+/// A status, as the status lights and pages show it (the seed's codes and labels).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub port: u16,
+    pub instance: String,
+    #[serde(rename = "sessionID")]
+    pub session_id: Option<String>,
+    pub title: Option<String>,
+    /// idle, busy, retry, pending, reasoning, using_tool, running, completed,
+    /// session_completed, permission, error
+    pub code: String,
+    /// The Chinese label, with the tool for running/completed (`运行中: bash`).
+    pub status: String,
+    /// The English label (`running: bash`).
+    pub label: String,
+    pub tool: Option<String>,
+    /// The BLE light mode: idle, busy, thinking, ai, success, alarm, error.
+    pub mode: String,
+    pub timestamp: String,
+}

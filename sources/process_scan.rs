@@ -1,0 +1,283 @@
+//! `process_scan`: the OpenCode processes on this machine — mode, pid, parent, CPU, memory,
+//! uptime, working directory and listening TCP ports — as started / updated / exited events.
+//!
+//! Processes are matched by name and command line (the native binaries, and node/bun launching
+//! the npm package); threads are not processes. CPU % compares two samples one interval apart.
+//! Listening ports come from `/proc/net/tcp{,6}` matched against the process's socket inodes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use regex::Regex;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+
+use crate::component::{ComponentFuture, SourceConfig, SourceContext};
+use crate::config::{FieldError, FieldPath};
+use crate::event::{Event, Payload, ProcessInfo};
+
+/// Finds OpenCode processes and reports them as they start, change and exit.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ProcessScanConfig {
+    /// How often to look, in milliseconds (CPU % is measured over this interval).
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Process names that are OpenCode.
+    #[serde(default = "default_names")]
+    pub names: Vec<String>,
+    /// Regular expressions on the command line (arguments joined by spaces) that are OpenCode.
+    #[serde(default = "default_patterns")]
+    pub cmdline_patterns: Vec<String>,
+    /// Ignore processes using less memory than this (MB).
+    #[serde(default)]
+    pub min_memory_mb: u64,
+    /// Send `updated` events every interval (else only starts and exits).
+    #[serde(default = "yes")]
+    pub updates: bool,
+}
+
+fn default_interval() -> u64 {
+    2000
+}
+fn default_names() -> Vec<String> {
+    vec!["opencode".into()]
+}
+fn default_patterns() -> Vec<String> {
+    vec![
+        r"opencode-(darwin|linux|windows)-(arm64|x64)[^/ ]*/bin/opencode".into(),
+        r"(^|/)opencode(\s|$)".into(),
+        r"(^|/)(node|bun)\s+\S*opencode-ai/bin/opencode".into(),
+    ]
+}
+fn yes() -> bool {
+    true
+}
+
+const EXAMPLE: &str = "interval_ms = 2000\n";
+
+crate::register_component!(
+    source ProcessScanConfig,
+    "process_scan",
+    "OpenCode processes: mode, pid, parent, CPU, memory, uptime, cwd, listening ports (started/updated/exited)",
+    EXAMPLE
+);
+
+impl SourceConfig for ProcessScanConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        for (i, p) in self.cmdline_patterns.iter().enumerate() {
+            if let Err(e) = Regex::new(p) {
+                errs.push(FieldError::new(
+                    FieldPath::key("cmdline_patterns").index(i),
+                    format!("invalid regular expression: {e}"),
+                ));
+            }
+        }
+        if self.interval_ms < 100 {
+            errs.push(FieldError::new(FieldPath::key("interval_ms"), "`interval_ms` must be at least 100"));
+        }
+        errs
+    }
+
+    fn build(&self, sc: SourceContext) -> anyhow::Result<ComponentFuture> {
+        let mut scanner = Some(Scanner::new(self)?);
+        let (interval, updates) = (Duration::from_millis(self.interval_ms), self.updates);
+        Ok(Box::pin(async move {
+            let SourceContext { cx, mut out, shutdown } = sc;
+            let mut known: HashMap<u32, ProcessInfo> = HashMap::new();
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let mut s = scanner.take().expect("scanner is back after each scan");
+                let (s, found) = tokio::task::spawn_blocking(move || {
+                    let found = s.scan();
+                    (s, found)
+                })
+                .await?;
+                scanner = Some(s);
+                let mut events = Vec::new();
+                let pids: HashSet<u32> = found.iter().map(|p| p.pid).collect();
+                for mut p in found {
+                    p.change = if known.contains_key(&p.pid) { "updated" } else { "started" }.into();
+                    let changed = known.get(&p.pid).is_none_or(|old| old.ports != p.ports || updates);
+                    known.insert(p.pid, p.clone());
+                    if changed {
+                        events.push(p);
+                    }
+                }
+                let gone: Vec<u32> = known.keys().copied().filter(|pid| !pids.contains(pid)).collect();
+                for pid in gone {
+                    if let Some(mut p) = known.remove(&pid) {
+                        p.change = "exited".into();
+                        p.cpu_percent = 0.0;
+                        events.push(p);
+                    }
+                }
+                for p in events {
+                    let id = format!("process:{}:{}", p.pid, p.change);
+                    out.send(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Process(Box::new(p))).with_id(id))
+                        .await;
+                }
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// Finds OpenCode processes; keep one to get CPU % between calls.
+pub struct Scanner {
+    sys: System,
+    names: Vec<String>,
+    patterns: Vec<Regex>,
+    min_memory: u64,
+}
+
+impl Scanner {
+    pub fn new(cfg: &ProcessScanConfig) -> anyhow::Result<Scanner> {
+        Ok(Scanner {
+            sys: System::new(),
+            names: cfg.names.clone(),
+            patterns: cfg.cmdline_patterns.iter().map(|p| Regex::new(p)).collect::<Result<_, _>>()?,
+            min_memory: cfg.min_memory_mb * 1024 * 1024,
+        })
+    }
+
+    /// A scanner with the default patterns.
+    pub fn with_defaults() -> Scanner {
+        let cfg: ProcessScanConfig = toml::from_str("").expect("defaults");
+        Scanner::new(&cfg).expect("default patterns compile")
+    }
+
+    pub fn scan(&mut self) -> Vec<ProcessInfo> {
+        let kind = ProcessRefreshKind::nothing()
+            .with_cpu()
+            .with_memory()
+            .with_cmd(UpdateKind::OnlyIfNotSet)
+            .with_cwd(UpdateKind::OnlyIfNotSet)
+            .with_exe(UpdateKind::OnlyIfNotSet);
+        self.sys.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+        let listening = listening_inodes();
+        let mut out = Vec::new();
+        for (pid, p) in self.sys.processes() {
+            if p.thread_kind().is_some() {
+                continue;
+            }
+            let name = p.name().to_string_lossy().into_owned();
+            let cmdline: Vec<String> = p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let joined = cmdline.join(" ");
+            let matched = self.names.iter().any(|n| *n == name) || self.patterns.iter().any(|r| r.is_match(&joined));
+            if !matched || p.memory() < self.min_memory {
+                continue;
+            }
+            let pid = pid.as_u32();
+            out.push(ProcessInfo {
+                change: String::new(),
+                pid,
+                parent: p.parent().map(|p| p.as_u32()),
+                name,
+                mode: mode_of(&cmdline),
+                cpu_percent: p.cpu_usage(),
+                memory_bytes: p.memory(),
+                uptime_secs: p.run_time(),
+                cwd: p.cwd().map(|c| c.display().to_string()),
+                ports: ports_of(pid, &listening),
+                cmdline,
+            });
+        }
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+}
+
+/// What an OpenCode process is doing, from its command line.
+pub fn mode_of(cmdline: &[String]) -> String {
+    let first = cmdline.first().map(|s| s.rsplit('/').next().unwrap_or(s)).unwrap_or("");
+    let args: Vec<&str> = cmdline.iter().skip(1).map(String::as_str).collect();
+    if matches!(first, "node" | "bun") {
+        return "launcher".into();
+    }
+    if args.contains(&"--stdio") {
+        return "lsp".into();
+    }
+    match args.iter().find(|a| !a.starts_with('-')) {
+        Some(&"serve") => "serve",
+        Some(&"web") => "web",
+        Some(&"acp") => "acp",
+        Some(&"run") => "run",
+        _ => "tui",
+    }
+    .into()
+}
+
+/// Socket inode -> port, for every TCP socket in LISTEN state.
+fn listening_inodes() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEX_IP:HEX_PORT; st 0A is LISTEN; field 9 is the inode.
+            if f.len() > 9 && f[3] == "0A" {
+                let port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
+                    out.insert(inode, port);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn ports_of(pid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
+    let mut ports: Vec<u16> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy();
+            let inode = s.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
+            listening.get(&inode).copied()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn modes_come_from_the_command_line() {
+        assert_eq!(mode_of(&v("/x/opencode-linux-x64/bin/opencode serve --port 4096")), "serve");
+        assert_eq!(mode_of(&v("opencode --port 1 run hello")), "run");
+        assert_eq!(mode_of(&v("opencode")), "tui");
+        assert_eq!(mode_of(&v("opencode web")), "web");
+        assert_eq!(mode_of(&v("opencode acp")), "acp");
+        assert_eq!(mode_of(&v("/usr/bin/node /x/node_modules/opencode-ai/bin/opencode serve")), "launcher");
+        assert_eq!(mode_of(&v("opencode run /x/langserver.js --stdio")), "lsp");
+    }
+
+    #[test]
+    fn finds_a_listening_process_with_its_port() {
+        // This test process itself, matched by its name, listening on a port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let cfg: ProcessScanConfig = toml::from_str(&format!("names = [{me:?}]\ncmdline_patterns = []")).unwrap();
+        let mut s = Scanner::new(&cfg).unwrap();
+        let found = s.scan();
+        let p = found.iter().find(|p| p.pid == std::process::id()).expect("found itself");
+        assert!(p.ports.contains(&port), "{:?}", p.ports);
+        assert!(p.memory_bytes > 0 && p.cwd.is_some());
+    }
+}
