@@ -2,3 +2,4 @@
 
 pub mod jsonl;
 pub mod sqlite;
+pub mod websocket;

@@ -203,14 +203,8 @@ pub fn mode_of(cmdline: &[String]) -> String {
     if args.contains(&"--stdio") {
         return "lsp".into();
     }
-    match args.iter().find(|a| !a.starts_with('-')) {
-        Some(&"serve") => "serve",
-        Some(&"web") => "web",
-        Some(&"acp") => "acp",
-        Some(&"run") => "run",
-        _ => "tui",
-    }
-    .into()
+    // The first subcommand named (option values such as `--port 1` are not subcommands).
+    args.iter().find_map(|a| ["serve", "web", "acp", "run"].into_iter().find(|m| m == a)).unwrap_or("tui").into()
 }
 
 /// Socket inode -> port, for every TCP socket in LISTEN state.
@@ -272,8 +266,9 @@ mod tests {
         // This test process itself, matched by its name, listening on a port.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let me = std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy().into_owned();
-        let cfg: ProcessScanConfig = toml::from_str(&format!("names = [{me:?}]\ncmdline_patterns = []")).unwrap();
+        // Matched by its command line: Linux cuts process names to 15 characters.
+        let me = regex::escape(&std::env::args().next().unwrap());
+        let cfg: ProcessScanConfig = toml::from_str(&format!("names = []\ncmdline_patterns = [{me:?}]")).unwrap();
         let mut s = Scanner::new(&cfg).unwrap();
         let found = s.scan();
         let p = found.iter().find(|p| p.pid == std::process::id()).expect("found itself");

@@ -19,6 +19,10 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG is used when this is not given).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Also log to this file (or to DIR/monitor.log), rotated daily: monitor.log is today's,
+    /// monitor.log.YYYY-MM-DD the days before.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,11 +82,12 @@ pub fn main() -> ExitCode {
     let extra = registry::commands();
     let matches = Cli::command().subcommands(extra.iter().map(|c| (c.command)())).get_matches();
     let level = matches.get_one::<String>("log_level").cloned();
+    let log_file = matches.get_one::<PathBuf>("log_file").cloned();
     if let Some((name, sub)) = matches.subcommand() {
         if let Some(c) = extra.iter().find(|c| c.name == name) {
             // Commands print answers, not progress: quiet unless asked.
             let quiet = std::env::var_os("RUST_LOG").is_none().then_some("warn");
-            init_logging(level.as_deref().or(quiet));
+            init_logging(level.as_deref().or(quiet), log_file.as_deref());
             return (c.run)(sub);
         }
     }
@@ -90,7 +95,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    init_logging(cli.log_level.as_deref());
+    init_logging(cli.log_level.as_deref(), cli.log_file.as_deref());
     match cli.command {
         Command::Run { files, data_dir } => run(files, data_dir),
         Command::Validate { files } => validate(files),
@@ -107,17 +112,26 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, file: Option<&Path>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let console =
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let file = file.map(|p| match crate::logfile::DailyFile::open(p) {
+        Ok(f) => {
+            tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || crate::logfile::Handle(f.clone()))
+        }
+        Err(e) => {
+            eprintln!("error: cannot open log file {}: {e}", p.display());
+            std::process::exit(1);
+        }
+    });
+    tracing_subscriber::registry().with(filter).with(console).with(file).init();
 }
 
 fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
@@ -129,6 +143,7 @@ fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
 const EMBEDDED: &[(&str, &str)] = &[
     ("pipelines/trace.toml", include_str!("../pipelines/trace.toml")),
     ("pipelines/monitor.toml", include_str!("../pipelines/monitor.toml")),
+    ("pipelines/status-light.toml", include_str!("../pipelines/status-light.toml")),
 ];
 
 fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {

@@ -110,6 +110,7 @@ fn the_monitor_pipeline_follows_a_running_opencode() {
             .current_dir(root())
             .env("OCPIPE_OUT", &out_dir)
             .env("OCPIPE_DATA_DIR", &state)
+            .env("OCPIPE_HTTP", "127.0.0.1:0")
             .stderr(std::process::Stdio::piped());
         for (k, v) in oc.env() {
             c.env(k, v);
