@@ -110,13 +110,13 @@ impl SourceConfig for OpencodeSseConfig {
                     .help("set `discover = true`, or `urls`, `ports` or `scan = \"4096-4100\"`"),
             );
         }
-        if let Some(s) = &self.scan {
-            if parse_range(s).is_none() {
-                errs.push(
-                    FieldError::new(FieldPath::key("scan"), format!("`{s}` is not a port range"))
-                        .help("e.g. \"4096-4100\" (at most 1000 ports)"),
-                );
-            }
+        if let Some(s) = &self.scan
+            && parse_range(s).is_none()
+        {
+            errs.push(
+                FieldError::new(FieldPath::key("scan"), format!("`{s}` is not a port range"))
+                    .help("e.g. \"4096-4100\" (at most 1000 ports)"),
+            );
         }
         for (i, u) in self.urls.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

@@ -169,7 +169,7 @@ impl Scanner {
             let name = p.name().to_string_lossy().into_owned();
             let cmdline: Vec<String> = p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect();
             let joined = cmdline.join(" ");
-            let matched = self.names.iter().any(|n| *n == name) || self.patterns.iter().any(|r| r.is_match(&joined));
+            let matched = self.names.contains(&name) || self.patterns.iter().any(|r| r.is_match(&joined));
             if !matched || p.memory() < self.min_memory {
                 continue;
             }

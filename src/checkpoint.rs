@@ -38,12 +38,11 @@ impl CheckpointFile {
     /// The stored state, or `None` when there is none yet. A file that cannot be read is an
     /// error naming the file, so state is never silently reset.
     pub fn load<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
-        if let Ok(bytes) = fs::read(self.tmp()) {
-            if let Ok(env) = serde_json::from_slice::<Envelope<T>>(&bytes) {
-                if env.version == VERSION {
-                    return Ok(Some(env.data));
-                }
-            }
+        if let Ok(bytes) = fs::read(self.tmp())
+            && let Ok(env) = serde_json::from_slice::<Envelope<T>>(&bytes)
+            && env.version == VERSION
+        {
+            return Ok(Some(env.data));
         }
         match fs::read(&self.path) {
             Ok(bytes) => match serde_json::from_slice::<Envelope<T>>(&bytes) {

@@ -83,13 +83,13 @@ pub fn main() -> ExitCode {
     let matches = Cli::command().subcommands(extra.iter().map(|c| (c.command)())).get_matches();
     let level = matches.get_one::<String>("log_level").cloned();
     let log_file = matches.get_one::<PathBuf>("log_file").cloned();
-    if let Some((name, sub)) = matches.subcommand() {
-        if let Some(c) = extra.iter().find(|c| c.name == name) {
-            // Commands print answers, not progress: quiet unless asked.
-            let quiet = std::env::var_os("RUST_LOG").is_none().then_some("warn");
-            init_logging(level.as_deref().or(quiet), log_file.as_deref());
-            return (c.run)(sub);
-        }
+    if let Some((name, sub)) = matches.subcommand()
+        && let Some(c) = extra.iter().find(|c| c.name == name)
+    {
+        // Commands print answers, not progress: quiet unless asked.
+        let quiet = std::env::var_os("RUST_LOG").is_none().then_some("warn");
+        init_logging(level.as_deref().or(quiet), log_file.as_deref());
+        return (c.run)(sub);
     }
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -147,11 +147,11 @@ const EMBEDDED: &[(&str, &str)] = &[
 ];
 
 fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
-    if let [file] = files {
-        if let (false, Some(text)) = (file.exists(), embedded(file)) {
-            tracing::info!("{} is not here; using the copy built into ocpipe", file.display());
-            return config::load_str(&file.display().to_string(), text);
-        }
+    if let [file] = files
+        && let (false, Some(text)) = (file.exists(), embedded(file))
+    {
+        tracing::info!("{} is not here; using the copy built into ocpipe", file.display());
+        return config::load_str(&file.display().to_string(), text);
     }
     config::load(files)
 }

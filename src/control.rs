@@ -72,10 +72,10 @@ pub async fn serve(listener: UnixListener, handles: Handles, stop: CancellationT
             }
         }
     }
-    if let Ok(addr) = listener.local_addr() {
-        if let Some(p) = addr.as_pathname() {
-            let _ = std::fs::remove_file(p);
-        }
+    if let Ok(addr) = listener.local_addr()
+        && let Some(p) = addr.as_pathname()
+    {
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -225,10 +225,10 @@ fn known_fields(schema: &Value, path: &FieldPath) -> Vec<String> {
             None => return Vec::new(),
         }
         // Option<T> is `anyOf: [T, null]` or `type: [.., null]`.
-        if let Some(any) = node.get("anyOf").and_then(Value::as_array) {
-            if let Some(first) = any.iter().find(|v| v.get("type") != Some(&Value::from("null"))) {
-                node = resolve(first);
-            }
+        if let Some(any) = node.get("anyOf").and_then(Value::as_array)
+            && let Some(first) = any.iter().find(|v| v.get("type") != Some(&Value::from("null")))
+        {
+            node = resolve(first);
         }
     }
     node.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default()

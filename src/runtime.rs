@@ -71,11 +71,13 @@ impl Summary {
 }
 
 type Task = futures::future::BoxFuture<'static, anyhow::Result<()>>;
+/// Starts a built source once the run begins (it needs the shutdown token).
+type StartSource = Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>;
 
 /// A built pipeline, ready to run.
 pub struct Topology {
     handles: Handles,
-    sources: Vec<(String, Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>)>,
+    sources: Vec<(String, StartSource)>,
     others: Vec<(String, Task)>,
     shutdown_timeout: Duration,
 }
@@ -111,7 +113,7 @@ impl Topology {
             let targets = pipeline
                 .components
                 .iter()
-                .filter(|c| c.inputs.iter().any(|i| *i == producer.id))
+                .filter(|c| c.inputs.contains(&producer.id))
                 .map(|c| Target {
                     tx: senders[&c.id].clone(),
                     when_full: if c.kind == Kind::Sink { c.buffer.when_full } else { WhenFull::Block },
@@ -125,7 +127,7 @@ impl Topology {
         let mut output_of = |id: &str| outputs.remove(id).expect("output for every producer");
 
         let mut errors = Vec::new();
-        let mut sources: Vec<(String, Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>)> = Vec::new();
+        let mut sources: Vec<(String, StartSource)> = Vec::new();
         let mut others: Vec<(String, Task)> = Vec::new();
         for c in pipeline.components {
             let cx = contexts[&c.id].clone();

@@ -81,10 +81,10 @@ fn listen(ws_url: String) -> Arc<Mutex<Vec<Value>>> {
                 }
             };
             while let Some(Ok(msg)) = ws.next().await {
-                if let Ok(text) = msg.to_text() {
-                    if let Ok(v) = serde_json::from_str::<Value>(text) {
-                        sink.lock().unwrap().push(v);
-                    }
+                if let Ok(text) = msg.to_text()
+                    && let Ok(v) = serde_json::from_str::<Value>(text)
+                {
+                    sink.lock().unwrap().push(v);
                 }
             }
         });

@@ -150,7 +150,7 @@ fn stores_every_record_reports_bad_lines_leaks_no_secret_and_reruns_add_nothing(
         .sum();
     assert_eq!(jsonl_lines, records);
     for secret in SECRETS {
-        assert!(files_containing(&dir.path().join("traces"), secret).len() > 0, "fixture lacks {secret}");
+        assert!(!files_containing(&dir.path().join("traces"), secret).is_empty(), "fixture lacks {secret}");
         let leaks = files_containing(&dir.path().join("out"), secret);
         assert!(leaks.is_empty(), "{secret} leaked into {leaks:?}");
     }

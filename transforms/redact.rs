@@ -273,18 +273,18 @@ impl Redactor {
             }
         }
         if let Some(body) = &mut rec.body {
-            if !self.paths.is_empty() {
-                if let Ok(mut v) = serde_json::from_str::<Value>(body.get()) {
-                    self.redact_paths(&mut v);
-                    *body = serde_json::value::to_raw_value(&v).expect("values serialize");
-                }
+            if !self.paths.is_empty()
+                && let Ok(mut v) = serde_json::from_str::<Value>(body.get())
+            {
+                self.redact_paths(&mut v);
+                *body = serde_json::value::to_raw_value(&v).expect("values serialize");
             }
             self.redact_raw(body);
         }
-        if let Some(e) = &mut rec.error {
-            if let Cow::Owned(v) = self.redact_text(e) {
-                *e = v;
-            }
+        if let Some(e) = &mut rec.error
+            && let Cow::Owned(v) = self.redact_text(e)
+        {
+            *e = v;
         }
         for s in [&mut rec.status_text].into_iter().flatten() {
             if let Cow::Owned(v) = self.redact_text(s) {

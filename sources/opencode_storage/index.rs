@@ -102,22 +102,22 @@ pub fn load_or_build(loc: &Location) -> Catalog {
                 cat.report.messages = cat.messages.len();
                 return cat;
             }
-            if loc.storage.is_none() {
-                if let Some((marks, changes)) = catch_up(loc, &header, &mut cat) {
-                    since_base.messages.extend(changes.messages);
-                    since_base.sessions.extend(changes.sessions);
-                    let header = Header { stamps: stamps(loc), marks };
-                    // Small changes go to the delta file; past a tenth of the base, rewrite.
-                    if since_base.messages.len() * 10 < cat.messages.len().max(1000) {
-                        let d = Delta::of(base_id, base_names, header, &cat, &since_base);
-                        if let Err(e) = write_delta(&path, &d) {
-                            tracing::warn!("could not save the stats index {}: {e}", path.display());
-                        }
-                    } else {
-                        write_quietly(&path, &header, &cat);
+            if loc.storage.is_none()
+                && let Some((marks, changes)) = catch_up(loc, &header, &mut cat)
+            {
+                since_base.messages.extend(changes.messages);
+                since_base.sessions.extend(changes.sessions);
+                let header = Header { stamps: stamps(loc), marks };
+                // Small changes go to the delta file; past a tenth of the base, rewrite.
+                if since_base.messages.len() * 10 < cat.messages.len().max(1000) {
+                    let d = Delta::of(base_id, base_names, header, &cat, &since_base);
+                    if let Err(e) = write_delta(&path, &d) {
+                        tracing::warn!("could not save the stats index {}: {e}", path.display());
                     }
-                    return cat;
+                } else {
+                    write_quietly(&path, &header, &cat);
                 }
+                return cat;
             }
         }
         Err(e) => tracing::debug!("ignoring index {}: {e}", path.display()),

@@ -230,10 +230,10 @@ impl Follower {
         let _watchers = self.watch(wake_tx);
         loop {
             let more = self.round(cx, out).await;
-            if let Some(m) = self.tracker.committed() {
-                if let Err(e) = checkpoint.store(&m) {
-                    cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
-                }
+            if let Some(m) = self.tracker.committed()
+                && let Err(e) = checkpoint.store(&m)
+            {
+                cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
             }
             if shutdown.is_cancelled() {
                 break;
@@ -271,10 +271,10 @@ impl Follower {
                 break;
             }
         }
-        if let Some(m) = last.or_else(|| self.tracker.committed()) {
-            if let Err(e) = checkpoint.store(&m) {
-                cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
-            }
+        if let Some(m) = last.or_else(|| self.tracker.committed())
+            && let Err(e) = checkpoint.store(&m)
+        {
+            cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
         }
     }
 
@@ -387,15 +387,13 @@ impl Follower {
                         cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))
                     }
                 }
-            } else if self.parts && ty.starts_with("message.part.updated") {
-                if let Ok(f) = serde_json::from_slice::<FeedPart<'_>>(data) {
-                    if let Some(p) = f.part.to_info("", "", "") {
-                        let id = format!("opencode.part:{}", p.id);
-                        events.push(
-                            Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id),
-                        );
-                    }
-                }
+            } else if self.parts
+                && ty.starts_with("message.part.updated")
+                && let Ok(f) = serde_json::from_slice::<FeedPart<'_>>(data)
+                && let Some(p) = f.part.to_info("", "", "")
+            {
+                let id = format!("opencode.part:{}", p.id);
+                events.push(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id));
             }
         }
         match next.dbs.iter_mut().find(|d| &d.path == db) {

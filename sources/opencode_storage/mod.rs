@@ -17,7 +17,6 @@ mod stats;
 mod store;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -233,11 +232,6 @@ impl store::Visitor for Emit {
     fn wants_parts(&self) -> bool {
         self.parts
     }
-}
-
-/// The default OpenCode data directory, for messages.
-pub fn default_data_dir() -> PathBuf {
-    store::default_data_dir()
 }
 
 #[cfg(test)]

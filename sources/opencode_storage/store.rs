@@ -484,11 +484,11 @@ fn read_db(
         }
         let sql = format!("SELECT id, session_id, time_created, data FROM {table}");
         for_each_row(db, &sql, &mut |id, session, created, data| {
-            if let Some(seen) = seen.as_mut() {
-                if !seen.insert(id_hash(id)) {
-                    report.duplicates += 1;
-                    return;
-                }
+            if let Some(seen) = seen.as_mut()
+                && !seen.insert(id_hash(id))
+            {
+                report.duplicates += 1;
+                return;
             }
             match serde_json::from_slice::<RawMessage<'_>>(data) {
                 // session_message also holds rows that are not messages: keep those with a role.
@@ -540,9 +540,12 @@ impl RowBatch {
     }
 }
 
+/// Receives `(id, session, created, data)` of each row.
+type RowFn<'a> = dyn FnMut(&str, &str, i64, &[u8]) + 'a;
+
 /// Calls `f(id, session, created, data)` for every row of `sql` (those 4 columns, in that
 /// order), reading on a second thread.
-fn for_each_row(db: &Path, sql: &str, f: &mut dyn FnMut(&str, &str, i64, &[u8])) -> rusqlite::Result<()> {
+fn for_each_row(db: &Path, sql: &str, f: &mut RowFn<'_>) -> rusqlite::Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
     std::thread::scope(|s| {
         let reader = s.spawn(move || -> rusqlite::Result<()> {
@@ -653,11 +656,11 @@ fn read_json(
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                 let dir = p.parent().and_then(|d| d.file_name()).and_then(|s| s.to_str()).unwrap_or("");
                 let id = m.id.as_deref().unwrap_or(stem).to_string();
-                if let Some(seen) = seen.as_mut() {
-                    if !seen.insert(id_hash(&id)) {
-                        report.duplicates += 1;
-                        continue;
-                    }
+                if let Some(seen) = seen.as_mut()
+                    && !seen.insert(id_hash(&id))
+                {
+                    report.duplicates += 1;
+                    continue;
                 }
                 let session = m.session_id.as_deref().unwrap_or(dir).to_string();
                 report.messages += 1;

@@ -50,10 +50,10 @@ impl AckLog {
     }
 
     fn mark(&mut self, seq: u64, status: Status) {
-        if let Some(i) = seq.checked_sub(self.front_seq) {
-            if let Some(e) = self.entries.get_mut(i as usize) {
-                e.2 = if status == Status::Delivered { 1 } else { 2 };
-            }
+        if let Some(i) = seq.checked_sub(self.front_seq)
+            && let Some(e) = self.entries.get_mut(i as usize)
+        {
+            e.2 = if status == Status::Delivered { 1 } else { 2 };
         }
     }
 

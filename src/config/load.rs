@@ -165,17 +165,17 @@ fn load_texts(
                         interpolate_value(&mut v, &FieldPath::default(), l.env, &mut errs);
                         l.field_errors(file, &path, errs);
                         let dir = PathBuf::from(v.as_str().unwrap_or_default());
-                        if let Some((prev, prev_file)) = &data_dir {
-                            if *prev != dir {
-                                let prev_name = l.files.name(*prev_file).to_string();
-                                l.error_at(
-                                    file,
-                                    &path,
-                                    false,
-                                    format!("data_dir differs from the one in {prev_name} ({})", prev.display()),
-                                    Some("set it in one file only".into()),
-                                );
-                            }
+                        if let Some((prev, prev_file)) = &data_dir
+                            && *prev != dir
+                        {
+                            let prev_name = l.files.name(*prev_file).to_string();
+                            l.error_at(
+                                file,
+                                &path,
+                                false,
+                                format!("data_dir differs from the one in {prev_name} ({})", prev.display()),
+                                Some("set it in one file only".into()),
+                            );
                         }
                         data_dir = Some((dir, file));
                     }

@@ -61,10 +61,10 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                    hits.push(p);
-                }
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                hits.push(p);
             }
         }
     }
@@ -115,10 +115,11 @@ pub fn opencode_stats_overview(text: &str) -> std::collections::HashMap<String, 
     for line in text.lines() {
         let inner = line.trim_matches(|c| c == '│' || c == ' ');
         for key in ["Sessions", "Messages", "Input", "Output", "Cache Read", "Cache Write"] {
-            if let Some(rest) = inner.strip_prefix(key) {
-                if rest.starts_with(' ') && !out.contains_key(key) {
-                    out.insert(key.to_string(), rest.trim().to_string());
-                }
+            if let Some(rest) = inner.strip_prefix(key)
+                && rest.starts_with(' ')
+                && !out.contains_key(key)
+            {
+                out.insert(key.to_string(), rest.trim().to_string());
             }
         }
     }
