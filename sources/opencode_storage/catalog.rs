@@ -329,8 +329,8 @@ impl Catalog {
         }
     }
 
-    /// The title of a session, by its id.
-    pub fn title_of(&self, session_id: &str) -> Option<&str> {
-        self.sessions.iter().find(|s| self.names.name(s.id) == session_id).map(|s| self.names.name(s.title))
+    /// Session id -> title, for labelling rows.
+    pub fn titles(&self) -> FxHashMap<&str, &str> {
+        self.sessions.iter().map(|s| (self.names.name(s.id), self.names.name(s.title))).collect()
     }
 }

@@ -91,12 +91,13 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let range_name = window.name;
     if args.json {
+        let titles = cat.titles();
         let groups: Vec<_> = rows
             .iter()
             .map(|(k, u)| {
                 let mut v = json!({"key": k});
                 if group == GroupBy::Session {
-                    v["title"] = json!(cat.title_of(k));
+                    v["title"] = json!(titles.get(k.as_str()));
                 }
                 merge(&mut v, u);
                 v
@@ -251,8 +252,9 @@ fn table(
     included: bool,
 ) -> std::io::Result<()> {
     writeln!(out, "OpenCode token usage by {}, {}\n", group.name(), range_title(range))?;
+    let titles = cat.titles();
     let label = |k: &str| -> String {
-        match (group, cat.title_of(k)) {
+        match (group, titles.get(k).copied()) {
             (GroupBy::Session, Some(title)) if !title.is_empty() => {
                 let short: String = title.chars().take(32).collect();
                 format!("{k}  {short}")
