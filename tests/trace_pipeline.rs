@@ -211,13 +211,7 @@ fn kill_9_mid_run_then_restart_stores_exactly_the_input() {
     write_records(&traces, 0, total);
     let cfg = pipeline(dir.path(), true);
     let db = dir.path().join("out/traces.db");
-    let mut child = Command::new(bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(dir.path(), &cfg, Stdio::null());
     wait_for("a partial store", Duration::from_secs(60), || stored_if_any(&db) >= 2_000);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -237,13 +231,7 @@ fn sigterm_mid_file_then_append_and_restart_loses_and_duplicates_nothing() {
     write_records(&traces, 0, 20_000);
     let cfg = pipeline(dir.path(), true);
     let db = dir.path().join("out/traces.db");
-    let child = Command::new(bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir.path(), &cfg, Stdio::piped());
     wait_for("a partial store", Duration::from_secs(60), || stored_if_any(&db) >= 1_000);
     unsafe { libc_kill(child.id() as i32, 15) };
     let out = child.wait_with_output().unwrap();
@@ -262,6 +250,17 @@ fn sigterm_mid_file_then_append_and_restart_loses_and_duplicates_nothing() {
     assert_eq!(lines, 25_000);
 }
 
+/// `ocpipe run CFG` in the background, with its state under `dir`.
+fn spawn_run(dir: &Path, cfg: &Path, stderr: Stdio) -> std::process::Child {
+    Command::new(bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .current_dir(dir)
+        .env("OCPIPE_DATA_DIR", dir.join("state"))
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
@@ -272,13 +271,7 @@ fn tap_and_top_watch_a_running_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("traces")).unwrap();
     let cfg = pipeline(dir.path(), true);
-    let mut child = Command::new(bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(dir.path(), &cfg, Stdio::null());
     wait_for("the control socket", Duration::from_secs(10), || dir.path().join("state/control.sock").exists());
     let tap = Command::new(bin())
         .args(["tap", "redacted", "--limit", "2"])
