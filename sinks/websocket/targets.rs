@@ -154,8 +154,8 @@ macro_rules! crud {
             State(s): State<Arc<Shared>>,
             body: Result<Json<$input>, axum::extract::rejection::JsonRejection>,
         ) -> Response {
-            let Json(input) = match body {
-                Ok(b) => b,
+            let input = match body {
+                Ok(Json(b)) => b,
                 Err(e) => return failure(StatusCode::BAD_REQUEST, e.body_text()),
             };
             let mut store = s.targets.lock().unwrap();
@@ -173,8 +173,8 @@ macro_rules! crud {
             UrlPath(id): UrlPath<u64>,
             body: Result<Json<$input>, axum::extract::rejection::JsonRejection>,
         ) -> Response {
-            let Json(input) = match body {
-                Ok(b) => b,
+            let input = match body {
+                Ok(Json(b)) => b,
                 Err(e) => return failure(StatusCode::BAD_REQUEST, e.body_text()),
             };
             let mut store = s.targets.lock().unwrap();

@@ -37,6 +37,18 @@ struct DbMark {
     event: i64,
 }
 
+impl DbMark {
+    /// The highest rowids of a database now.
+    fn read(conn: &Connection, path: &Path) -> DbMark {
+        DbMark {
+            path: path.to_path_buf(),
+            session: max_rowid(conn, "session"),
+            message: max_rowid(conn, "message"),
+            event: max_rowid(conn, "event"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Header {
     /// Stamps of every database (with -wal) and of the JSON storage tree.
@@ -232,12 +244,7 @@ fn marks_now(loc: &Location) -> Vec<DbMark> {
         .iter()
         .filter_map(|db| {
             let conn = open_read_only(db).ok()?;
-            Some(DbMark {
-                path: db.clone(),
-                session: max_rowid(&conn, "session"),
-                message: max_rowid(&conn, "message"),
-                event: max_rowid(&conn, "event"),
-            })
+            Some(DbMark::read(&conn, db))
         })
         .collect()
 }
@@ -255,12 +262,7 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
     let mut session_rows: Vec<(String, String, String, i64, Option<String>)> = Vec::new();
     for old in &header.marks {
         let conn = open_read_only(&old.path).ok()?;
-        let now = DbMark {
-            path: old.path.clone(),
-            session: max_rowid(&conn, "session"),
-            message: max_rowid(&conn, "message"),
-            event: max_rowid(&conn, "event"),
-        };
+        let now = DbMark::read(&conn, &old.path);
         if now.session < old.session
             || now.message < old.message
             || now.event < old.event
