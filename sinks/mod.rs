@@ -1,5 +1,7 @@
 //! Sinks: one module each, self-registered with `register_component!`.
 
 pub mod jsonl;
+pub mod mqtt;
+pub mod push_targets;
 pub mod sqlite;
 pub mod websocket;

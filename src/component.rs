@@ -89,6 +89,12 @@ impl Context {
         Ok(dir)
     }
 
+    /// Another component's state directory (not created): for files one component keeps for
+    /// another, such as the websocket sink's push targets.
+    pub fn data_dir_of(&self, id: &str) -> PathBuf {
+        self.data_root.join(id)
+    }
+
     /// Resolves a configured path: `~/` is the home directory, relative paths are relative to
     /// the directory ocpipe was started in.
     pub fn resolve(&self, path: &str) -> PathBuf {

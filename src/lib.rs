@@ -10,6 +10,7 @@ pub mod component;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod jq;
 pub mod logfile;
 pub mod metrics;
 pub mod registry;

@@ -46,26 +46,11 @@ impl PathTemplate {
             return Err(err("the path template is empty".into(), "e.g. path = \"out/{sessionID}.jsonl\""));
         }
         let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(literal(&rest[..open])?);
-            }
-            let Some(close) = rest[open..].find('}') else {
-                return Err(err(format!("unclosed `{{` in path template `{template}`"), "close the field with `}`"));
-            };
-            let name = rest[open + 1..open + close].trim();
-            if name.is_empty() {
-                return Err(err(
-                    format!("empty `{{}}` in path template `{template}`"),
-                    "name a field, e.g. {sessionID}",
-                ));
-            }
-            parts.push(Part::Field(name.to_string()));
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(literal(rest)?);
+        for piece in pieces(template)? {
+            parts.push(match piece {
+                Piece::Text(t) => literal(&t)?,
+                Piece::Field(f) => Part::Field(f),
+            });
         }
         if template.split('/').any(|c| c == "..") {
             return Err(err(
@@ -137,6 +122,81 @@ impl PathTemplate {
     }
 }
 
+#[derive(Clone, Debug)]
+enum Piece {
+    Text(String),
+    Field(String),
+}
+
+/// Splits a template into literal text and `{field}` placeholders.
+fn pieces(template: &str) -> Result<Vec<Piece>, TemplateError> {
+    let err = |m: String, h: &str| TemplateError { message: m, help: h.to_string() };
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            out.push(Piece::Text(rest[..open].to_string()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return Err(err(format!("unclosed `{{` in template `{template}`"), "close the field with `}`"));
+        };
+        let name = rest[open + 1..open + close].trim();
+        if name.is_empty() {
+            return Err(err(format!("empty `{{}}` in template `{template}`"), "name a field, e.g. {sessionID}"));
+        }
+        out.push(Piece::Field(name.to_string()));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_string()));
+    }
+    Ok(out)
+}
+
+/// An MQTT topic with `{field}` placeholders (`opencode/{port}/{sessionID}`). A value cannot add
+/// levels or wildcards: `/`, `+`, `#` in it become `_`; a missing field is `_`.
+#[derive(Debug, Clone)]
+pub struct TopicTemplate {
+    pieces: Vec<Piece>,
+}
+
+impl TopicTemplate {
+    pub fn parse(template: &str) -> Result<TopicTemplate, TemplateError> {
+        let err = |m: String, h: &str| TemplateError { message: m, help: h.to_string() };
+        if template.is_empty() {
+            return Err(err("the topic is empty".into(), "e.g. topic = \"opencode/status\""));
+        }
+        let pieces = pieces(template)?;
+        for p in &pieces {
+            if let Piece::Text(t) = p
+                && t.contains(['+', '#', '\0'])
+            {
+                return Err(err(
+                    format!("topic `{template}` contains a wildcard (`+` or `#`)"),
+                    "publish topics name one topic; use {field} placeholders for the parts that vary",
+                ));
+            }
+        }
+        Ok(TopicTemplate { pieces })
+    }
+
+    pub fn render(&self, event: &Event) -> String {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(name) => match event.field(name) {
+                    Some(v) if !v.is_empty() => out.extend(
+                        v.chars().map(|c| if matches!(c, '/' | '+' | '#') || c.is_control() { '_' } else { c }),
+                    ),
+                    _ => out.push('_'),
+                },
+            }
+        }
+        out
+    }
+}
+
 fn literal(text: &str) -> Result<Part, TemplateError> {
     let has_date = text.contains('%');
     if has_date && StrftimeItems::new(text).any(|i| matches!(i, Item::Error)) {
@@ -191,6 +251,16 @@ mod tests {
         assert!(p.starts_with("/data"));
         let p = t.render(&ev(serde_json::json!({})));
         assert_eq!(p, PathBuf::from("/data/_unknown.jsonl"));
+    }
+
+    #[test]
+    fn topics_take_fields_without_adding_levels() {
+        let t = TopicTemplate::parse("opencode/{port}/{sessionID}").unwrap();
+        assert_eq!(t.render(&ev(serde_json::json!({"port": 4096, "sessionID": "a/b+#"}))), "opencode/4096/a_b__");
+        assert_eq!(t.render(&ev(serde_json::json!({"port": 4096}))), "opencode/4096/_");
+        assert!(TopicTemplate::parse("opencode/+/x").is_err());
+        assert!(TopicTemplate::parse("").is_err());
+        assert!(TopicTemplate::parse("a/{x").is_err());
     }
 
     #[test]

@@ -6,66 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http(method: &str, url: &str, body: Option<Value>) -> Option<Value> {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-f", "--max-time", "5", "-X", method, url, "-H", "content-type: application/json"]);
-    if let Some(b) = body {
-        c.args(["-d", &b.to_string()]);
-    }
-    let out = c.output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    if out.stdout.is_empty() { Some(Value::Null) } else { serde_json::from_slice(&out.stdout).ok() }
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn serve(oc: &OpenCode, port: u16) -> Server {
-    let child = oc
-        .command(&["serve", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("opencode serve", Duration::from_secs(60), || http("GET", &format!("{url}/global/health"), None));
-    Server { child, url }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Collects every WebSocket message in the background.
 fn listen(ws_url: String) -> Arc<Mutex<Vec<Value>>> {
@@ -103,18 +50,7 @@ fn labels(got: &Arc<Mutex<Vec<Value>>>, session: &str) -> Vec<String> {
 
 /// Runs a bash prompt that asks for permission; answers once; waits for the session to end.
 fn bash_prompt(server: &str, got: &Arc<Mutex<Vec<Value>>>, ocpipe_api: &str) -> String {
-    let session =
-        http("POST", &format!("{server}/session"), Some(json!({}))).unwrap()["id"].as_str().unwrap().to_string();
-    http(
-        "POST",
-        &format!("{server}/session/{session}/prompt_async"),
-        Some(json!({"parts": [{"type": "text", "text": "Run echo hi with bash"}]})),
-    )
-    .expect("prompt accepted");
-    let permission = wait_for("the permission request", Duration::from_secs(60), || {
-        let list = http("GET", &format!("{server}/permission"), None)?;
-        list.as_array()?.first().cloned()
-    });
+    let (session, permission) = start_bash_prompt(server);
     // While OpenCode waits for the answer, ocpipe and OpenCode agree the session is working.
     wait_for("the permission status", Duration::from_secs(10), || {
         labels(got, &session).iter().any(|l| l.starts_with("waiting for permission")).then_some(())
@@ -151,35 +87,22 @@ fn status_lights_follow_a_real_opencode_serve_found_by_discovery() {
       {"text": "Again done.", "usage": {"prompt": 3200, "completion": 5}}
     ]"#;
     let Some(oc) = OpenCode::start(script) else { return };
-    let cfg = oc.dir.path().join("config/opencode/opencode.json");
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    c["permission"] = json!({"bash": "ask"});
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    oc.ask_before_bash();
 
     let port = free_port();
-    let mut server = serve(&oc, port);
+    let mut server = oc.serve(port);
     let http_port = free_port();
     let api = format!("http://127.0.0.1:{http_port}");
-    let mut ocpipe = Command::new(bin())
-        .args(["run", "pipelines/status-light.toml"])
-        .current_dir(root())
-        .env("OCPIPE_HTTP", format!("127.0.0.1:{http_port}"))
-        .env("OCPIPE_DATA_DIR", oc.dir.path().join("ocpipe-state"))
-        .env_remove("OCPIPE_TOKEN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let log_sink = log.clone();
-    let stderr = ocpipe.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let ocpipe = Running::start(
+        "pipelines/status-light.toml",
+        &[
+            ("OCPIPE_HTTP", format!("127.0.0.1:{http_port}")),
+            ("OCPIPE_DATA_DIR", oc.dir.path().join("ocpipe-state").display().to_string()),
+        ],
+    );
     let got = listen(format!("ws://127.0.0.1:{http_port}/ws"));
     wait_for("ocpipe to discover the server", Duration::from_secs(30), || {
-        log.lock().unwrap().contains(&format!("following {}", server.url)).then_some(())
+        ocpipe.log().contains(&format!("following {}", server.url)).then_some(())
     });
 
     let session = bash_prompt(&server.url, &got, &api);
@@ -257,23 +180,15 @@ fn status_lights_follow_a_real_opencode_serve_found_by_discovery() {
 
     // The server goes away and comes back: ocpipe follows it again, and the state is right.
     drop(server);
-    wait_for("ocpipe to notice", Duration::from_secs(30), || {
-        log.lock().unwrap().contains("is gone; detaching").then_some(())
-    });
-    server = serve(&oc, port);
+    wait_for("ocpipe to notice", Duration::from_secs(30), || ocpipe.log().contains("is gone; detaching").then_some(()));
+    server = oc.serve(port);
     wait_for("ocpipe to follow again", Duration::from_secs(30), || {
-        (log.lock().unwrap().matches(&format!("following {}", server.url)).count() >= 2).then_some(())
+        (ocpipe.log().matches(&format!("following {}", server.url)).count() >= 2).then_some(())
     });
     let again = bash_prompt(&server.url, &got, &api);
     let l = labels(&got, &again);
     assert_eq!(l.first().map(String::as_str), Some("busy"), "{l:?}");
     assert!(l.contains(&"completed: bash".to_string()) && l.last().unwrap() == "idle", "{l:?}");
 
-    unsafe { kill(ocpipe.id() as i32, 15) };
-    let status = ocpipe.wait().unwrap();
-    assert!(status.success(), "{}", log.lock().unwrap());
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
+    ocpipe.stop();
 }

@@ -4,15 +4,13 @@
 //! (`{kind, source, timestamp, id}`). An event is kept when the condition's first output is
 //! neither `false` nor `null`; a condition that errors on an event drops it and counts an error.
 
-use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
-use jaq_json::Val;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::component::{Context, FunctionTransform, Transform, TransformConfig};
-use crate::config::{FieldError, FieldPath};
+use crate::config::FieldError;
 use crate::event::Event;
+use crate::jq::{self, Jq};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct FilterConfig {
@@ -30,92 +28,25 @@ crate::register_component!(
     EXAMPLE
 );
 
-type Program = jaq_core::Filter<data::JustLut<Val>>;
-
-/// Compiles a jq program; errors carry the byte offset in the program and a message.
-pub fn compile(code: &str) -> Result<Program, Vec<(usize, String)>> {
-    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-    let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
-    let loader = Loader::new(defs);
-    let arena = Arena::default();
-    let offset = |part: &str| jaq_core::load::span(code, part).start;
-    let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
-        let mut out = Vec::new();
-        for (_, e) in errs {
-            match e {
-                jaq_core::load::Error::Io(v) => out.extend(v.into_iter().map(|(_, m)| (0, m))),
-                jaq_core::load::Error::Lex(v) => {
-                    out.extend(v.into_iter().map(|(exp, at)| (offset(at), format!("expected {}", exp.as_str()))))
-                }
-                jaq_core::load::Error::Parse(v) => out.extend(v.into_iter().map(|(exp, at)| {
-                    let found = if at.is_empty() {
-                        "end of input".to_string()
-                    } else {
-                        format!("`{}`", at.chars().take(20).collect::<String>())
-                    };
-                    (offset(at), format!("expected {}, found {found}", exp.as_str()))
-                })),
-            }
-        }
-        out
-    })?;
-    Compiler::default().with_funs(funs).with_global_vars(["$meta"]).compile(modules).map_err(|errs| {
-        errs.into_iter()
-            .flat_map(|(_, v)| v)
-            .map(|(name, undefined)| (offset(name), format!("undefined {} `{name}`", undefined.as_str())))
-            .collect()
-    })
-}
-
 impl TransformConfig for FilterConfig {
     fn validate(&self) -> Vec<FieldError> {
-        match compile(&self.condition) {
-            Ok(_) => Vec::new(),
-            Err(errs) => errs
-                .into_iter()
-                .map(|(at, msg)| {
-                    let col = self.condition[..at.min(self.condition.len())].chars().count() + 1;
-                    FieldError::new(
-                        FieldPath::key("condition"),
-                        format!("condition does not compile: {msg} (at character {col} of the condition)"),
-                    )
-                    .help("conditions are jq expressions, e.g. '.kind == \"request\"'")
-                })
-                .collect(),
-        }
+        jq::check("condition", &self.condition, "conditions are jq expressions, e.g. '.kind == \"request\"'")
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Transform> {
-        let program = compile(&self.condition).map_err(|e| anyhow::anyhow!("condition does not compile: {e:?}"))?;
+        let program = jq::compile(&self.condition).map_err(|e| anyhow::anyhow!("condition does not compile: {e:?}"))?;
         Ok(Transform::Function(Box::new(Filter { program, cx: cx.clone() })))
     }
 }
 
 struct Filter {
-    program: Program,
+    program: Jq,
     cx: Context,
-}
-
-impl Filter {
-    fn keep(&self, event: &Event) -> Result<bool, String> {
-        let mut json = Vec::with_capacity(256);
-        event.write_json(&mut json);
-        let input = jaq_json::read::parse_single(&json).map_err(|e| e.to_string())?;
-        let meta = serde_json::to_vec(&event.meta_json()).expect("in-memory write");
-        let meta = jaq_json::read::parse_single(&meta).map_err(|e| e.to_string())?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.program.lut, Vars::new([meta]));
-        let mut out = self.program.id.run((ctx, input)).map(unwrap_valr);
-        match out.next() {
-            None => Ok(false),
-            Some(Ok(v)) => Ok(jaq_core::ValT::as_bool(&v)),
-            Some(Err(e)) => Err(e.to_string()),
-        }
-    }
 }
 
 impl FunctionTransform for Filter {
     fn transform(&mut self, event: Event, out: &mut Vec<Event>) {
-        match self.keep(&event) {
+        match self.program.holds(&event) {
             Ok(true) => out.push(event),
             Ok(false) => self.cx.metrics.dropped(1),
             Err(e) => {

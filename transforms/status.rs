@@ -133,7 +133,11 @@ impl Mapper {
             "session.error" => self.emit(e, &session, "error", None).into_iter().collect(),
             "permission.asked" => {
                 let tool = p["permission"].as_str().map(str::to_string);
-                self.emit(e, &session, "permission", tool).into_iter().collect()
+                let mut st = self.emit(e, &session, "permission", tool);
+                if let Some(st) = &mut st {
+                    st.permission_id = p["id"].as_str().map(str::to_string);
+                }
+                st.into_iter().collect()
             }
             "message.part.updated" => {
                 let part = &p["part"];
@@ -193,6 +197,7 @@ impl Mapper {
             tool,
             mode: mode.to_string(),
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            permission_id: None,
         })
     }
 }

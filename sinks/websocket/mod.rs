@@ -88,7 +88,7 @@ impl SinkConfig for WebsocketConfig {
             anyhow::anyhow!("cannot listen on {}: {e} (set `address` to a free one, or port 0)", self.address)
         })?;
         listener.set_nonblocking(true)?;
-        let targets_path = cx.data_dir()?.join("push-targets.toml");
+        let targets_path = cx.data_dir()?.join(crate::sinks::push_targets::FILE_NAME);
         let (tx, _) = broadcast::channel(self.client_buffer.max(16));
         let shared = Arc::new(Shared {
             board: RwLock::default(),

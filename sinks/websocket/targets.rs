@@ -8,42 +8,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Shared, failure};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mqtt {
-    pub id: u64,
-    pub broker: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub topic: String,
-    pub enabled: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ble {
-    pub id: u64,
-    pub device_name: String,
-    pub service_uuid: String,
-    pub char_uuid: String,
-    pub enabled: bool,
-}
-
-pub const DEFAULT_SERVICE_UUID: &str = "b8b7e001-7a6b-4f4f-9a8b-11c0ffee0001";
-pub const DEFAULT_CHAR_UUID: &str = "b8b7e002-7a6b-4f4f-9a8b-11c0ffee0001";
-
-/// `push-targets.toml`: `[[mqtt]]` and `[[ble]]` tables.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Targets {
-    #[serde(default)]
-    pub mqtt: Vec<Mqtt>,
-    #[serde(default)]
-    pub ble: Vec<Ble>,
-}
+use crate::sinks::push_targets::{Ble, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Mqtt, Targets};
 
 pub struct Store {
     path: PathBuf,
@@ -52,12 +21,7 @@ pub struct Store {
 
 impl Store {
     pub fn load(path: &Path) -> anyhow::Result<Store> {
-        let targets = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Targets::default(),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Store { path: path.to_path_buf(), targets })
+        Ok(Store { path: path.to_path_buf(), targets: Targets::load(path)? })
     }
 
     fn save(&self) -> std::io::Result<()> {

@@ -200,4 +200,7 @@ pub struct StatusInfo {
     /// The BLE light mode: idle, busy, thinking, ai, success, alarm, error.
     pub mode: String,
     pub timestamp: String,
+    /// The pending permission request (`permission` only), for replying to it.
+    #[serde(rename = "permissionID", default, skip_serializing_if = "Option::is_none")]
+    pub permission_id: Option<String>,
 }

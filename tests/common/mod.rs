@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ocpipe")
@@ -76,6 +81,8 @@ pub fn require(program: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        // Daemons (mosquitto, dbus-daemon) live in sbin, which is not always on PATH.
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(program))
         .find(|p| p.is_file());
     if found.is_none() {
@@ -285,4 +292,208 @@ pub fn capture(script: &str, args: &[&str]) -> Option<tempfile::TempDir> {
         .unwrap();
     assert!(out.status.success(), "{script} failed: {}", text(&out.stderr));
     Some(dir)
+}
+
+// ---- live servers: OpenCode serve, ocpipe run, mosquitto ----
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn http(method: &str, url: &str, body: Option<Value>) -> Option<Value> {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-f", "--max-time", "5", "-X", method, url, "-H", "content-type: application/json"]);
+    if let Some(b) = body {
+        c.args(["-d", &b.to_string()]);
+    }
+    let out = c.output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    if out.stdout.is_empty() { Some(Value::Null) } else { serde_json::from_slice(&out.stdout).ok() }
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl OpenCode {
+    /// `opencode serve` on `port`, once it answers.
+    pub fn serve(&self, port: u16) -> Server {
+        let child = self
+            .command(&["serve", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("opencode serve", Duration::from_secs(60), || http("GET", &format!("{url}/global/health"), None));
+        Server { child, url }
+    }
+
+    /// Makes bash calls wait for a permission reply.
+    pub fn ask_before_bash(&self) {
+        let cfg = self.dir.path().join("config/opencode/opencode.json");
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        c["permission"] = json!({"bash": "ask"});
+        std::fs::write(&cfg, c.to_string()).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a bash prompt that asks for permission; returns the session and the request.
+pub fn start_bash_prompt(server: &str) -> (String, Value) {
+    let session =
+        http("POST", &format!("{server}/session"), Some(json!({}))).unwrap()["id"].as_str().unwrap().to_string();
+    http(
+        "POST",
+        &format!("{server}/session/{session}/prompt_async"),
+        Some(json!({"parts": [{"type": "text", "text": "Run echo hi with bash"}]})),
+    )
+    .expect("prompt accepted");
+    let permission = wait_for("the permission request", Duration::from_secs(60), || {
+        let list = http("GET", &format!("{server}/permission"), None)?;
+        list.as_array()?.first().cloned()
+    });
+    (session, permission)
+}
+
+/// `ocpipe run PIPELINE` in the background, its log collected.
+pub struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    pub fn start(pipeline: &str, env: &[(&str, String)]) -> Running {
+        let mut c = Command::new(bin());
+        c.args(["run", pipeline]).current_dir(root()).env_remove("OCPIPE_TOKEN").stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Running { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, and it must exit cleanly.
+    pub fn stop(mut self) {
+        signal(self.child.id(), 15);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}", self.log());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe { kill(pid as i32, sig) };
+}
+
+/// A private mosquitto broker on a free port (persistent, so a subscriber's session and its
+/// queued messages survive a restart).
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    conf: PathBuf,
+    bin: PathBuf,
+}
+
+impl Mosquitto {
+    /// `None` (after a loud skip, or a panic under CI) when mosquitto is not installed.
+    pub fn start(dir: &Path) -> Option<Mosquitto> {
+        require("mosquitto_sub")?;
+        let bin = require("mosquitto")?;
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto { child: None, port, conf, bin };
+        m.spawn();
+        Some(m)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// Stops the broker (SIGTERM: it saves its sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), 15);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

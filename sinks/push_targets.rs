@@ -1,0 +1,80 @@
+//! `push-targets.toml`: the MQTT brokers and BLE lights added at run time through the status
+//! API (`websocket` sink, `/api/mqtt` and `/api/ble`). The `mqtt` and `ble` sinks read it with
+//! `targets_from = "<websocket sink id>"` and pick up changes while running.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mqtt {
+    pub id: u64,
+    pub broker: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub topic: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ble {
+    pub id: u64,
+    pub device_name: String,
+    pub service_uuid: String,
+    pub char_uuid: String,
+    pub enabled: bool,
+}
+
+pub const DEFAULT_SERVICE_UUID: &str = "b8b7e001-7a6b-4f4f-9a8b-11c0ffee0001";
+pub const DEFAULT_CHAR_UUID: &str = "b8b7e002-7a6b-4f4f-9a8b-11c0ffee0001";
+
+/// `push-targets.toml`: `[[mqtt]]` and `[[ble]]` tables.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Targets {
+    #[serde(default)]
+    pub mqtt: Vec<Mqtt>,
+    #[serde(default)]
+    pub ble: Vec<Ble>,
+}
+
+impl Targets {
+    /// Reads the file; a missing file is an empty list.
+    pub fn load(path: &Path) -> anyhow::Result<Targets> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Targets::default()),
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// The file name inside the websocket sink's data directory.
+pub const FILE_NAME: &str = "push-targets.toml";
+
+/// Watches the overlay file: [`Overlay::changed`] returns the new contents after each change.
+pub struct Overlay {
+    path: PathBuf,
+    seen: Option<Option<(SystemTime, u64)>>,
+}
+
+impl Overlay {
+    pub fn new(path: PathBuf) -> Overlay {
+        Overlay { path, seen: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The targets, when the file changed (or appeared, or went away) since the last call.
+    pub fn changed(&mut self) -> Option<anyhow::Result<Targets>> {
+        let mtime = std::fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+        if self.seen == Some(mtime) {
+            return None;
+        }
+        self.seen = Some(mtime);
+        Some(Targets::load(&self.path))
+    }
+}

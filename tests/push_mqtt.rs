@@ -1,0 +1,353 @@
+//! The `mqtt` sink against a real broker (Debian `mosquitto`, started by the test):
+//! - a real `opencode serve` bash prompt: its statuses reach `mosquitto_sub` in order, and the
+//!   permission it asks for is answered by publishing `once` on the command topic;
+//! - the broker is stopped for 30 s and started again: nothing within the backlog is lost, the
+//!   backlog comes out in order, publishing resumes within 2 s; a small backlog drops (and
+//!   counts) the overflow instead of growing;
+//! - Home Assistant discovery announces one sensor per instance, not one per session.
+//!
+//! Needs mosquitto and mosquitto_sub (and npm, python3 for OpenCode): skipped loudly when
+//! missing, a failure under CI=true.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ocpipe::component::Input;
+use ocpipe::event::{Event, Payload, StatusInfo};
+use ocpipe::metrics::MetricsSnapshot;
+use ocpipe::registry::{AnyConfig, Kind};
+use ocpipe::testing;
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// `mosquitto_sub -v` on `topic`, lines collected in the background.
+fn mosquitto_sub(port: u16, topic: &str) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v", "-t", topic])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
+}
+
+/// The JSON messages received on `topic`.
+fn messages(lines: &Arc<Mutex<Vec<String>>>, topic: &str) -> Vec<Value> {
+    let prefix = format!("{topic} ");
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|p| serde_json::from_str(p).ok())
+        .collect()
+}
+
+#[test]
+fn a_real_bash_prompt_reaches_mosquitto_sub_in_order_and_is_answered_over_mqtt() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(broker_dir.path()) else { return };
+    let script = r#"[
+      {"tool": "bash", "arguments": {"command": "echo hi", "description": "Say hi"}, "usage": {"prompt": 3000, "completion": 20}},
+      {"reasoning": "Done thinking.", "text": "It printed hi.", "usage": {"prompt": 3100, "completion": 9}}
+    ]"#;
+    let Some(oc) = OpenCode::start(script) else { return };
+    oc.ask_before_bash();
+    let port = free_port();
+    let server = oc.serve(port);
+    let (mut sub, lines) = mosquitto_sub(broker.port, "opencode/#");
+
+    let ocpipe = Running::start(
+        "pipelines/status-light.toml",
+        &[
+            ("OCPIPE_HTTP", format!("127.0.0.1:{}", free_port())),
+            ("OCPIPE_DATA_DIR", oc.dir.path().join("ocpipe-state").display().to_string()),
+            ("OCPIPE_MQTT_BROKER", broker.url()),
+            ("OCPIPE_MQTT_COMMAND_TOPIC", "opencode/permission/reply".into()),
+        ],
+    );
+    wait_for("ocpipe online at the broker", Duration::from_secs(30), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability online").then_some(())
+    });
+    wait_for("ocpipe to discover the server", Duration::from_secs(30), || {
+        ocpipe.log().contains(&format!("following {}", server.url)).then_some(())
+    });
+
+    let (session, permission) = start_bash_prompt(&server.url);
+    let of_session = || -> Vec<Value> {
+        messages(&lines, "opencode/status").into_iter().filter(|m| m["sessionID"] == session.as_str()).collect()
+    };
+    let asked = wait_for("the permission status at the subscriber", Duration::from_secs(20), || {
+        of_session().into_iter().find(|m| m["code"] == "permission")
+    });
+    assert_eq!(asked["permissionID"], permission["id"], "{asked}");
+    assert_eq!((asked["port"].as_u64(), asked["tool"].as_str()), (Some(u64::from(port)), Some("bash")));
+
+    // Answer from MQTT: ocpipe replies to OpenCode's permission request.
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "opencode/permission/reply",
+            "-m",
+            "once",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for("the session to end", Duration::from_secs(60), || {
+        of_session().last().is_some_and(|m| m["code"] == "idle").then_some(())
+    });
+    let codes: Vec<String> = of_session().iter().map(|m| m["code"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        codes,
+        [
+            "busy",
+            "using_tool",
+            "running",
+            "permission",
+            "completed",
+            "busy",
+            "reasoning",
+            "busy",
+            "session_completed",
+            "idle"
+        ],
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let first = &of_session()[0];
+    assert_eq!(first["status"], "工作中");
+    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'), "{first}");
+    assert!(ocpipe.log().contains(&format!("permission {} answered `once`", permission["id"].as_str().unwrap())));
+    // OpenCode ran the command: the permission really was granted.
+    assert_eq!(http("GET", &format!("{}/permission", server.url), None).unwrap(), serde_json::json!([]));
+
+    ocpipe.stop();
+    wait_for("offline after shutdown", Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability offline").then_some(())
+    });
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
+
+fn status(port: u16, seq: usize) -> Event {
+    let s = StatusInfo {
+        port,
+        instance: format!("http://127.0.0.1:{port}"),
+        session_id: Some(format!("ses_{}", seq % 7)),
+        title: Some(seq.to_string()),
+        code: if seq % 2 == 0 { "busy" } else { "idle" }.into(),
+        status: "工作中".into(),
+        label: "busy".into(),
+        mode: "busy".into(),
+        timestamp: chrono::Utc::now().to_rfc3339(),
+        ..Default::default()
+    };
+    Event::new("test".into(), chrono::Utc::now(), Payload::Status(Box::new(s)))
+}
+
+/// The sink under test, fed through a channel.
+struct Fed {
+    tx: mpsc::Sender<Event>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    metrics: Arc<ocpipe::metrics::ComponentMetrics>,
+}
+
+fn start_sink(dir: &std::path::Path, body: &str) -> Fed {
+    let AnyConfig::Sink(cfg) = testing::parse(Kind::Sink, "mqtt", body).unwrap() else { unreachable!() };
+    let cx = testing::context("mqtt", dir);
+    let sink = cfg.build(&cx).unwrap();
+    let (tx, rx) = mpsc::channel(100_000);
+    let task = tokio::spawn(sink.run(Input::new(rx, cx.metrics.clone())));
+    Fed { tx, task, metrics: cx.metrics.clone() }
+}
+
+impl Fed {
+    async fn finish(self) -> MetricsSnapshot {
+        drop(self.tx);
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+        self.metrics.snapshot()
+    }
+}
+
+/// A subscriber with a persistent session that reconnects by itself: what the broker queued for
+/// it while it was away arrives once it is back. Records (topic, payload, when).
+fn subscriber(port: u16, topic: &str) -> Arc<Mutex<Vec<(String, String, Instant)>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let mut opts = MqttOptions::new("test-subscriber", "127.0.0.1", port);
+    opts.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(&topic, QoS::AtLeastOnce).await;
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push((
+                    p.topic.clone(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                    Instant::now(),
+                )),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    got
+}
+
+/// The sequence numbers received on `topic`, repeats (QoS 1 redeliveries) folded.
+fn seqs(got: &Arc<Mutex<Vec<(String, String, Instant)>>>, topic: &str) -> Vec<(usize, Instant)> {
+    let mut seen = std::collections::HashSet::new();
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .filter_map(|(_, p, at)| Some((p.parse::<usize>().ok()?, *at)))
+        .filter(|(n, _)| seen.insert(*n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_broker_outage_loses_nothing_within_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
+    let got = subscriber(broker.port, "#");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fed = start_sink(
+        dir.path(),
+        &format!(
+            "broker = \"{}\"\ntopic = \"test/seq\"\npayload = '.title'\nhome_assistant = {{}}\nreconnect_max_ms = 1000\n",
+            broker.url()
+        ),
+    );
+    // 20 statuses a second from two instances; the broker is away from second 2 to second 32.
+    let total = 700;
+    let mut restarted = None;
+    let start = Instant::now();
+    for seq in 0..total {
+        fed.tx.send(status(4096 + (seq % 2) as u16, seq)).await.unwrap();
+        if seq == 40 {
+            broker.stop();
+        }
+        if seq == 640 {
+            broker.restart();
+            restarted = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage_secs = restarted.unwrap().duration_since(start).as_secs_f64() - 2.0;
+    let m = fed.finish().await;
+    let restarted = restarted.unwrap();
+    let all = wait_for_async(Duration::from_secs(20), || {
+        let s = seqs(&got, "test/seq");
+        (s.len() == total).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| seqs(&got, "test/seq"));
+    let numbers: Vec<usize> = all.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (0..total).collect::<Vec<_>>(), "every status, in order (outage {outage_secs:.1} s)");
+    assert_eq!((m.received, m.sent, m.dropped, m.errors), (total as u64, total as u64, 0, 0));
+    // Publishing resumed within 2 s of the broker coming back.
+    let first_after = all.iter().find(|(_, at)| *at > restarted).map(|(_, at)| at.duration_since(restarted)).unwrap();
+    eprintln!(
+        "outage {outage_secs:.1} s; first message {:.0} ms after the broker came back",
+        first_after.as_secs_f64() * 1e3
+    );
+    assert!(first_after < Duration::from_secs(2), "resumed after {first_after:?}");
+
+    // Home Assistant: one retained sensor config per instance (two ports, seven sessions).
+    let configs: Vec<(String, Value)> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| t.starts_with("homeassistant/"))
+        .map(|(t, p, _)| (t.clone(), serde_json::from_str(p).unwrap()))
+        .collect();
+    let mut topics: Vec<&str> = configs.iter().map(|(t, _)| t.as_str()).collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(
+        topics,
+        [
+            "homeassistant/sensor/opencode-monitor/opencode-monitor_4096/config",
+            "homeassistant/sensor/opencode-monitor/opencode-monitor_4097/config"
+        ]
+    );
+    let c = &configs[0].1;
+    assert_eq!(c["state_topic"], "opencode/instance/4096");
+    assert_eq!(c["device"]["identifiers"], serde_json::json!(["opencode-monitor"]));
+    assert_eq!(c["availability_topic"], "opencode/monitor/availability");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_drops_the_newest_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
+    let got = subscriber(broker.port, "test/seq");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fed = start_sink(
+        dir.path(),
+        &format!(
+            "broker = \"{}\"\ntopic = \"test/seq\"\npayload = '.title'\nbacklog = {{ max_events = 50 }}\n",
+            broker.url()
+        ),
+    );
+    fed.tx.send(status(4096, 0)).await.unwrap();
+    wait_for_async(Duration::from_secs(5), || (seqs(&got, "test/seq").len() == 1).then_some(())).await.unwrap();
+    broker.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in 1..=500 {
+        fed.tx.send(status(4096, seq)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.restart();
+    let delivered = wait_for_async(Duration::from_secs(10), || {
+        let s = seqs(&got, "test/seq");
+        (s.len() >= 51).then_some(s)
+    })
+    .await
+    .expect("the backlog is delivered after the restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = fed.finish().await;
+    let numbers: Vec<usize> = seqs(&got, "test/seq").iter().map(|(n, _)| *n).collect();
+    // The oldest statuses (up to the backlog's room) arrive in order; the rest were dropped.
+    assert_eq!(numbers, (0..numbers.len()).collect::<Vec<_>>());
+    assert!(numbers.len() <= 52, "bounded: {} delivered", numbers.len());
+    assert_eq!(m.dropped + numbers.len() as u64, 501, "{m:?}, delivered {}", numbers.len());
+    assert!(delivered.len() >= 51);
+}
+
+async fn wait_for_async<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
