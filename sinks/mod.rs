@@ -1,5 +1,6 @@
 //! Sinks: one module each, self-registered with `register_component!`.
 
+pub mod ble;
 pub mod jsonl;
 pub mod mqtt;
 pub mod push_targets;

@@ -1,12 +1,15 @@
-//! The `mqtt` sink against a real broker (Debian `mosquitto`, started by the test):
-//! - a real `opencode serve` bash prompt: its statuses reach `mosquitto_sub` in order, and the
-//!   permission it asks for is answered by publishing `once` on the command topic;
+//! The `mqtt` sink against a real broker (Debian `mosquitto`, started by the test), and the `ble`
+//! sink against BlueZ simulated by python3-dbusmock:
+//! - a real `opencode serve` bash prompt: its statuses reach `mosquitto_sub` in order, the
+//!   permission it asks for is answered by publishing `once` on the command topic, and the
+//!   simulated light receives each status's mode;
 //! - the broker is stopped for 30 s and started again: nothing within the backlog is lost, the
 //!   backlog comes out in order, publishing resumes within 2 s; a small backlog drops (and
 //!   counts) the overflow instead of growing;
 //! - Home Assistant discovery announces one sensor per instance, not one per session.
 //!
-//! Needs mosquitto and mosquitto_sub (and npm, python3 for OpenCode): skipped loudly when
+//! Needs mosquitto and mosquitto_sub, dbus-daemon and python3-dbusmock (and npm, python3 for
+//! OpenCode): skipped loudly when
 //! missing, a failure under CI=true.
 
 mod common;
@@ -17,14 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ocpipe::component::Input;
-use ocpipe::event::{Event, Payload, StatusInfo};
-use ocpipe::metrics::MetricsSnapshot;
-use ocpipe::registry::{AnyConfig, Kind};
-use ocpipe::testing;
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 /// `mosquitto_sub -v` on `topic`, lines collected in the background.
 fn mosquitto_sub(port: u16, topic: &str) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
@@ -65,6 +62,7 @@ fn a_real_bash_prompt_reaches_mosquitto_sub_in_order_and_is_answered_over_mqtt()
       {"reasoning": "Done thinking.", "text": "It printed hi.", "usage": {"prompt": 3100, "completion": 9}}
     ]"#;
     let Some(oc) = OpenCode::start(script) else { return };
+    let Some(light) = BleLight::start(broker_dir.path()) else { return };
     oc.ask_before_bash();
     let port = free_port();
     let server = oc.serve(port);
@@ -77,6 +75,8 @@ fn a_real_bash_prompt_reaches_mosquitto_sub_in_order_and_is_answered_over_mqtt()
             ("OCPIPE_DATA_DIR", oc.dir.path().join("ocpipe-state").display().to_string()),
             ("OCPIPE_MQTT_BROKER", broker.url()),
             ("OCPIPE_MQTT_COMMAND_TOPIC", "opencode/permission/reply".into()),
+            ("OCPIPE_BLE_DEVICE", "AI-Light".into()),
+            ("DBUS_SYSTEM_BUS_ADDRESS", light.bus.clone()),
         ],
     );
     wait_for("ocpipe online at the broker", Duration::from_secs(30), || {
@@ -141,52 +141,23 @@ fn a_real_bash_prompt_reaches_mosquitto_sub_in_order_and_is_answered_over_mqtt()
     // OpenCode ran the command: the permission really was granted.
     assert_eq!(http("GET", &format!("{}/permission", server.url), None).unwrap(), serde_json::json!([]));
 
+    // The light showed each status's mode (the seed's table), repeats not written twice.
+    wait_for("the light to show idle", Duration::from_secs(10), || {
+        light.modes().last().is_some_and(|m| m == "idle").then_some(())
+    });
+    assert_eq!(
+        light.modes(),
+        ["busy", "ai", "alarm", "success", "busy", "thinking", "busy", "success", "idle"],
+        "{}",
+        ocpipe.log()
+    );
+
     ocpipe.stop();
     wait_for("offline after shutdown", Duration::from_secs(10), || {
         lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability offline").then_some(())
     });
     let _ = sub.kill();
     let _ = sub.wait();
-}
-
-fn status(port: u16, seq: usize) -> Event {
-    let s = StatusInfo {
-        port,
-        instance: format!("http://127.0.0.1:{port}"),
-        session_id: Some(format!("ses_{}", seq % 7)),
-        title: Some(seq.to_string()),
-        code: if seq % 2 == 0 { "busy" } else { "idle" }.into(),
-        status: "工作中".into(),
-        label: "busy".into(),
-        mode: "busy".into(),
-        timestamp: chrono::Utc::now().to_rfc3339(),
-        ..Default::default()
-    };
-    Event::new("test".into(), chrono::Utc::now(), Payload::Status(Box::new(s)))
-}
-
-/// The sink under test, fed through a channel.
-struct Fed {
-    tx: mpsc::Sender<Event>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    metrics: Arc<ocpipe::metrics::ComponentMetrics>,
-}
-
-fn start_sink(dir: &std::path::Path, body: &str) -> Fed {
-    let AnyConfig::Sink(cfg) = testing::parse(Kind::Sink, "mqtt", body).unwrap() else { unreachable!() };
-    let cx = testing::context("mqtt", dir);
-    let sink = cfg.build(&cx).unwrap();
-    let (tx, rx) = mpsc::channel(100_000);
-    let task = tokio::spawn(sink.run(Input::new(rx, cx.metrics.clone())));
-    Fed { tx, task, metrics: cx.metrics.clone() }
-}
-
-impl Fed {
-    async fn finish(self) -> MetricsSnapshot {
-        drop(self.tx);
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
-        self.metrics.snapshot()
-    }
 }
 
 /// A subscriber with a persistent session that reconnects by itself: what the broker queued for
@@ -237,6 +208,7 @@ async fn a_30_second_broker_outage_loses_nothing_within_the_backlog() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fed = start_sink(
         dir.path(),
+        "mqtt",
         &format!(
             "broker = \"{}\"\ntopic = \"test/seq\"\npayload = '.title'\nhome_assistant = {{}}\nreconnect_max_ms = 1000\n",
             broker.url()
@@ -309,6 +281,7 @@ async fn a_full_backlog_drops_the_newest_and_counts_them() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fed = start_sink(
         dir.path(),
+        "mqtt",
         &format!(
             "broker = \"{}\"\ntopic = \"test/seq\"\npayload = '.title'\nbacklog = {{ max_events = 50 }}\n",
             broker.url()
@@ -337,17 +310,4 @@ async fn a_full_backlog_drops_the_newest_and_counts_them() {
     assert!(numbers.len() <= 52, "bounded: {} delivered", numbers.len());
     assert_eq!(m.dropped + numbers.len() as u64, 501, "{m:?}, delivered {}", numbers.len());
     assert!(delivered.len() >= 51);
-}
-
-async fn wait_for_async<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

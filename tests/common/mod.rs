@@ -7,7 +7,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ocpipe::component::Input;
+use ocpipe::event::{Event, Payload, StatusInfo};
+use ocpipe::metrics::MetricsSnapshot;
+use ocpipe::registry::{AnyConfig, Kind};
+use ocpipe::testing;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ocpipe")
@@ -495,5 +501,155 @@ impl Drop for Mosquitto {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+// ---- a sink run in-process, fed by the test ----
+
+/// A status event: `title` carries `seq`; odd and even alternate idle and busy.
+pub fn status(port: u16, seq: usize) -> Event {
+    let s = StatusInfo {
+        port,
+        instance: format!("http://127.0.0.1:{port}"),
+        session_id: Some(format!("ses_{}", seq % 7)),
+        title: Some(seq.to_string()),
+        code: if seq % 2 == 0 { "busy" } else { "idle" }.into(),
+        status: "工作中".into(),
+        label: "busy".into(),
+        mode: "busy".into(),
+        timestamp: chrono::Utc::now().to_rfc3339(),
+        ..Default::default()
+    };
+    Event::new("test".into(), chrono::Utc::now(), Payload::Status(Box::new(s)))
+}
+
+/// A sink under test, fed through a channel.
+pub struct Fed {
+    pub tx: mpsc::Sender<Event>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    metrics: Arc<ocpipe::metrics::ComponentMetrics>,
+}
+
+pub fn start_sink(dir: &std::path::Path, type_name: &str, body: &str) -> Fed {
+    let AnyConfig::Sink(cfg) = testing::parse(Kind::Sink, type_name, body).unwrap() else { unreachable!() };
+    let cx = testing::context(type_name, dir);
+    let sink = cfg.build(&cx).unwrap();
+    let (tx, rx) = mpsc::channel(100_000);
+    let task = tokio::spawn(sink.run(Input::new(rx, cx.metrics.clone())));
+    Fed { tx, task, metrics: cx.metrics.clone() }
+}
+
+impl Fed {
+    pub async fn finish(self) -> MetricsSnapshot {
+        drop(self.tx);
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+        self.metrics.snapshot()
+    }
+}
+
+pub async fn wait_for_async<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- a simulated BLE light (BlueZ mocked by python3-dbusmock on a private bus) ----
+
+/// Like [`require`], for a condition other than a program on PATH.
+pub fn require_that(what: &str, ok: bool) -> Option<()> {
+    if !ok {
+        let msg = format!("{what} is not installed; this test needs it");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: a missing program is a failure)");
+        }
+        eprintln!("\n*** SKIPPED: {msg} ***\n");
+        return None;
+    }
+    Some(())
+}
+
+/// `fixtures/tools/ble_light.py`: a light named `AI-Light` with the seed's service and
+/// characteristic; every write is recorded.
+pub struct BleLight {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    pub bus: String,
+    writes: PathBuf,
+}
+
+impl BleLight {
+    pub fn start(dir: &Path) -> Option<BleLight> {
+        require("dbus-daemon")?;
+        let has_dbusmock = Command::new("/usr/bin/python3")
+            .args(["-c", "import dbusmock, dbus"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        require_that("python3-dbusmock (for /usr/bin/python3)", has_dbusmock)?;
+        let writes = dir.join("ble-writes.txt");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(root().join("fixtures/tools/ble_light.py"))
+            .arg("--writes")
+            .arg(&writes)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let bus = line.trim().strip_prefix("bus ").unwrap_or_else(|| panic!("ble_light.py said {line:?}")).to_string();
+        let mut light = BleLight { child, stdin, stdout, bus, writes };
+        light.expect("ready");
+        Some(light)
+    }
+
+    fn expect(&mut self, word: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), word, "ble_light.py");
+    }
+
+    fn command(&mut self, cmd: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        self.expect("ok");
+    }
+
+    /// The device goes out of range (removed from the adapter).
+    pub fn vanish(&mut self) {
+        self.command("vanish");
+    }
+
+    /// The device is back.
+    pub fn come_back(&mut self) {
+        self.command("return");
+    }
+
+    /// Everything written to the characteristic so far.
+    pub fn writes(&self) -> Vec<Vec<u8>> {
+        std::fs::read_to_string(&self.writes).unwrap_or_default().lines().map(|l| hex::decode(l).unwrap()).collect()
+    }
+
+    /// The writes as text (the default `text` format).
+    pub fn modes(&self) -> Vec<String> {
+        self.writes().into_iter().map(|w| String::from_utf8(w).unwrap()).collect()
+    }
+}
+
+impl Drop for BleLight {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
