@@ -43,6 +43,8 @@ async fn until(limit: Duration, f: impl FnMut() -> Option<()>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The light is shared by this binary's tests; holding it is what keeps them apart.
+#[allow(clippy::await_holding_lock)]
 async fn the_light_gets_the_mapped_modes_and_is_found_again_after_vanishing() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("ocpipe=info").try_init();
     let dir = tempfile::tempdir().unwrap();

@@ -160,9 +160,12 @@ fn a_real_bash_prompt_reaches_mosquitto_sub_in_order_and_is_answered_over_mqtt()
     let _ = sub.wait();
 }
 
+/// What a subscriber received: (topic, payload, when).
+type Received = Arc<Mutex<Vec<(String, String, Instant)>>>;
+
 /// A subscriber with a persistent session that reconnects by itself: what the broker queued for
 /// it while it was away arrives once it is back. Records (topic, payload, when).
-fn subscriber(port: u16, topic: &str) -> Arc<Mutex<Vec<(String, String, Instant)>>> {
+fn subscriber(port: u16, topic: &str) -> Received {
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
     let mut opts = MqttOptions::new("test-subscriber", "127.0.0.1", port);
@@ -189,7 +192,7 @@ fn subscriber(port: u16, topic: &str) -> Arc<Mutex<Vec<(String, String, Instant)
 }
 
 /// The sequence numbers received on `topic`, repeats (QoS 1 redeliveries) folded.
-fn seqs(got: &Arc<Mutex<Vec<(String, String, Instant)>>>, topic: &str) -> Vec<(usize, Instant)> {
+fn seqs(got: &Received, topic: &str) -> Vec<(usize, Instant)> {
     let mut seen = std::collections::HashSet::new();
     got.lock()
         .unwrap()

@@ -513,7 +513,7 @@ pub fn status(port: u16, seq: usize) -> Event {
         instance: format!("http://127.0.0.1:{port}"),
         session_id: Some(format!("ses_{}", seq % 7)),
         title: Some(seq.to_string()),
-        code: if seq % 2 == 0 { "busy" } else { "idle" }.into(),
+        code: if seq.is_multiple_of(2) { "busy" } else { "idle" }.into(),
         status: "工作中".into(),
         label: "busy".into(),
         mode: "busy".into(),
