@@ -593,8 +593,13 @@ fn discovery(cfg: &MqttConfig, b: &Broker, state: &TopicTemplate, ev: &Event, s:
 }
 
 /// Says goodbye to a broker: `offline`, then a clean disconnect once the backlog is out. A broker
-/// that is away gets no wait; what it still holds is counted as dropped.
+/// that is not connected gets two seconds to connect; then what it still holds is counted as
+/// dropped.
 async fn close(b: Broker, cfg: &MqttConfig, cx: &Context) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !b.connected.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if b.connected.load(Ordering::Acquire) {
         if !cfg.availability_topic.is_empty() {
             let _ = b.client.publish(&cfg.availability_topic, QoS::AtLeastOnce, true, "offline").await;
@@ -630,7 +635,8 @@ struct Driver {
 }
 
 impl Driver {
-    /// Returns how many messages were still waiting when it stopped.
+    /// Returns how many messages were still waiting when it was stopped (0 after a clean
+    /// disconnect).
     async fn run(self, mut el: EventLoop, stop: CancellationToken) -> usize {
         let first = Duration::from_millis(100);
         let mut backoff = first;
@@ -674,7 +680,10 @@ impl Driver {
                         let _ = tx.try_send(p.payload.to_vec());
                     }
                 }
-                Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.connected.store(false, Ordering::Release);
+                    return 0;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.connected.store(false, Ordering::Release);
@@ -685,7 +694,7 @@ impl Driver {
                         tracing::warn!(
                             component = &*self.cx.id,
                             broker = %self.label,
-                            "broker unreachable: {e}; retrying every {} ms at most, {} messages waiting",
+                            "no connection to the broker: {e}; retrying every {} ms at most, {} messages waiting",
                             self.reconnect_max.as_millis(),
                             saved.len()
                         );
@@ -699,7 +708,10 @@ impl Driver {
                 }
             }
         }
+        // Stopped without a clean disconnect: count what never reached the broker (or was not
+        // acknowledged by it), including what still waits in the client's channel.
         self.connected.store(false, Ordering::Release);
+        el.clean();
         saved.len() + el.pending.iter().filter(|r| matches!(r, Request::Publish(_))).count()
     }
 }

@@ -314,3 +314,107 @@ async fn a_full_backlog_drops_the_newest_and_counts_them() {
     assert_eq!(m.dropped + numbers.len() as u64, 501, "{m:?}, delivered {}", numbers.len());
     assert!(delivered.len() >= 51);
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn certificates(dir: &std::path::Path) -> Option<()> {
+    require("openssl")?;
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 \
+  -subj "/CN=ocpipe test CA" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf
+"#;
+    let out = Command::new("bash").args(["-c", script]).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_password_and_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if certificates(d).is_none() {
+        return;
+    }
+    let Some(_) = require("mosquitto_passwd") else { return };
+    let out =
+        Command::new("mosquitto_passwd").args(["-b", "-c"]).arg(d.join("passwd")).args(["lamp", "s3cret"]).output();
+    assert!(out.unwrap().status.success());
+    let listener = format!(
+        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nallow_anonymous false\npassword_file {0}/passwd\n",
+        d.display()
+    );
+    let Some(broker) = Mosquitto::start_with(d, &listener) else { return };
+    let port = broker.port.to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "--cafile"])
+        .arg(d.join("ca.pem"))
+        .args(["-u", "lamp", "-P", "s3cret", "-q", "1", "-C", "2", "-t", "lamp/#", "-v"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let body = |password: &str| {
+        format!(
+            "broker = \"mqtts://127.0.0.1:{port}\"\nusername = \"lamp\"\npassword = \"{password}\"\n\
+             topic = \"lamp/{{port}}\"\navailability_topic = \"\"\ntls = {{ ca_file = \"{}\" }}\n",
+            d.join("ca.pem").display()
+        )
+    };
+    // A wrong password: refused, nothing published, the sink still ends cleanly.
+    let wrong = start_sink(d, "mqtt", &body("nope"));
+    wrong.tx.send(status(4096, 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = wrong.finish().await;
+    assert_eq!((m.received, m.dropped), (1, 1), "{m:?}");
+
+    let fed = start_sink(d, "mqtt", &body("s3cret"));
+    fed.tx.send(status(4096, 1)).await.unwrap();
+    fed.tx.send(status(4097, 2)).await.unwrap();
+    let m = fed.finish().await;
+    assert_eq!((m.sent, m.dropped, m.errors), (2, 0, 0), "{}", broker.log());
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output()).await.unwrap().unwrap();
+    let got: Vec<(String, Value)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (t, p) = l.split_once(' ').unwrap();
+            (t.to_string(), serde_json::from_str(p).unwrap())
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0.as_str(), got[0].1["code"].as_str()), ("lamp/4096", Some("idle")));
+    assert_eq!((got[1].0.as_str(), got[1].1["code"].as_str()), ("lamp/4097", Some("busy")));
+}
+
+#[test]
+fn brokers_added_through_the_status_api_are_published_to_and_dropped_when_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else { return };
+    let (mut sub, lines) = mosquitto_sub(broker.port, "opencode/#");
+    let http_port = free_port();
+    let api = format!("http://127.0.0.1:{http_port}");
+    // No broker configured: the mqtt sink only has what the page's API gives it.
+    let ocpipe = Running::start(
+        "pipelines/status-light.toml",
+        &[
+            ("OCPIPE_HTTP", format!("127.0.0.1:{http_port}")),
+            ("OCPIPE_DATA_DIR", dir.path().join("state").display().to_string()),
+        ],
+    );
+    wait_for("the API", Duration::from_secs(30), || http("GET", &format!("{api}/api/health"), None));
+    let created = http("POST", &format!("{api}/api/mqtt"), Some(serde_json::json!({"broker": broker.url()}))).unwrap();
+    let id = created["data"]["id"].as_u64().unwrap();
+    wait_for("ocpipe online at the broker it was given", Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability online").then_some(())
+    });
+    http("PUT", &format!("{api}/api/mqtt/{id}"), Some(serde_json::json!({"enabled": false}))).unwrap();
+    wait_for("offline once the target is disabled", Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability offline").then_some(())
+    });
+    assert!(ocpipe.log().contains("push target removed or changed"), "{}", ocpipe.log());
+    ocpipe.stop();
+    let _ = sub.kill();
+    let _ = sub.wait();
+}

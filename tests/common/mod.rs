@@ -445,14 +445,21 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// `None` (after a loud skip, or a panic under CI) when mosquitto is not installed.
     pub fn start(dir: &Path) -> Option<Mosquitto> {
+        Mosquitto::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// With more configuration for the listener (TLS files, a password file, …).
+    pub fn start_with(dir: &Path, listener_conf: &str) -> Option<Mosquitto> {
         require("mosquitto_sub")?;
         let bin = require("mosquitto")?;
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
+        // Started as root, mosquitto would switch to its own user and could not write its
+        // database into this private directory; `user root` keeps it (no effect otherwise).
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                "user root\nlog_dest stderr\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlistener {port} 127.0.0.1\n{listener_conf}",
                 dir.display()
             ),
         )
@@ -488,6 +495,11 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// What the broker logged (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.conf.with_extension("log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
