@@ -285,15 +285,7 @@ impl BleSink {
     }
 
     fn reload(&mut self) {
-        let Some(overlay) = &mut self.overlay else { return };
-        let targets = match overlay.changed() {
-            None => return,
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                self.cx.error(format_args!("push targets not applied: {e}"));
-                return;
-            }
-        };
+        let Some(targets) = self.overlay.as_mut().and_then(|o| o.poll(&self.cx)) else { return };
         let mut wanted = HashMap::new();
         for b in targets.ble.into_iter().filter(|b| b.enabled) {
             match (Uuid::parse_str(&b.service_uuid), Uuid::parse_str(&b.char_uuid)) {
@@ -303,16 +295,12 @@ impl BleSink {
                 _ => self.cx.error(format_args!("push target ble {}: service_uuid or char_uuid is not a UUID", b.id)),
             }
         }
-        let stale: Vec<u64> =
-            self.lights.iter().filter(|(k, l)| **k != 0 && wanted.get(k) != Some(&l.target)).map(|(k, _)| *k).collect();
-        for k in stale {
-            let light = self.lights.remove(&k).expect("listed above");
-            light.stop.cancel();
+        let (stop, start) = push_targets::plan(&self.lights, |l| &l.target, wanted);
+        for k in stop {
+            self.lights.remove(&k).expect("running").stop.cancel();
         }
-        for (k, t) in wanted {
-            if k != 0 && !self.lights.contains_key(&k) {
-                self.start(k, t);
-            }
+        for (k, t) in start {
+            self.start(k, t);
         }
     }
 

@@ -352,16 +352,8 @@ impl MqttSink {
 
     /// Applies the overlay file when it changed: connects new brokers, drops removed ones.
     fn reload(&mut self, cmd_tx: &mpsc::Sender<Vec<u8>>) {
-        let Some(overlay) = &mut self.overlay else { return };
-        let targets = match overlay.changed() {
-            None => return,
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                self.cx.error(format_args!("push targets not applied: {e}"));
-                return;
-            }
-        };
-        let wanted: HashMap<u64, Target> = targets
+        let Some(targets) = self.overlay.as_mut().and_then(|o| o.poll(&self.cx)) else { return };
+        let wanted = targets
             .mqtt
             .into_iter()
             .filter(|m| m.enabled)
@@ -373,27 +365,18 @@ impl MqttSink {
                     password: m.password,
                     topic: m.topic,
                 };
-                // Overlay ids start at 1; 0 is the configured broker.
                 (m.id, t)
             })
             .collect();
-        let stale: Vec<u64> = self
-            .brokers
-            .iter()
-            .filter(|(k, b)| **k != 0 && wanted.get(k) != Some(&b.target))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            let b = self.brokers.remove(&k).expect("listed above");
+        let (stop, start) = push_targets::plan(&self.brokers, |b| &b.target, wanted);
+        for k in stop {
+            let b = self.brokers.remove(&k).expect("running");
             tracing::info!(component = &*self.cx.id, broker = %b.target.broker, "push target removed or changed");
             let (cfg, cx) = (self.cfg.clone(), self.cx.clone());
             tokio::spawn(async move { close(b, &cfg, &cx).await });
         }
-        for (k, t) in wanted {
-            if k != 0
-                && !self.brokers.contains_key(&k)
-                && let Err(e) = self.connect(k, t, cmd_tx)
-            {
+        for (k, t) in start {
+            if let Err(e) = self.connect(k, t, cmd_tx) {
                 self.cx.error(format_args!("push target {k}: {e}"));
             }
         }

@@ -2,10 +2,13 @@
 //! API (`websocket` sink, `/api/mqtt` and `/api/ble`). The `mqtt` and `ble` sinks read it with
 //! `targets_from = "<websocket sink id>"` and pick up changes while running.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::component::Context;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mqtt {
@@ -76,5 +79,46 @@ impl Overlay {
         }
         self.seen = Some(mtime);
         Some(Targets::load(&self.path))
+    }
+}
+
+impl Overlay {
+    /// Like [`Overlay::changed`]; a file that does not parse is reported on `cx` and ignored.
+    pub fn poll(&mut self, cx: &Context) -> Option<Targets> {
+        match self.changed()? {
+            Ok(t) => Some(t),
+            Err(e) => {
+                cx.error(format_args!("push targets not applied: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// What to stop and what to start so that the running workers (by target id) match `wanted`.
+/// Id 0 is the target of the pipeline's own config and is left alone.
+pub fn plan<W, T: PartialEq>(
+    running: &HashMap<u64, W>,
+    target: impl Fn(&W) -> &T,
+    wanted: HashMap<u64, T>,
+) -> (Vec<u64>, Vec<(u64, T)>) {
+    let stop = running.iter().filter(|(k, w)| **k != 0 && wanted.get(k) != Some(target(w))).map(|(k, _)| *k).collect();
+    let start = wanted.into_iter().filter(|(k, t)| *k != 0 && running.get(k).is_none_or(|w| target(w) != t)).collect();
+    (stop, start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_starts_new_and_changed_targets_and_stops_the_rest() {
+        let running: HashMap<u64, &str> = [(0, "config"), (1, "a"), (2, "b"), (3, "c")].into();
+        let wanted: HashMap<u64, &str> = [(1, "a"), (2, "b2"), (4, "d")].into();
+        let (mut stop, mut start) = plan(&running, |w| w, wanted);
+        stop.sort();
+        start.sort();
+        assert_eq!(stop, [2, 3]);
+        assert_eq!(start, [(2, "b2"), (4, "d")]);
     }
 }
