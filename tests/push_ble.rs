@@ -49,17 +49,20 @@ async fn the_light_gets_the_mapped_modes_and_is_found_again_after_vanishing() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("ocpipe=info").try_init();
     let dir = tempfile::tempdir().unwrap();
     let Some(mut light) = light() else { return };
+    // The light is shared with this binary's other tests: count from here.
+    let base = light.writes().len();
+    let written = |light: &BleLight| light.writes()[base..].to_vec();
     let fed = start_sink(dir.path(), "ble", "device_name = \"AI-Light\"\nformat = \"byte\"\nretry_secs = 1\n");
 
     // Until the light is connected only the newest status counts; once it is, each is written.
     fed.tx.send(status("session_completed", "success")).await.unwrap();
-    until(Duration::from_secs(20), || (light.writes().len() == 1).then_some(())).await;
+    until(Duration::from_secs(20), || (written(&light).len() == 1).then_some(())).await;
     for (code, mode) in [("busy", "busy"), ("permission", "alarm"), ("idle", "idle")] {
         fed.tx.send(status(code, mode)).await.unwrap();
     }
-    until(Duration::from_secs(10), || (light.writes().len() >= 4).then_some(())).await;
+    until(Duration::from_secs(10), || (written(&light).len() >= 4).then_some(())).await;
     // The seed's table, in the documented byte format: success 0x04, busy 0x01, alarm 0x05, idle 0x00.
-    assert_eq!(light.writes(), [vec![4], vec![1], vec![5], vec![0]]);
+    assert_eq!(written(&light), [vec![4], vec![1], vec![5], vec![0]]);
 
     // The light goes out of range; statuses go on; it comes back and shows the newest.
     light.vanish();
@@ -68,13 +71,13 @@ async fn the_light_gets_the_mapped_modes_and_is_found_again_after_vanishing() {
     fed.tx.send(status("reasoning", "thinking")).await.unwrap();
     let back = Instant::now();
     light.come_back();
-    until(Duration::from_secs(20), || (light.writes().len() >= 5).then_some(())).await;
-    assert_eq!(light.writes()[4], [2], "the newest mode (thinking) after the light came back");
+    until(Duration::from_secs(20), || (written(&light).len() >= 5).then_some(())).await;
+    assert_eq!(written(&light)[4], [2], "the newest mode (thinking) after the light came back");
     eprintln!("light found again and written {:.1} s after it came back", back.elapsed().as_secs_f64());
     fed.tx.send(status("completed", "success")).await.unwrap();
-    until(Duration::from_secs(10), || (light.writes().len() >= 6).then_some(())).await;
-    assert_eq!(light.writes()[5], [4]);
-    assert_eq!(light.writes().len(), 6, "`ai` was superseded while the light was away");
+    until(Duration::from_secs(10), || (written(&light).len() >= 6).then_some(())).await;
+    assert_eq!(written(&light)[5], [4]);
+    assert_eq!(written(&light).len(), 6, "`ai` was superseded while the light was away");
 
     let m = fed.finish().await;
     assert_eq!((m.received, m.sent, m.errors), (7, 7, 0));
@@ -95,4 +98,28 @@ async fn a_missing_adapter_or_light_holds_nothing_up() {
     let m = fed.finish().await;
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     assert_eq!((m.received, m.errors), (2000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn lights_added_through_the_status_api_are_driven() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(light) = light() else { return };
+    // No light in the config: only what the page's API wrote to its push-targets file.
+    let fed = start_sink(dir.path(), "ble", "device_name = \"\"\ntargets_from = \"page\"\nretry_secs = 1\n");
+    let overlay = dir.path().join("data/page");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let before = light.writes().len();
+    std::fs::write(
+        overlay.join("push-targets.toml"),
+        "[[ble]]\nid = 1\ndevice_name = \"AI-Light\"\nservice_uuid = \"b8b7e001-7a6b-4f4f-9a8b-11c0ffee0001\"\n\
+         char_uuid = \"b8b7e002-7a6b-4f4f-9a8b-11c0ffee0001\"\nenabled = true\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fed.tx.send(status("error", "error")).await.unwrap();
+    until(Duration::from_secs(20), || (light.writes().len() > before).then_some(())).await;
+    assert_eq!(light.writes().last().map(Vec::as_slice), Some(&b"error"[..]));
+    let m = fed.finish().await;
+    assert_eq!((m.received, m.sent, m.errors), (1, 1, 0));
 }
