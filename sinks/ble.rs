@@ -363,10 +363,12 @@ impl Driver {
     async fn run(self) {
         let label = self.target.label();
         let mut warned: Option<String> = None;
+        // One D-Bus connection for the driver's life (each one lives on in a background task).
+        let mut manager: Option<Manager> = None;
         while !self.stop.is_cancelled() {
             let attempt = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                r = self.connect() => r,
+                r = self.connect(&mut manager) => r,
             };
             match attempt {
                 Ok((peripheral, ch)) => {
@@ -401,9 +403,18 @@ impl Driver {
         }
     }
 
-    async fn adapter(&self) -> anyhow::Result<Adapter> {
-        let manager = within("Bluetooth (BlueZ on the system D-Bus) is not available", Manager::new()).await?;
-        let adapters = within("listing Bluetooth adapters", manager.adapters()).await?;
+    async fn adapter(&self, manager: &mut Option<Manager>) -> anyhow::Result<Adapter> {
+        if manager.is_none() {
+            *manager = Some(within("Bluetooth (BlueZ on the system D-Bus) is not available", Manager::new()).await?);
+        }
+        let adapters = match within("listing Bluetooth adapters", manager.as_ref().expect("set").adapters()).await {
+            Ok(a) => a,
+            Err(e) => {
+                // BlueZ may have restarted: connect afresh next time.
+                *manager = None;
+                return Err(e);
+            }
+        };
         for a in adapters {
             let info = within("reading the adapter", a.adapter_info()).await.unwrap_or_default();
             if self.adapter.as_deref().is_none_or(|want| info.split_whitespace().next() == Some(want)) {
@@ -440,8 +451,8 @@ impl Driver {
         found.ok_or_else(|| anyhow::anyhow!("light not found (scanned {} s)", self.retry.as_secs()))
     }
 
-    async fn connect(&self) -> anyhow::Result<(Peripheral, Characteristic)> {
-        let adapter = self.adapter().await?;
+    async fn connect(&self, manager: &mut Option<Manager>) -> anyhow::Result<(Peripheral, Characteristic)> {
+        let adapter = self.adapter(manager).await?;
         let p = self.find(&adapter).await?;
         if !within("checking the connection", p.is_connected()).await? {
             within("connecting", p.connect()).await?;
