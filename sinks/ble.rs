@@ -1,30 +1,5 @@
 //! `ble`: shows each status on a Bluetooth LE status light (btleplug; BlueZ on Linux).
-//!
-//! The light is found by its advertised name (`device_name`, default `AI-Light`) or its
-//! `address`, connected, and each status's light mode is written to the characteristic
-//! `char_uuid` of service `service_uuid`. The mode comes from the seed's table (the `status`
-//! transform puts it on every status; `modes` overrides it per status code):
-//!
-//! | status code | mode | `format = "byte"` |
-//! |---|---|---|
-//! | idle | `idle` | `0x00` |
-//! | busy | `busy` | `0x01` |
-//! | retry, pending, reasoning | `thinking` | `0x02` |
-//! | using_tool, running | `ai` | `0x03` |
-//! | completed, session_completed | `success` | `0x04` |
-//! | permission | `alarm` | `0x05` |
-//! | error | `error` | `0x06` |
-//!
-//! **Byte format.** `format = "text"` (default) writes the mode's name in ASCII, nothing else
-//! (`busy` is `62 75 73 79`); `format = "byte"` writes the one byte of the table. A repeat of the
-//! mode just written is not written again. Writes use write-with-response when the
-//! characteristic allows it.
-//!
-//! Each light has its own task: scanning, connecting and writing never hold up the pipeline.
-//! While a light is away its modes wait in a short queue (the oldest go first when it is full);
-//! on reconnect only the newest is written, so the light shows the current state. A missing
-//! adapter or light is one warning (repeated only when the reason changes), retried every
-//! `retry_secs`.
+//! The reference (behaviour, byte format, options) is the doc comment of the config below.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,6 +23,31 @@ use crate::sinks::push_targets::{self, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, 
 /// The light modes, in the order of their byte values.
 pub const MODES: [&str; 7] = ["idle", "busy", "thinking", "ai", "success", "alarm", "error"];
 
+/// The light is found by its advertised name (`device_name`, default `AI-Light`) or its
+/// `address`, connected, and each status's light mode is written to the characteristic
+/// `char_uuid` of service `service_uuid`. The mode comes from the seed's table (the `status`
+/// transform puts it on every status; `modes` overrides it per status code):
+///
+/// | status code | mode | `format = "byte"` |
+/// |---|---|---|
+/// | idle | `idle` | `0x00` |
+/// | busy | `busy` | `0x01` |
+/// | retry, pending, reasoning | `thinking` | `0x02` |
+/// | using_tool, running | `ai` | `0x03` |
+/// | completed, session_completed | `success` | `0x04` |
+/// | permission | `alarm` | `0x05` |
+/// | error | `error` | `0x06` |
+///
+/// **Byte format.** `format = "text"` (default) writes the mode's name in ASCII, nothing else
+/// (`busy` is `62 75 73 79`); `format = "byte"` writes the one byte of the table. A repeat of the
+/// mode just written is not written again. Writes use write-with-response when the
+/// characteristic allows it.
+///
+/// Each light has its own task: scanning, connecting and writing never hold up the pipeline.
+/// While a light is away its modes wait in a short queue (the oldest go first when it is full);
+/// on reconnect only the newest is written, so the light shows the current state. A missing
+/// adapter or light is one warning (repeated only when the reason changes), retried every
+/// `retry_secs`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct BleConfig {
     /// The light's advertised name. Empty (and no `address`): only the lights of `targets_from`.
@@ -55,8 +55,10 @@ pub struct BleConfig {
     pub device_name: String,
     /// Find the light by address (`AA:BB:CC:DD:EE:FF`) instead of by name.
     pub address: Option<String>,
+    /// The light's GATT service.
     #[serde(default = "default_service")]
     pub service_uuid: String,
+    /// The characteristic the mode is written to.
     #[serde(default = "default_char")]
     pub char_uuid: String,
     /// `text` (the mode's name in ASCII) or `byte` (one byte, see the table).

@@ -1,21 +1,5 @@
 //! `mqtt`: publishes each status (or any event) to MQTT brokers (rumqttc).
-//!
-//! One connection per broker: the one in the config and, with `targets_from`, each enabled
-//! `[[mqtt]]` entry of the status API's `push-targets.toml` (re-read when it changes). Each
-//! connection has its own bounded backlog, so a broker that is away never holds up another or
-//! the rest of the pipeline:
-//!
-//! - while a broker is unreachable its statuses wait (up to `backlog.max_events`; beyond that
-//!   `when_full` decides: `drop_newest` counts and drops, `block` holds this sink's input);
-//! - it is retried with backoff (doubling up to `reconnect_max_ms`), and on reconnect the
-//!   backlog goes out first, oldest first (messages the broker had not acknowledged included);
-//! - the broker learns the monitor is gone through a retained last-will `offline` on
-//!   `availability_topic` (`online` is published on each connect).
-//!
-//! Optional: Home Assistant MQTT discovery (one device, one sensor per OpenCode instance), and
-//! answering permission requests from a command topic (`once`, `always` or `reject`, as text or
-//! `{"reply": "once", "permissionID"?, "sessionID"?, "port"?}`), which becomes
-//! `POST /permission/{id}/reply` on the instance that asked.
+//! The reference (behaviour, options) is the doc comment of the config below.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -39,6 +23,22 @@ use crate::jq::{self, Jq};
 use crate::sinks::push_targets::{self, Overlay};
 use crate::template::TopicTemplate;
 
+/// One connection per broker: the one in the config and, with `targets_from`, each enabled
+/// `[[mqtt]]` entry of the status API's `push-targets.toml` (re-read when it changes). Each
+/// connection has its own bounded backlog, so a broker that is away never holds up another or
+/// the rest of the pipeline:
+///
+/// - while a broker is unreachable its statuses wait (up to `backlog.max_events`; beyond that
+///   `when_full` decides: `drop_newest` counts and drops, `block` holds this sink's input);
+/// - it is retried with backoff (doubling up to `reconnect_max_ms`), and on reconnect the
+///   backlog goes out first, oldest first (messages the broker had not acknowledged included);
+/// - the broker learns the monitor is gone through a retained last-will `offline` on
+///   `availability_topic` (`online` is published on each connect).
+///
+/// Optional: Home Assistant MQTT discovery (one device, one sensor per OpenCode instance), and
+/// answering permission requests from a command topic (`once`, `always` or `reject`, as text or
+/// `{"reply": "once", "permissionID"?, "sessionID"?, "port"?}`), which becomes
+/// `POST /permission/{id}/reply` on the instance that asked.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct MqttConfig {
     /// `tcp://host:port`, `mqtt://host:port` or `mqtts://host:port` (TLS). Empty: only the
