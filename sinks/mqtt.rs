@@ -39,12 +39,17 @@ use crate::template::TopicTemplate;
 /// answering permission requests from a command topic (`once`, `always` or `reject`, as text or
 /// `{"reply": "once", "permissionID"?, "sessionID"?, "port"?}`), which becomes
 /// `POST /permission/{id}/reply` on the instance that asked.
+///
+/// Counters: `sent` counts statuses taken into at least one broker's backlog; `dropped` those
+/// no broker could take (backlog full, no broker configured, still undelivered at shutdown);
+/// `errors` payload expressions that failed and unanswerable permission commands.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct MqttConfig {
     /// `tcp://host:port`, `mqtt://host:port` or `mqtts://host:port` (TLS). Empty: only the
     /// brokers listed in `targets_from`.
     #[serde(default)]
     pub broker: String,
+    /// The MQTT client id (also names the Home Assistant device).
     #[serde(default = "default_client_id")]
     pub client_id: String,
     /// Empty: none.
