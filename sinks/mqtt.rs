@@ -168,24 +168,6 @@ crate::register_component!(
     EXAMPLE
 );
 
-/// Checks `tcp://`, `mqtt://` or `mqtts://host:port` and returns (tls, host, port).
-pub fn parse_broker(b: &str) -> Result<(bool, String, u16), String> {
-    let (tls, rest) = if let Some(r) = b.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = b.strip_prefix("tcp://").or_else(|| b.strip_prefix("mqtt://")) {
-        (false, r)
-    } else {
-        return Err(format!("broker `{b}` must be tcp://, mqtt:// or mqtts://host:port"));
-    };
-    match rest.trim_end_matches('/').rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
-            Ok(port) => Ok((tls, h.trim_matches(['[', ']']).to_string(), port)),
-            Err(_) => Err(format!("broker `{b}`: `{p}` is not a port")),
-        },
-        _ => Err(format!("broker `{b}` must be tcp://, mqtt:// or mqtts://host:port")),
-    }
-}
-
 fn qos(q: u8) -> QoS {
     match q {
         0 => QoS::AtMostOnce,
@@ -203,7 +185,7 @@ impl SinkConfig for MqttConfig {
                     .help("e.g. broker = \"tcp://127.0.0.1:1883\", or targets_from = \"<websocket sink id>\""),
             );
         } else if !self.broker.is_empty()
-            && let Err(e) = parse_broker(&self.broker)
+            && let Err(e) = push_targets::parse_broker(&self.broker)
         {
             errs.push(FieldError::new(FieldPath::key("broker"), e).help("e.g. \"tcp://127.0.0.1:1883\""));
         }
@@ -388,7 +370,7 @@ impl MqttSink {
     }
 
     fn connect(&mut self, key: u64, target: Target, cmd_tx: &mpsc::Sender<Vec<u8>>) -> anyhow::Result<()> {
-        let (tls, host, port) = parse_broker(&target.broker).map_err(|e| anyhow::anyhow!(e))?;
+        let (tls, host, port) = push_targets::parse_broker(&target.broker).map_err(|e| anyhow::anyhow!(e))?;
         let topic = TopicTemplate::parse(&target.topic).map_err(|e| anyhow::anyhow!(e.message))?;
         let mut opts = MqttOptions::new(target.client_id.clone(), host, port);
         opts.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs.max(5)));
@@ -709,15 +691,6 @@ mod tests {
     use super::*;
     use crate::registry::Kind;
     use crate::testing;
-
-    #[test]
-    fn brokers_need_a_scheme_host_and_port() {
-        assert_eq!(parse_broker("tcp://127.0.0.1:1883").unwrap(), (false, "127.0.0.1".into(), 1883));
-        assert_eq!(parse_broker("mqtts://broker.local:8883").unwrap(), (true, "broker.local".into(), 8883));
-        assert!(parse_broker("127.0.0.1:1883").is_err());
-        assert!(parse_broker("tcp://:1883").is_err());
-        assert!(parse_broker("tcp://h:x").unwrap_err().contains("not a port"));
-    }
 
     #[test]
     fn config_errors_name_the_option() {

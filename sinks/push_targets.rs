@@ -42,6 +42,24 @@ pub struct Targets {
     pub ble: Vec<Ble>,
 }
 
+/// Checks `tcp://`, `mqtt://` or `mqtts://host:port` and returns (tls, host, port).
+pub fn parse_broker(b: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = b.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = b.strip_prefix("tcp://").or_else(|| b.strip_prefix("mqtt://")) {
+        (false, r)
+    } else {
+        return Err(format!("broker `{b}` must be tcp://, mqtt:// or mqtts://host:port"));
+    };
+    match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+            Ok(port) => Ok((tls, h.trim_matches(['[', ']']).to_string(), port)),
+            Err(_) => Err(format!("broker `{b}`: `{p}` is not a port")),
+        },
+        _ => Err(format!("broker `{b}` must be tcp://, mqtt:// or mqtts://host:port")),
+    }
+}
+
 impl Targets {
     /// Reads the file; a missing file is an empty list.
     pub fn load(path: &Path) -> anyhow::Result<Targets> {
@@ -110,6 +128,15 @@ pub fn plan<W, T: PartialEq>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brokers_need_a_scheme_host_and_port() {
+        assert_eq!(parse_broker("tcp://127.0.0.1:1883").unwrap(), (false, "127.0.0.1".into(), 1883));
+        assert_eq!(parse_broker("mqtts://broker.local:8883").unwrap(), (true, "broker.local".into(), 8883));
+        assert!(parse_broker("127.0.0.1:1883").is_err());
+        assert!(parse_broker("tcp://:1883").is_err());
+        assert!(parse_broker("tcp://h:x").unwrap_err().contains("not a port"));
+    }
 
     #[test]
     fn plan_starts_new_and_changed_targets_and_stops_the_rest() {

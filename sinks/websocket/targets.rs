@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Shared, failure};
-use crate::sinks::push_targets::{Ble, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Mqtt, Targets};
+use crate::sinks::push_targets::{self, Ble, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Mqtt, Targets};
 
 pub struct Store {
     path: PathBuf,
@@ -56,18 +56,10 @@ pub struct BleInput {
     enabled: Option<bool>,
 }
 
-fn check_broker(b: &str) -> Result<(), String> {
-    let rest = ["tcp://", "mqtt://", "mqtts://"].iter().find_map(|p| b.strip_prefix(p));
-    match rest {
-        Some(hp) if hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => Ok(()),
-        _ => Err(format!("broker `{b}` must be tcp://, mqtt:// or mqtts://host:port")),
-    }
-}
-
 impl MqttInput {
     fn apply(self, id: u64, old: Option<&Mqtt>) -> Result<Mqtt, String> {
         let broker = self.broker.or(old.map(|o| o.broker.clone())).ok_or("broker is required")?;
-        check_broker(&broker)?;
+        push_targets::parse_broker(&broker)?;
         Ok(Mqtt {
             id,
             broker,
@@ -181,18 +173,4 @@ pub fn routes() -> Router<Arc<Shared>> {
     let mqtt: Router<Arc<Shared>> = crud!(mqtt, Mqtt, MqttInput);
     let ble: Router<Arc<Shared>> = crud!(ble, Ble, BleInput);
     mqtt.merge(ble)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn brokers_need_a_scheme_host_and_port() {
-        assert!(check_broker("tcp://127.0.0.1:1883").is_ok());
-        assert!(check_broker("mqtts://broker.local:8883").is_ok());
-        assert!(check_broker("127.0.0.1:1883").is_err());
-        assert!(check_broker("tcp://:1883").is_err());
-        assert!(check_broker("tcp://h:x").is_err());
-    }
 }
