@@ -6,7 +6,9 @@
 //! - the broker is stopped for 30 s and started again: nothing within the backlog is lost, the
 //!   backlog comes out in order, publishing resumes within 2 s; a small backlog drops (and
 //!   counts) the overflow instead of growing;
-//! - Home Assistant discovery announces one sensor per instance, not one per session.
+//! - Home Assistant discovery announces one sensor per instance, not one per session;
+//! - `mqtts` with a private CA and a password; the retained last will after `kill -9`; brokers
+//!   added and disabled through the status API.
 //!
 //! Needs mosquitto and mosquitto_sub, dbus-daemon and python3-dbusmock (and npm, python3 for
 //! OpenCode): skipped loudly when
@@ -415,6 +417,36 @@ fn brokers_added_through_the_status_api_are_published_to_and_dropped_when_disabl
     });
     assert!(ocpipe.log().contains("push target removed or changed"), "{}", ocpipe.log());
     ocpipe.stop();
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
+
+#[test]
+fn the_last_will_marks_the_monitor_offline_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else { return };
+    let (mut sub, lines) = mosquitto_sub(broker.port, "opencode/monitor/availability");
+    let ocpipe = Running::start(
+        "pipelines/status-light.toml",
+        &[
+            ("OCPIPE_HTTP", format!("127.0.0.1:{}", free_port())),
+            ("OCPIPE_DATA_DIR", dir.path().join("state").display().to_string()),
+            ("OCPIPE_MQTT_BROKER", broker.url()),
+        ],
+    );
+    wait_for("online", Duration::from_secs(30), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability online").then_some(())
+    });
+    drop(ocpipe); // SIGKILL: no goodbye, only the will the broker holds
+    wait_for("the will: offline", Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability offline").then_some(())
+    });
+    // Retained: a client that looks later still sees it.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "opencode/monitor/availability", "-C", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "offline");
     let _ = sub.kill();
     let _ = sub.wait();
 }
