@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::Payload;
-use crate::sinks::push_targets::{self, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Overlay};
+use crate::sinks::push_targets::{self, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Link, Overlay};
 
 /// The light modes, in the order of their byte values.
 pub const MODES: [&str; 7] = ["idle", "busy", "thinking", "ai", "success", "alarm", "error"];
@@ -317,6 +317,7 @@ impl BleSink {
             queue: queue.clone(),
             connected: connected.clone(),
             stop: stop.clone(),
+            link: self.overlay.as_ref().filter(|_| key != 0).map(|o| Link::new(o.path(), "ble", key)),
             cx: self.cx.clone(),
         };
         let task = tokio::spawn(driver.run());
@@ -344,6 +345,8 @@ struct Driver {
     queue: Arc<Queue>,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
+    /// For lights from the overlay: their state, shown by the status API.
+    link: Option<Link>,
     cx: Context,
 }
 
@@ -362,6 +365,13 @@ async fn within<T, E: std::fmt::Display>(
 }
 
 impl Driver {
+    fn state(&self, connected: bool, detail: &str) {
+        self.connected.store(connected, Ordering::Release);
+        if let Some(l) = &self.link {
+            l.set(connected, detail);
+        }
+    }
+
     async fn run(self) {
         let label = self.target.label();
         let mut warned: Option<String> = None;
@@ -376,9 +386,9 @@ impl Driver {
                 Ok((peripheral, ch)) => {
                     tracing::info!(component = &*self.cx.id, light = %label, "connected to the light");
                     warned = None;
-                    self.connected.store(true, Ordering::Release);
+                    self.state(true, "connected");
                     let outcome = self.serve(&peripheral, &ch).await;
-                    self.connected.store(false, Ordering::Release);
+                    self.state(false, "connection lost");
                     let _ = tokio::time::timeout(Duration::from_secs(2), peripheral.disconnect()).await;
                     match outcome {
                         Ok(()) => break,
@@ -387,6 +397,7 @@ impl Driver {
                 }
                 Err(e) => {
                     let msg = e.to_string();
+                    self.state(false, &msg);
                     if warned.as_ref() != Some(&msg) {
                         tracing::warn!(
                             component = &*self.cx.id,
@@ -402,6 +413,9 @@ impl Driver {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(self.retry) => {}
             }
+        }
+        if let Some(l) = &self.link {
+            l.forget();
         }
     }
 

@@ -20,7 +20,7 @@ use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath, WhenFull};
 use crate::event::{Event, Payload, StatusInfo};
 use crate::jq::{self, Jq};
-use crate::sinks::push_targets::{self, Overlay};
+use crate::sinks::push_targets::{self, Link, Overlay};
 use crate::template::TopicTemplate;
 
 /// One connection per broker: the one in the config and, with `targets_from`, each enabled
@@ -398,6 +398,7 @@ impl MqttSink {
             availability: Some(self.cfg.availability_topic.clone()).filter(|t| !t.is_empty()),
             command: self.cfg.command_topic.clone().filter(|t| !t.is_empty()).map(|t| (t, cmd_tx.clone())),
             reconnect_max: Duration::from_millis(self.cfg.reconnect_max_ms.max(100)),
+            link: self.overlay.as_ref().filter(|_| key != 0).map(|o| Link::new(o.path(), "mqtt", key)),
             cx: self.cx.clone(),
         };
         let task = tokio::spawn(driver.run(eventloop, stop.clone()));
@@ -601,10 +602,19 @@ struct Driver {
     availability: Option<String>,
     command: Option<(String, mpsc::Sender<Vec<u8>>)>,
     reconnect_max: Duration,
+    /// For brokers from the overlay: their state, shown by the status API.
+    link: Option<Link>,
     cx: Context,
 }
 
 impl Driver {
+    fn state(&self, connected: bool, detail: &dyn std::fmt::Display) {
+        self.connected.store(connected, Ordering::Release);
+        if let Some(l) = &self.link {
+            l.set(connected, detail.to_string());
+        }
+    }
+
     /// Returns how many messages were still waiting when it was stopped (0 after a clean
     /// disconnect).
     async fn run(self, mut el: EventLoop, stop: CancellationToken) -> usize {
@@ -627,7 +637,7 @@ impl Driver {
                         el.pending = std::mem::take(&mut saved);
                         tracing::info!(component = &*self.cx.id, broker = %self.label, "{waiting} waiting messages go out first");
                     }
-                    self.connected.store(true, Ordering::Release);
+                    self.state(true, &"connected");
                     let after = down_since.take().map(|t| t.elapsed()).unwrap_or_default();
                     if warned {
                         tracing::warn!(component = &*self.cx.id, broker = %self.label, "reconnected after {:.1} s", after.as_secs_f64());
@@ -651,12 +661,15 @@ impl Driver {
                     }
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.connected.store(false, Ordering::Release);
+                    self.state(false, &"disconnected");
+                    if let Some(l) = &self.link {
+                        l.forget();
+                    }
                     return 0;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.connected.store(false, Ordering::Release);
+                    self.state(false, &e);
                     down_since.get_or_insert_with(std::time::Instant::now);
                     saved.extend(el.pending.drain(..).filter(|r| matches!(r, Request::Publish(_))));
                     if !warned {
@@ -680,7 +693,10 @@ impl Driver {
         }
         // Stopped without a clean disconnect: count what never reached the broker (or was not
         // acknowledged by it), including what still waits in the client's channel.
-        self.connected.store(false, Ordering::Release);
+        self.state(false, &"stopped");
+        if let Some(l) = &self.link {
+            l.forget();
+        }
         el.clean();
         saved.len() + el.pending.iter().filter(|r| matches!(r, Request::Publish(_))).count()
     }

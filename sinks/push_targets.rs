@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,45 @@ pub fn plan<W, T: PartialEq>(
     let stop = running.iter().filter(|(k, w)| **k != 0 && wanted.get(k) != Some(target(w))).map(|(k, _)| *k).collect();
     let start = wanted.into_iter().filter(|(k, t)| *k != 0 && running.get(k).is_none_or(|w| target(w) != t)).collect();
     (stop, start)
+}
+
+/// How the link to one push target is doing, as its sink last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkState {
+    pub connected: bool,
+    /// `connected`, or why not (the last connection error), or `connecting`.
+    pub detail: String,
+}
+
+type LinkKey = (PathBuf, &'static str, u64);
+
+/// Link states of the targets listed in overlay files, for the status API to show beside them.
+static LINKS: LazyLock<Mutex<HashMap<LinkKey, LinkState>>> = LazyLock::new(Mutex::default);
+
+/// A sink's handle for reporting one overlay target's link state (`kind` is `mqtt` or `ble`).
+#[derive(Debug, Clone)]
+pub struct Link(LinkKey);
+
+impl Link {
+    pub fn new(file: &Path, kind: &'static str, id: u64) -> Link {
+        let link = Link((file.to_path_buf(), kind, id));
+        link.set(false, "connecting");
+        link
+    }
+
+    pub fn set(&self, connected: bool, detail: impl Into<String>) {
+        LINKS.lock().unwrap().insert(self.0.clone(), LinkState { connected, detail: detail.into() });
+    }
+
+    /// The target is gone: forget its state.
+    pub fn forget(&self) {
+        LINKS.lock().unwrap().remove(&self.0);
+    }
+}
+
+/// The state of target `id` of `kind` listed in `file`, when a sink drives it.
+pub fn link_state(file: &Path, kind: &'static str, id: u64) -> Option<LinkState> {
+    LINKS.lock().unwrap().get(&(file.to_path_buf(), kind, id)).cloned()
 }
 
 #[cfg(test)]

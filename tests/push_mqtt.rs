@@ -411,10 +411,30 @@ fn brokers_added_through_the_status_api_are_published_to_and_dropped_when_disabl
     wait_for("ocpipe online at the broker it was given", Duration::from_secs(10), || {
         lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability online").then_some(())
     });
+    // The API (and the page) say how the link is doing.
+    let listed = http("GET", &format!("{api}/api/mqtt/{id}"), None).unwrap();
+    assert_eq!(
+        (listed["data"]["connected"].as_bool(), listed["data"]["state"].as_str()),
+        (Some(true), Some("connected"))
+    );
+    if let Some(chromium) = require("chromium") {
+        let dom = Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            .args(["--virtual-time-budget=3000", "--dump-dom", &api])
+            .output()
+            .unwrap();
+        let dom = text(&dom.stdout);
+        assert!(dom.contains(&format!(r#"data-target="mqtt-{id}" data-connected="true""#)), "{dom}");
+    }
     http("PUT", &format!("{api}/api/mqtt/{id}"), Some(serde_json::json!({"enabled": false}))).unwrap();
     wait_for("offline once the target is disabled", Duration::from_secs(10), || {
         lines.lock().unwrap().iter().any(|l| l == "opencode/monitor/availability offline").then_some(())
     });
+    let listed = wait_for("the API to say disabled", Duration::from_secs(5), || {
+        let l = http("GET", &format!("{api}/api/mqtt/{id}"), None)?;
+        (l["data"]["state"] == "disabled").then_some(l)
+    });
+    assert_eq!(listed["data"]["connected"], false);
     assert!(ocpipe.log().contains("push target removed or changed"), "{}", ocpipe.log());
     ocpipe.stop();
     let _ = sub.kill();

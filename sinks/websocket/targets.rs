@@ -97,12 +97,15 @@ macro_rules! crud {
     ($list:ident, $ty:ty, $input:ty) => {{
         async fn list(State(s): State<Arc<Shared>>) -> Response {
             let store = s.targets.lock().unwrap();
-            super::envelope(json!(store.targets.$list)).into_response()
+            let kind = stringify!($list);
+            let items: Vec<Value> =
+                store.targets.$list.iter().map(|t| with_link(&store.path, kind, json!(t))).collect();
+            super::envelope(json!(items)).into_response()
         }
         async fn one(State(s): State<Arc<Shared>>, UrlPath(id): UrlPath<u64>) -> Response {
             let store = s.targets.lock().unwrap();
             match store.targets.$list.iter().find(|t| t.id == id) {
-                Some(t) => super::envelope(json!(t)).into_response(),
+                Some(t) => super::envelope(with_link(&store.path, stringify!($list), json!(t))).into_response(),
                 None => failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list))),
             }
         }
@@ -159,6 +162,19 @@ macro_rules! crud {
             .route(path, get(list).post(create))
             .route(&format!("{path}/{{id}}"), get(one).put(update).delete(delete))
     }};
+}
+
+/// Adds how the target's link is doing (`connected`, `state`), as the sink driving it reports.
+fn with_link(file: &Path, kind: &'static str, mut target: Value) -> Value {
+    let id = target["id"].as_u64().unwrap_or(0);
+    let link = push_targets::link_state(file, kind, id);
+    target["connected"] = json!(link.as_ref().is_some_and(|l| l.connected));
+    target["state"] = json!(match link {
+        Some(l) => l.detail,
+        None if target["enabled"] == false => "disabled".to_string(),
+        None => format!("no {kind} sink reads these targets (targets_from)"),
+    });
+    target
 }
 
 fn saved(store: &Store, message: &str, data: Value) -> Response {
