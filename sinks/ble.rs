@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use btleplug::api::{Central, CharPropFlags, Characteristic, Manager as _, Peripheral as _, ScanFilter, WriteType};
@@ -18,7 +17,7 @@ use uuid::Uuid;
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::Payload;
-use crate::sinks::push_targets::{self, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Link, Overlay};
+use crate::sinks::push_targets::{self, Connection, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Overlay};
 
 /// The light modes, in the order of their byte values.
 pub const MODES: [&str; 7] = ["idle", "busy", "thinking", "ai", "success", "alarm", "error"];
@@ -216,7 +215,7 @@ struct Light {
     target: Target,
     queue: Arc<Queue>,
     last: Option<Vec<u8>>,
-    connected: Arc<AtomicBool>,
+    connection: Connection,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -308,26 +307,26 @@ impl BleSink {
 
     fn start(&mut self, key: u64, target: Target) {
         let queue = Arc::new(Queue::default());
-        let connected = Arc::new(AtomicBool::new(false));
+        let overlay = self.overlay.as_ref().filter(|_| key != 0).map(|o| o.path());
+        let connection = Connection::new(overlay, "ble", key);
         let stop = CancellationToken::new();
         let driver = Driver {
             target: target.clone(),
             adapter: self.cfg.adapter.clone(),
             retry: Duration::from_secs(self.cfg.retry_secs.max(1)),
             queue: queue.clone(),
-            connected: connected.clone(),
+            connection: connection.clone(),
             stop: stop.clone(),
-            link: self.overlay.as_ref().filter(|_| key != 0).map(|o| Link::new(o.path(), "ble", key)),
             cx: self.cx.clone(),
         };
         let task = tokio::spawn(driver.run());
-        self.lights.insert(key, Light { target, queue, last: None, connected, stop, task });
+        self.lights.insert(key, Light { target, queue, last: None, connection, stop, task });
     }
 }
 
 /// Lets a connected light take what is queued (briefly), then stops its task.
 async fn finish(light: Light) {
-    if light.connected.load(Ordering::Acquire) {
+    if light.connection.is_up() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !light.queue.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -343,10 +342,8 @@ struct Driver {
     adapter: Option<String>,
     retry: Duration,
     queue: Arc<Queue>,
-    connected: Arc<AtomicBool>,
+    connection: Connection,
     stop: CancellationToken,
-    /// For lights from the overlay: their state, shown by the status API.
-    link: Option<Link>,
     cx: Context,
 }
 
@@ -365,13 +362,6 @@ async fn within<T, E: std::fmt::Display>(
 }
 
 impl Driver {
-    fn state(&self, connected: bool, detail: &str) {
-        self.connected.store(connected, Ordering::Release);
-        if let Some(l) = &self.link {
-            l.set(connected, detail);
-        }
-    }
-
     async fn run(self) {
         let label = self.target.label();
         let mut warned: Option<String> = None;
@@ -386,9 +376,9 @@ impl Driver {
                 Ok((peripheral, ch)) => {
                     tracing::info!(component = &*self.cx.id, light = %label, "connected to the light");
                     warned = None;
-                    self.state(true, "connected");
+                    self.connection.set(true, &"connected");
                     let outcome = self.serve(&peripheral, &ch).await;
-                    self.state(false, "connection lost");
+                    self.connection.set(false, &"connection lost");
                     let _ = tokio::time::timeout(Duration::from_secs(2), peripheral.disconnect()).await;
                     match outcome {
                         Ok(()) => break,
@@ -397,7 +387,7 @@ impl Driver {
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    self.state(false, &msg);
+                    self.connection.set(false, &msg);
                     if warned.as_ref() != Some(&msg) {
                         tracing::warn!(
                             component = &*self.cx.id,
@@ -414,9 +404,7 @@ impl Driver {
                 _ = tokio::time::sleep(self.retry) => {}
             }
         }
-        if let Some(l) = &self.link {
-            l.forget();
-        }
+        self.connection.close();
     }
 
     async fn adapter(&self, manager: &mut Option<Manager>) -> anyhow::Result<Adapter> {

@@ -2,8 +2,6 @@
 //! The reference (behaviour, options) is the doc comment of the config below.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
@@ -20,7 +18,7 @@ use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath, WhenFull};
 use crate::event::{Event, Payload, StatusInfo};
 use crate::jq::{self, Jq};
-use crate::sinks::push_targets::{self, Link, Overlay};
+use crate::sinks::push_targets::{self, Connection, Overlay};
 use crate::template::TopicTemplate;
 
 /// One connection per broker: the one in the config and, with `targets_from`, each enabled
@@ -272,7 +270,7 @@ struct Broker {
     target: Target,
     topic: TopicTemplate,
     client: AsyncClient,
-    connected: Arc<AtomicBool>,
+    connection: Connection,
     /// Instances announced to Home Assistant on this broker.
     announced: HashSet<u16>,
     stop: CancellationToken,
@@ -389,20 +387,20 @@ impl MqttSink {
             });
         }
         let (client, eventloop) = AsyncClient::new(opts, self.cfg.backlog.max_events);
-        let connected = Arc::new(AtomicBool::new(false));
+        let overlay = self.overlay.as_ref().filter(|_| key != 0).map(|o| o.path());
+        let connection = Connection::new(overlay, "mqtt", key);
         let stop = CancellationToken::new();
         let driver = Driver {
             label: target.broker.clone(),
             client: client.clone(),
-            connected: connected.clone(),
+            connection: connection.clone(),
             availability: Some(self.cfg.availability_topic.clone()).filter(|t| !t.is_empty()),
             command: self.cfg.command_topic.clone().filter(|t| !t.is_empty()).map(|t| (t, cmd_tx.clone())),
             reconnect_max: Duration::from_millis(self.cfg.reconnect_max_ms.max(100)),
-            link: self.overlay.as_ref().filter(|_| key != 0).map(|o| Link::new(o.path(), "mqtt", key)),
             cx: self.cx.clone(),
         };
         let task = tokio::spawn(driver.run(eventloop, stop.clone()));
-        self.brokers.insert(key, Broker { target, topic, client, connected, announced: HashSet::new(), stop, task });
+        self.brokers.insert(key, Broker { target, topic, client, connection, announced: HashSet::new(), stop, task });
         Ok(())
     }
 
@@ -568,10 +566,10 @@ fn discovery(cfg: &MqttConfig, b: &Broker, state: &TopicTemplate, ev: &Event, s:
 /// dropped.
 async fn close(b: Broker, cfg: &MqttConfig, cx: &Context) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !b.connected.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+    while !b.connection.is_up() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if b.connected.load(Ordering::Acquire) {
+    if b.connection.is_up() {
         if !cfg.availability_topic.is_empty() {
             let _ = b.client.publish(&cfg.availability_topic, QoS::AtLeastOnce, true, "offline").await;
         }
@@ -598,23 +596,14 @@ async fn close(b: Broker, cfg: &MqttConfig, cx: &Context) {
 struct Driver {
     label: String,
     client: AsyncClient,
-    connected: Arc<AtomicBool>,
+    connection: Connection,
     availability: Option<String>,
     command: Option<(String, mpsc::Sender<Vec<u8>>)>,
     reconnect_max: Duration,
-    /// For brokers from the overlay: their state, shown by the status API.
-    link: Option<Link>,
     cx: Context,
 }
 
 impl Driver {
-    fn state(&self, connected: bool, detail: &dyn std::fmt::Display) {
-        self.connected.store(connected, Ordering::Release);
-        if let Some(l) = &self.link {
-            l.set(connected, detail.to_string());
-        }
-    }
-
     /// Returns how many messages were still waiting when it was stopped (0 after a clean
     /// disconnect).
     async fn run(self, mut el: EventLoop, stop: CancellationToken) -> usize {
@@ -637,7 +626,7 @@ impl Driver {
                         el.pending = std::mem::take(&mut saved);
                         tracing::info!(component = &*self.cx.id, broker = %self.label, "{waiting} waiting messages go out first");
                     }
-                    self.state(true, &"connected");
+                    self.connection.set(true, &"connected");
                     let after = down_since.take().map(|t| t.elapsed()).unwrap_or_default();
                     if warned {
                         tracing::warn!(component = &*self.cx.id, broker = %self.label, "reconnected after {:.1} s", after.as_secs_f64());
@@ -661,15 +650,12 @@ impl Driver {
                     }
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.state(false, &"disconnected");
-                    if let Some(l) = &self.link {
-                        l.forget();
-                    }
+                    self.connection.close();
                     return 0;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.state(false, &e);
+                    self.connection.set(false, &e);
                     down_since.get_or_insert_with(std::time::Instant::now);
                     saved.extend(el.pending.drain(..).filter(|r| matches!(r, Request::Publish(_))));
                     if !warned {
@@ -693,10 +679,7 @@ impl Driver {
         }
         // Stopped without a clean disconnect: count what never reached the broker (or was not
         // acknowledged by it), including what still waits in the client's channel.
-        self.state(false, &"stopped");
-        if let Some(l) = &self.link {
-            l.forget();
-        }
+        self.connection.close();
         el.clean();
         saved.len() + el.pending.iter().filter(|r| matches!(r, Request::Publish(_))).count()
     }

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,7 @@ impl Targets {
 /// The file name inside the websocket sink's data directory.
 pub const FILE_NAME: &str = "push-targets.toml";
 
-/// Watches the overlay file: [`Overlay::changed`] returns the new contents after each change.
+/// Watches the overlay file: [`Overlay::poll`] returns the new contents after each change.
 pub struct Overlay {
     path: PathBuf,
     seen: Option<Option<(SystemTime, u64)>>,
@@ -90,21 +91,15 @@ impl Overlay {
         &self.path
     }
 
-    /// The targets, when the file changed (or appeared, or went away) since the last call.
-    pub fn changed(&mut self) -> Option<anyhow::Result<Targets>> {
+    /// The targets, when the file changed (or appeared, or went away) since the last call. A
+    /// file that does not parse is reported on `cx` and ignored.
+    pub fn poll(&mut self, cx: &Context) -> Option<Targets> {
         let mtime = std::fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
         if self.seen == Some(mtime) {
             return None;
         }
         self.seen = Some(mtime);
-        Some(Targets::load(&self.path))
-    }
-}
-
-impl Overlay {
-    /// Like [`Overlay::changed`]; a file that does not parse is reported on `cx` and ignored.
-    pub fn poll(&mut self, cx: &Context) -> Option<Targets> {
-        match self.changed()? {
+        match Targets::load(&self.path) {
             Ok(t) => Some(t),
             Err(e) => {
                 cx.error(format_args!("push targets not applied: {e}"));
@@ -139,24 +134,39 @@ type LinkKey = (PathBuf, &'static str, u64);
 /// Link states of the targets listed in overlay files, for the status API to show beside them.
 static LINKS: LazyLock<Mutex<HashMap<LinkKey, LinkState>>> = LazyLock::new(Mutex::default);
 
-/// A sink's handle for reporting one overlay target's link state (`kind` is `mqtt` or `ble`).
+/// Whether a push target is connected: shared by the task driving it and its sink, and, for a
+/// target from the overlay file, reported to the status API (`kind` is `mqtt` or `ble`).
 #[derive(Debug, Clone)]
-pub struct Link(LinkKey);
+pub struct Connection {
+    up: Arc<AtomicBool>,
+    link: Option<LinkKey>,
+}
 
-impl Link {
-    pub fn new(file: &Path, kind: &'static str, id: u64) -> Link {
-        let link = Link((file.to_path_buf(), kind, id));
-        link.set(false, "connecting");
-        link
+impl Connection {
+    /// `overlay` is the file the target came from (none for the pipeline's own target).
+    pub fn new(overlay: Option<&Path>, kind: &'static str, id: u64) -> Connection {
+        let c = Connection { up: Arc::default(), link: overlay.map(|f| (f.to_path_buf(), kind, id)) };
+        c.set(false, &"connecting");
+        c
     }
 
-    pub fn set(&self, connected: bool, detail: impl Into<String>) {
-        LINKS.lock().unwrap().insert(self.0.clone(), LinkState { connected, detail: detail.into() });
+    pub fn set(&self, connected: bool, detail: &dyn std::fmt::Display) {
+        self.up.store(connected, Ordering::Release);
+        if let Some(key) = &self.link {
+            LINKS.lock().unwrap().insert(key.clone(), LinkState { connected, detail: detail.to_string() });
+        }
     }
 
-    /// The target is gone: forget its state.
-    pub fn forget(&self) {
-        LINKS.lock().unwrap().remove(&self.0);
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The driver is done: not connected, and the status API forgets the target.
+    pub fn close(&self) {
+        self.up.store(false, Ordering::Release);
+        if let Some(key) = &self.link {
+            LINKS.lock().unwrap().remove(key);
+        }
     }
 }
 
