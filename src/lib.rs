@@ -17,6 +17,8 @@ pub mod registry;
 pub mod runtime;
 pub mod template;
 pub mod testing;
+pub mod usage;
+pub mod watch;
 
 #[path = "../sinks/mod.rs"]
 pub mod sinks;

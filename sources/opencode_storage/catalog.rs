@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Location, RawMessage, ReadReport, Visitor, read_all};
 use crate::event::{SessionInfo, Tokens};
-use crate::transforms::aggregate::{GroupBy, Usage, Window, project_key};
+use crate::usage::{GroupBy, Usage, Window, project_key};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Interner {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{ASSISTANT, CMessage, CSession, Catalog, Interner};
 use super::store::{Location, RawMessage, has_rows, has_table, open_read_only};
 use crate::event::SessionInfo;
-use crate::transforms::aggregate::project_key;
+use crate::usage::project_key;
 
 const MAGIC: &[u8; 8] = b"OCPIDX3\n";
 

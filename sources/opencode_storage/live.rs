@@ -1,29 +1,31 @@
-//! Following OpenCode's storage live: the `event` change feed of each database, and changed
-//! files of the legacy JSON storage.
+//! Following OpenCode's storage live: each database through its feed (`feed.rs`), and the
+//! changed files of the legacy JSON storage. The reading runs on a blocking thread; the async
+//! side waits on file notifications (`crate::watch`) and a slow poll, and sends what was read.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{ASSISTANT, Catalog, FORK_COPY};
-use super::store::{self, Location, RawMessage, RawPart, has_table, open_read_only};
+use super::feed::{Feed, RowMarks};
+use super::store::{self, JsonSelect, Location, RawMessage};
 use crate::checkpoint::CheckpointFile;
 use crate::component::{Context, Output};
 use crate::event::{BatchTracker, Event, MessageInfo, Payload, SessionInfo, Tokens};
-
-/// Rows read per database per round, so one huge burst cannot starve shutdown.
-const ROUND: i64 = 5000;
+use crate::watch::{Changes, Watch};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DbPos {
     pub path: PathBuf,
     /// Highest `event` rowid delivered.
     pub event: i64,
+    /// Where the row feed is (databases without a written `event` table).
+    #[serde(default)]
+    pub rows: Option<RowMarks>,
 }
 
 /// The checkpoint: how far each database's change feed, and the JSON storage, were delivered.
@@ -36,23 +38,10 @@ pub struct Marks {
 
 impl Marks {
     pub fn now(loc: &Location) -> Marks {
-        let dbs = loc
-            .dbs
-            .iter()
-            .map(|p| {
-                let event = open_read_only(p)
-                    .ok()
-                    .filter(|c| has_table(c, "event"))
-                    .and_then(|c| c.query_row("SELECT coalesce(max(rowid), 0) FROM event", [], |r| r.get(0)).ok())
-                    .unwrap_or(0);
-                DbPos { path: p.clone(), event }
-            })
-            .collect();
-        Marks { dbs, json_ms: chrono::Utc::now().timestamp_millis() }
-    }
-
-    fn event_mark(&self, path: &PathBuf) -> i64 {
-        self.dbs.iter().find(|d| &d.path == path).map_or(0, |d| d.event)
+        Marks {
+            dbs: loc.dbs.iter().map(|p| DbPos::now(p)).collect(),
+            json_ms: chrono::Utc::now().timestamp_millis(),
+        }
     }
 }
 
@@ -138,86 +127,112 @@ fn session_event(cx: &Context, s: SessionInfo) -> Event {
     Event::new(cx.id.clone(), ts, Payload::Session(Box::new(s))).with_id(id)
 }
 
-#[derive(Deserialize)]
-struct FeedSession {
-    info: store::RawSession,
-}
-
-#[derive(Deserialize)]
-struct FeedMessage<'a> {
-    #[serde(borrow)]
-    info: RawMessage<'a>,
-}
-
-#[derive(Deserialize)]
-struct FeedPart<'a> {
-    #[serde(borrow)]
-    part: RawPart<'a>,
-}
-
 pub struct Follower {
+    /// The blocking half; lent to a blocking thread for each round.
+    reader: Option<Reader>,
+    tracker: BatchTracker<Marks>,
+}
+
+/// Reads one round of changes from every database and the JSON storage (blocking).
+struct Reader {
+    cx: Context,
     loc: Location,
     /// The data directory to look in again for new databases (unless one was named).
     rediscover: Option<PathBuf>,
     parts: bool,
     marks: Marks,
-    tracker: BatchTracker<Marks>,
     keys: ForkKeys,
-    conns: HashMap<PathBuf, Connection>,
+    feeds: HashMap<PathBuf, Feed>,
+    sent: Sent,
+}
+
+/// What each record looked like when it was last sent, so a change is sent once however often
+/// it is read again (rescans, in-progress rows, files rewritten with the same content).
+#[derive(Default)]
+struct Sent(HashMap<u64, u64>);
+
+/// Records remembered before [`Sent`] starts over (16 bytes each).
+const SENT_MAX: usize = 1 << 20;
+
+impl Sent {
+    /// Whether `ev` differs from what was last sent under its id (and remembers it).
+    fn is_new(&mut self, ev: &Event) -> bool {
+        let Some(id) = ev.meta.id.as_deref() else {
+            return true;
+        };
+        let mut body = Vec::new();
+        ev.write_json(&mut body);
+        let (k, v) = (xxhash_rust::xxh3::xxh3_64(id.as_bytes()), xxhash_rust::xxh3::xxh3_64(&body));
+        if self.0.get(&k) == Some(&v) {
+            return false;
+        }
+        if self.0.len() >= SENT_MAX {
+            self.0.clear();
+        }
+        self.0.insert(k, v);
+        true
+    }
+}
+
+/// One round's result.
+struct Round {
+    events: Vec<Event>,
+    next: Marks,
+    more: bool,
 }
 
 impl Follower {
     /// `fixed_db`: the database was named explicitly, so no other is looked for.
-    pub fn new(loc: Location, fixed_db: bool, parts: bool, resume: Option<Marks>) -> Self {
+    pub fn new(cx: &Context, loc: Location, fixed_db: bool, parts: bool, resume: Option<Marks>) -> Self {
         Follower {
-            rediscover: (!fixed_db).then(|| loc.data_dir.clone()),
-            loc,
-            parts,
-            marks: resume.unwrap_or_default(),
+            reader: Some(Reader {
+                cx: cx.clone(),
+                rediscover: (!fixed_db).then(|| loc.data_dir.clone()),
+                loc,
+                parts,
+                marks: resume.unwrap_or_default(),
+                keys: ForkKeys::default(),
+                feeds: HashMap::new(),
+                sent: Sent::default(),
+            }),
             tracker: BatchTracker::default(),
-            keys: ForkKeys::default(),
-            conns: HashMap::new(),
         }
     }
 
+    fn reader(&mut self) -> &mut Reader {
+        self.reader.as_mut().expect("the reader is back after each round")
+    }
     pub fn set_marks(&mut self, m: Marks) {
-        self.marks = m;
+        self.reader().marks = m;
     }
     pub fn set_fork_keys(&mut self, k: ForkKeys) {
-        self.keys = k;
+        self.reader().keys = k;
     }
     pub fn tracker(&mut self) -> &mut BatchTracker<Marks> {
         &mut self.tracker
     }
 
-    fn watch(&self, wake: mpsc::Sender<()>) -> Vec<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let mut out = Vec::new();
-        let mut targets = vec![(self.loc.data_dir.clone(), notify::RecursiveMode::NonRecursive)];
-        for db in &self.loc.dbs {
-            if let Some(dir) = db.parent().filter(|d| *d != self.loc.data_dir) {
-                targets.push((dir.to_path_buf(), notify::RecursiveMode::NonRecursive));
+    /// Watches the data directory (databases and their `-wal`), the databases' own folders and
+    /// the JSON storage; any of them may appear later.
+    fn watch(&mut self) -> Watch {
+        use notify::RecursiveMode::{NonRecursive, Recursive};
+        let r = self.reader();
+        let data_dir = r.loc.data_dir.clone();
+        let mut targets = vec![(data_dir.clone(), NonRecursive), (data_dir.join("storage"), Recursive)];
+        for db in &r.loc.dbs {
+            if let Some(dir) = db.parent().filter(|d| *d != data_dir) {
+                targets.push((dir.to_path_buf(), NonRecursive));
             }
         }
-        if let Some(s) = &self.loc.storage {
-            targets.push((s.clone(), notify::RecursiveMode::Recursive));
-        }
-        for (dir, mode) in targets {
-            let wake = wake.clone();
-            let Ok(mut w) = notify::recommended_watcher(move |_res| {
-                let _ = wake.try_send(());
-            }) else {
-                continue;
-            };
-            if w.watch(&dir, mode).is_ok() {
-                out.push(w);
-            }
-        }
-        out
+        let storage = data_dir.join("storage");
+        let filter = Arc::new(move |p: &Path| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            p.starts_with(&storage) || (name.starts_with("opencode") && (name.ends_with(".db") || name.ends_with(".db-wal")))
+        });
+        Watch::new(&r.cx.id, targets, filter)
     }
 
-    /// Follows changes until shutdown, then waits for what was sent to be delivered and saves
-    /// the checkpoint.
+    /// Follows changes until shutdown.
     pub async fn run(
         &mut self,
         cx: &Context,
@@ -226,10 +241,26 @@ impl Follower {
         poll: Duration,
         checkpoint: &CheckpointFile,
     ) -> anyhow::Result<()> {
-        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-        let _watchers = self.watch(wake_tx);
+        let mut watch = self.watch();
+        // The first round looks at everything.
+        let mut changes = Changes { rescan: true, ..Default::default() };
         loop {
-            let more = self.round(cx, out).await;
+            let storage_watched = watch.is_live();
+            let mut reader = self.reader.take().expect("reader");
+            let (reader, round) = tokio::task::spawn_blocking(move || {
+                let round = reader.round(changes, storage_watched);
+                (reader, round)
+            })
+            .await?;
+            self.reader = Some(reader);
+            let Round { events, next, more } = round;
+            if next != self.reader().marks {
+                let batch = self.tracker.batch(next.clone());
+                for ev in events {
+                    out.send(ev.with_finalizer(batch.finalizer())).await;
+                }
+                self.reader().marks = next;
+            }
             if let Some(m) = self.tracker.committed()
                 && let Err(e) = checkpoint.store(&m)
             {
@@ -238,14 +269,14 @@ impl Follower {
             if shutdown.is_cancelled() {
                 break;
             }
-            if more {
-                continue;
+            if !more {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = watch.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = wake_rx.recv() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
+            changes = watch.take();
         }
         Ok(())
     }
@@ -277,152 +308,109 @@ impl Follower {
             cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
         }
     }
+}
 
-    /// Reads one round of changes; returns whether more are waiting.
-    async fn round(&mut self, cx: &Context, out: &mut Output) -> bool {
+impl Reader {
+    /// Reads one round of changes. `storage_watched`: file notifications cover the JSON
+    /// storage, so only the files they named need reading (else the storage is walked).
+    fn round(&mut self, changes: Changes, storage_watched: bool) -> Round {
         // Databases (or a JSON storage) that appeared since the start are followed from their
         // first change.
         if let Some(data_dir) = &self.rediscover {
             let found = Location::find(Some(data_dir), None);
             if found.dbs != self.loc.dbs || found.storage != self.loc.storage {
-                tracing::info!(component = &*cx.id, "now reading {:?}", found.dbs);
+                tracing::info!(component = &*self.cx.id, "now reading {:?}", found.dbs);
                 self.loc = found;
             }
         }
-        let mut events = Vec::new();
+        let mut out = Collect { cx: self.cx.clone(), events: Vec::new(), keys: &mut self.keys, parts: self.parts, sent: &mut self.sent };
         let mut next = self.marks.clone();
         let mut more = false;
-        for db in self.loc.dbs.clone() {
-            match self.read_feed(cx, &db, &mut next, &mut events) {
+        for db in &self.loc.dbs {
+            if !self.feeds.contains_key(db) {
+                if !db.exists() {
+                    continue;
+                }
+                match Feed::open(db) {
+                    Ok((feed, how)) => {
+                        tracing::info!(component = &*self.cx.id, "following {} by {how}", db.display());
+                        self.feeds.insert(db.clone(), feed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(component = &*self.cx.id, "opening {}: {e}", db.display());
+                        continue;
+                    }
+                }
+            }
+            let pos = match next.dbs.iter_mut().position(|d| &d.path == db) {
+                Some(i) => &mut next.dbs[i],
+                None => {
+                    next.dbs.push(DbPos { path: db.clone(), ..Default::default() });
+                    next.dbs.last_mut().expect("just pushed")
+                }
+            };
+            let feed = self.feeds.get_mut(db).expect("opened above");
+            match feed.read(db, pos, &mut out) {
                 Ok(m) => more |= m,
                 Err(e) => {
-                    self.conns.remove(&db);
-                    tracing::debug!(component = &*cx.id, "reading {}: {e}", db.display());
+                    self.feeds.remove(db);
+                    tracing::debug!(component = &*self.cx.id, "reading {}: {e}", db.display());
                 }
             }
         }
         if let Some(storage) = self.loc.storage.clone() {
-            let since = self.marks.json_ms;
             let started = chrono::Utc::now().timestamp_millis();
-            let mut v = JsonChanges { cx: cx.clone(), events: &mut events, keys: &mut self.keys, parts: self.parts };
-            store::read_json_changed(&storage, since, &mut v);
-            next.json_ms = started;
-        }
-        if next == self.marks {
-            return more;
-        }
-        let batch = self.tracker.batch(next.clone());
-        for ev in events {
-            out.send(ev.with_finalizer(batch.finalizer())).await;
-        }
-        self.marks = next;
-        more
-    }
-
-    fn read_feed(
-        &mut self,
-        cx: &Context,
-        db: &PathBuf,
-        next: &mut Marks,
-        events: &mut Vec<Event>,
-    ) -> rusqlite::Result<bool> {
-        if !self.conns.contains_key(db) {
-            if !db.exists() {
-                return Ok(false);
-            }
-            let conn = open_read_only(db)?;
-            if !has_table(&conn, "event") {
-                return Ok(false);
-            }
-            self.conns.insert(db.clone(), conn);
-        }
-        let conn = &self.conns[db];
-        let from = self.marks.event_mark(db);
-        let mut st =
-            conn.prepare_cached("SELECT rowid, type, data FROM event WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
-        let mut rows = st.query(rusqlite::params![from, ROUND])?;
-        let mut last = from;
-        let mut n = 0;
-        let mut project_cache: HashMap<String, Option<String>> = HashMap::new();
-        while let Some(r) = rows.next()? {
-            n += 1;
-            last = r.get(0)?;
-            let ty = r.get_ref(1)?.as_str()?;
-            let data = r.get_ref(2)?.as_bytes()?;
-            if ty.starts_with("message.updated") {
-                match serde_json::from_slice::<FeedMessage<'_>>(data) {
-                    Ok(f) => {
-                        let id = f.info.id.as_deref().unwrap_or("").to_string();
-                        let session = f.info.session_id.as_deref().unwrap_or("").to_string();
-                        let mut info = f.info.to_info(&id, &session, 0, "event");
-                        info.fork_copy = self.keys.is_copy(&info);
-                        events.push(message_event(cx, info));
-                    }
-                    Err(e) => {
-                        cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))
-                    }
-                }
-            } else if ty.starts_with("session.created") || ty.starts_with("session.updated") {
-                match serde_json::from_slice::<FeedSession>(data) {
-                    Ok(f) => {
-                        let s = f.info;
-                        let project = (s.project_id() != "global")
-                            .then(|| {
-                                project_cache
-                                    .entry(s.project_id().to_string())
-                                    .or_insert_with(|| {
-                                        conn.query_row(
-                                            "SELECT worktree FROM project WHERE id = ?1",
-                                            [s.project_id()],
-                                            |r| r.get(0),
-                                        )
-                                        .ok()
-                                    })
-                                    .clone()
-                            })
-                            .flatten();
-                        events.push(session_event(cx, s.into_info(project, "event")));
-                    }
-                    Err(e) => {
-                        cx.error(format_args!("{}: event row {last} ({ty}) is not valid: {e}; skipped", db.display()))
-                    }
-                }
-            } else if self.parts
-                && ty.starts_with("message.part.updated")
-                && let Ok(f) = serde_json::from_slice::<FeedPart<'_>>(data)
-                && let Some(p) = f.part.to_info("", "", "")
-            {
-                let id = format!("opencode.part:{}", p.id);
-                events.push(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id));
+            let select = if changes.rescan || !storage_watched {
+                Some(JsonSelect::ModifiedAfter(self.marks.json_ms))
+            } else if changes.paths.iter().any(|p| p.starts_with(&storage)) {
+                Some(JsonSelect::Paths(&changes.paths))
+            } else {
+                None
+            };
+            if let Some(select) = select {
+                store::read_json_changed(&storage, select, &mut out);
+                next.json_ms = started;
             }
         }
-        match next.dbs.iter_mut().find(|d| &d.path == db) {
-            Some(d) => d.event = last,
-            None => next.dbs.push(DbPos { path: db.clone(), event: last }),
-        }
-        Ok(n == ROUND)
+        Round { events: out.events, next, more }
     }
 }
 
-struct JsonChanges<'a> {
+/// Gathers one round's events: fork copies flagged, repeats dropped.
+struct Collect<'a> {
     cx: Context,
-    events: &'a mut Vec<Event>,
+    events: Vec<Event>,
     keys: &'a mut ForkKeys,
     parts: bool,
+    sent: &'a mut Sent,
 }
 
-impl store::Visitor for JsonChanges<'_> {
-    fn session(&mut self, s: SessionInfo) {
-        self.events.push(session_event(&self.cx, s));
+impl Collect<'_> {
+    fn push(&mut self, ev: Event) {
+        if self.sent.is_new(&ev) {
+            self.events.push(ev);
+        }
     }
-    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, _origin: &'static str) {
-        let mut info = m.to_info(id, session, row_created, "json");
+}
+
+impl store::Visitor for Collect<'_> {
+    fn session(&mut self, s: SessionInfo) {
+        let ev = session_event(&self.cx, s);
+        self.push(ev);
+    }
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, origin: &'static str) {
+        let mut info = m.to_info(id, session, row_created, origin);
         info.fork_copy = self.keys.is_copy(&info);
-        self.events.push(message_event(&self.cx, info));
+        let ev = message_event(&self.cx, info);
+        self.push(ev);
     }
     fn part(&mut self, p: crate::event::PartInfo) {
         let id = format!("opencode.part:{}", p.id);
-        self.events.push(Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id));
+        let ev = Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Part(Box::new(p))).with_id(id);
+        self.push(ev);
+    }
+    fn error(&mut self, what: String) {
+        self.cx.error(format_args!("{what}"));
     }
     fn wants_parts(&self) -> bool {
         self.parts

@@ -11,6 +11,7 @@
 //! change.
 
 mod catalog;
+mod feed;
 mod index;
 mod live;
 mod stats;
@@ -115,6 +116,7 @@ impl SourceConfig for OpencodeStorageConfig {
             let SourceContext { cx, mut out, shutdown } = sc;
             let resume = saved.filter(|_| cfg.from == From::Checkpoint);
             let mut follower = live::Follower::new(
+                &cx,
                 loc.clone(),
                 cfg.db.is_some() || std::env::var_os("OPENCODE_DB").is_some(),
                 cfg.parts,

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::catalog::Catalog;
 use super::index;
 use super::store::Location;
-use crate::transforms::aggregate::{GroupBy, RangeName, Usage, Window, parse_date};
+use crate::usage::{GroupBy, RangeName, Usage, Window, parse_date};
 
 /// Token usage from OpenCode's storage (every generation), fork copies counted once.
 #[derive(Args, Debug)]

@@ -368,6 +368,8 @@ pub trait Visitor {
     fn session(&mut self, s: SessionInfo);
     fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, origin: &'static str);
     fn part(&mut self, _p: PartInfo) {}
+    /// A record that could not be used (live feeds report these as they go).
+    fn error(&mut self, _what: String) {}
     /// Whether parts are wanted (reading them costs time).
     fn wants_parts(&self) -> bool {
         false
@@ -404,15 +406,45 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
         if sources > 1 {
             seen.get_or_insert_with(FxHashSet::default);
         }
-        read_json(storage, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, None);
+        read_json(storage, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, JsonSelect::All);
     }
     report
 }
 
-/// Reads the JSON storage files modified after `since_ms` (with a second of slack).
-pub fn read_json_changed(storage: &Path, since_ms: i64, v: &mut dyn Visitor) -> ReadReport {
+/// Which files of the JSON storage to read.
+pub enum JsonSelect<'a> {
+    All,
+    /// Files modified after this (ms since the epoch, with a second of slack): a full walk.
+    ModifiedAfter(i64),
+    /// Exactly these (the paths a file watch reported); no walk.
+    Paths(&'a HashSet<PathBuf>),
+}
+
+impl JsonSelect<'_> {
+    /// The `.json` files of `dir` this selection takes, sorted.
+    fn files(&self, dir: &Path) -> Vec<PathBuf> {
+        match self {
+            JsonSelect::All => json_files(dir),
+            JsonSelect::ModifiedAfter(since) => {
+                json_files(dir).into_iter().filter(|p| super::live::modified_after(p, *since)).collect()
+            }
+            JsonSelect::Paths(paths) => {
+                let mut v: Vec<PathBuf> = paths
+                    .iter()
+                    .filter(|p| p.starts_with(dir) && p.extension().is_some_and(|x| x == "json") && p.is_file())
+                    .cloned()
+                    .collect();
+                v.sort();
+                v
+            }
+        }
+    }
+}
+
+/// Reads the JSON storage files `select` names (projects are always read: sessions need them).
+pub fn read_json_changed(storage: &Path, select: JsonSelect<'_>, v: &mut dyn Visitor) -> ReadReport {
     let mut report = ReadReport::default();
-    read_json(storage, v, &mut report, &mut None, &mut HashSet::new(), &mut HashMap::new(), Some(since_ms));
+    read_json(storage, v, &mut report, &mut None, &mut HashSet::new(), &mut HashMap::new(), select);
     report
 }
 
@@ -608,9 +640,8 @@ fn read_json(
     seen: &mut Option<FxHashSet<u64>>,
     seen_sessions: &mut HashSet<String>,
     projects: &mut HashMap<String, String>,
-    since: Option<i64>,
+    select: JsonSelect<'_>,
 ) {
-    let changed = |p: &Path| since.is_none_or(|s| super::live::modified_after(p, s));
     let bad = |report: &mut ReadReport, p: &Path, e: &dyn std::fmt::Display| {
         report.warnings.push(format!("{}: not valid JSON ({e}); skipped", p.display()));
     };
@@ -627,7 +658,7 @@ fn read_json(
             Err(e) => bad(report, &p, &e),
         }
     }
-    for p in json_files(&storage.join("session")).into_iter().filter(|p| changed(p)) {
+    for p in select.files(&storage.join("session")) {
         match std::fs::read(&p)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<RawSession>(&b).map_err(|e| e.to_string()))
@@ -643,7 +674,7 @@ fn read_json(
             Err(e) => bad(report, &p, &e),
         }
     }
-    for p in json_files(&storage.join("message")).into_iter().filter(|p| changed(p)) {
+    for p in select.files(&storage.join("message")) {
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) => {
@@ -671,7 +702,7 @@ fn read_json(
         }
     }
     if v.wants_parts() {
-        for p in json_files(&storage.join("part")).into_iter().filter(|p| changed(p)) {
+        for p in select.files(&storage.join("part")) {
             let Ok(bytes) = std::fs::read(&p) else {
                 continue;
             };

@@ -7,7 +7,7 @@ use super::*;
 use crate::event::{Event, Payload};
 use crate::registry::Kind;
 use crate::testing;
-use crate::transforms::aggregate::{GroupBy, Window};
+use crate::usage::{GroupBy, Window};
 
 fn fixture(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/storage").join(p)
@@ -22,7 +22,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn totals(loc: &Location, forks: bool) -> crate::transforms::aggregate::Usage {
+fn totals(loc: &Location, forks: bool) -> crate::usage::Usage {
     Catalog::load(loc).aggregate(GroupBy::All, Window::default(), forks).1
 }
 

@@ -9,139 +9,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Local, NaiveDate, TimeZone};
+mod state;
+
+use chrono::{Local, NaiveDate};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupBy {
-    /// One group for everything.
-    All,
-    Session,
-    /// The project's worktree, or `(global)` outside a project.
-    Project,
-    /// `provider/model`.
-    Model,
-    Agent,
-    /// The local date the message was created.
-    Day,
-}
-
-impl GroupBy {
-    pub fn name(self) -> &'static str {
-        match self {
-            GroupBy::All => "all",
-            GroupBy::Session => "session",
-            GroupBy::Project => "project",
-            GroupBy::Model => "model",
-            GroupBy::Agent => "agent",
-            GroupBy::Day => "day",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum RangeName {
-    /// Since local midnight.
-    Today,
-    /// The last 7 days, today included.
-    Week,
-    /// Since the first of this month.
-    Month,
-    #[default]
-    All,
-}
-
-/// A resolved time window in epoch milliseconds: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Window {
-    pub start: Option<i64>,
-    pub end: Option<i64>,
-    pub name: &'static str,
-}
-
-impl Window {
-    pub fn contains(&self, ms: i64) -> bool {
-        self.start.is_none_or(|s| ms >= s) && self.end.is_none_or(|e| ms < e)
-    }
-
-    /// The window for a range name, or `since`/`until` dates (`YYYY-MM-DD`, local time, both
-    /// inclusive), now being `now`.
-    pub fn resolve(
-        range: RangeName,
-        since: Option<NaiveDate>,
-        until: Option<NaiveDate>,
-        now: DateTime<Local>,
-    ) -> Window {
-        let midnight = |d: NaiveDate| {
-            Local.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap()).earliest().map(|t| t.timestamp_millis())
-        };
-        if since.is_some() || until.is_some() {
-            return Window {
-                start: since.and_then(midnight),
-                end: until.and_then(|u| u.succ_opt()).and_then(midnight),
-                name: "custom",
-            };
-        }
-        let today = now.date_naive();
-        match range {
-            RangeName::All => Window { start: None, end: None, name: "all" },
-            RangeName::Today => Window { start: midnight(today), end: None, name: "today" },
-            RangeName::Week => Window { start: midnight(today - chrono::Days::new(6)), end: None, name: "week" },
-            RangeName::Month => Window { start: midnight(today.with_day(1).unwrap()), end: None, name: "month" },
-        }
-    }
-}
-
-pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("`{s}` is not a date (YYYY-MM-DD): {e}"))
-}
-
-pub fn local_day(ms: i64) -> String {
-    Local
-        .timestamp_millis_opt(ms)
-        .earliest()
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The project key of a session: its worktree, or `(global)`.
-pub fn project_key(s: &SessionInfo) -> String {
-    match &s.project {
-        Some(p) => p.clone(),
-        None if s.project_id == "global" || s.project_id.is_empty() => "(global)".into(),
-        None => s.project_id.clone(),
-    }
-}
-
-/// Sums for one group.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Usage {
-    pub sessions: u64,
-    pub messages: u64,
-    /// Assistant messages.
-    pub responses: u64,
-    #[serde(flatten)]
-    pub tokens: Tokens,
-    pub total: u64,
-    pub cost: f64,
-}
-
-impl Usage {
-    pub fn add_message(&mut self, tokens: &Tokens, cost: f64, assistant: bool) {
-        self.messages += 1;
-        self.responses += u64::from(assistant);
-        self.tokens.add(tokens);
-        self.total = self.tokens.total();
-        self.cost += cost;
-    }
-}
+use crate::event::{Event, Finalizer, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
+pub use crate::usage::{GroupBy, RangeName, Usage, Window, local_day, parse_date, project_key};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct AggregateConfig {
@@ -203,6 +80,11 @@ impl TransformConfig for AggregateConfig {
         let until = self.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
         Ok(Transform::Task(Box::new(Aggregator {
             state: Rollups::new(self.group_by.clone(), self.range, since, until, self.include_fork_copies),
+            file: None,
+            path: cx.data_dir()?.join("state.db"),
+            sessions: HashMap::new(),
+            messages: HashMap::new(),
+            held: Vec::new(),
             throttle: Duration::from_millis(self.throttle_ms.max(1)),
             cx: cx.clone(),
         })))
@@ -359,13 +241,109 @@ impl Rollups {
     }
 }
 
+/// Input records taken in before they are written to the state file.
+const FLUSH_EVERY: usize = 10_000;
+
 struct Aggregator {
     state: Rollups,
+    file: Option<state::StateFile>,
+    path: std::path::PathBuf,
+    /// Taken in, not yet written.
+    sessions: HashMap<String, SessionInfo>,
+    messages: HashMap<String, MessageInfo>,
+    /// Finalizers of the input events whose records are not written yet.
+    held: Vec<Finalizer>,
     throttle: Duration,
     cx: Context,
 }
 
 impl Aggregator {
+    /// Opens the state file and replays it (on a blocking thread).
+    async fn restore(&mut self) -> anyhow::Result<()> {
+        let path = self.path.clone();
+        let mut rollups = std::mem::replace(&mut self.state, Rollups::new(vec![], RangeName::All, None, None, false));
+        let (rollups, file) = tokio::task::spawn_blocking(move || {
+            let res = state::StateFile::open(&path).and_then(|f| {
+                f.load(&mut |rec| match rec {
+                    state::Record::Session(s) => rollups.session(&s),
+                    state::Record::Message(m) => rollups.message(&m),
+                })?;
+                Ok(f)
+            });
+            (rollups, res)
+        })
+        .await?;
+        self.state = rollups;
+        let file = file.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the aggregate's state {}: {e}; to start over, remove it together with the source's checkpoint (both in the data dir) so the history is read again",
+                self.path.display()
+            )
+        })?;
+        let messages = self.state.messages.len();
+        if messages > 0 {
+            tracing::info!(component = &*self.cx.id, messages, "rollups restored from {}", file.path().display());
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn take(&mut self, mut ev: Event) {
+        match &ev.payload {
+            Payload::Session(s) => {
+                self.state.session(s);
+                self.sessions.insert(s.id.clone(), (**s).clone());
+            }
+            Payload::Message(m) => {
+                self.state.message(m);
+                self.messages.insert(m.id.clone(), (**m).clone());
+            }
+            // Nothing to sum: discarded on purpose.
+            _ => {
+                self.cx.metrics.dropped(1);
+                return;
+            }
+        }
+        // Delivered once what it brought is on disk.
+        if let Some(f) = ev.meta.finalizer.take() {
+            self.held.push(f);
+        }
+    }
+
+    /// Writes what was taken in, then releases the input events it came from.
+    async fn flush(&mut self) {
+        if self.sessions.is_empty() && self.messages.is_empty() {
+            self.held.clear();
+            return;
+        }
+        let sessions: Vec<SessionInfo> = self.sessions.drain().map(|(_, s)| s).collect();
+        let messages: Vec<MessageInfo> = self.messages.drain().map(|(_, m)| m).collect();
+        let held = std::mem::take(&mut self.held);
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let res = tokio::task::spawn_blocking(move || {
+            let r = file.write(&sessions, &messages);
+            (file, r)
+        })
+        .await;
+        match res {
+            Ok((file, Ok(()))) => self.file = Some(file),
+            Ok((file, Err(e))) => {
+                self.file = Some(file);
+                self.cx.error(format_args!(
+                    "writing the aggregate's state {}: {e}; its input will be read again after a restart",
+                    self.path.display()
+                ));
+                held.iter().for_each(Finalizer::fail);
+            }
+            Err(e) => {
+                self.cx.error(format_args!("writing the aggregate's state: {e}"));
+                held.iter().for_each(Finalizer::fail);
+            }
+        }
+    }
+
     async fn emit(&mut self, out: &mut Output) {
         for r in self.state.take_changed() {
             let id = r.natural_id();
@@ -378,25 +356,27 @@ impl Aggregator {
 impl TaskTransform for Aggregator {
     fn run(mut self: Box<Self>, mut input: Input, mut out: Output) -> ComponentFuture {
         Box::pin(async move {
+            self.restore().await?;
             let mut tick = tokio::time::interval(self.throttle);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     ev = input.recv() => match ev {
                         Some(ev) => {
-                            match &ev.payload {
-                                Payload::Session(s) => self.state.session(s),
-                                Payload::Message(m) => self.state.message(m),
-                                // Nothing to sum: discarded on purpose.
-                                _ => self.cx.metrics.dropped(1),
+                            self.take(ev);
+                            if self.messages.len() + self.sessions.len() >= FLUSH_EVERY {
+                                self.flush().await;
                             }
-                            // The input event is consumed here: it is delivered.
                         }
                         None => break,
                     },
-                    _ = tick.tick() => self.emit(&mut out).await,
+                    _ = tick.tick() => {
+                        self.flush().await;
+                        self.emit(&mut out).await;
+                    }
                 }
             }
+            self.flush().await;
             self.emit(&mut out).await;
             Ok(())
         })
@@ -441,18 +421,6 @@ mod tests {
         let a = all.iter().find(|x| x.key == "p/a").unwrap();
         assert_eq!((a.messages, a.tokens.input, a.total, a.cost), (1, 100, 101, 0.5));
         assert!(r.take_changed().is_empty(), "nothing changed since");
-    }
-
-    #[test]
-    fn windows_follow_the_local_calendar() {
-        let now = Local.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
-        let day = |y, m, d| Local.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap().timestamp_millis();
-        let w = Window::resolve(RangeName::Month, None, None, now);
-        assert!(w.contains(day(2026, 3, 1)) && !w.contains(day(2026, 3, 1) - 1));
-        let w = Window::resolve(RangeName::Week, None, None, now);
-        assert!(w.contains(day(2026, 3, 9)) && !w.contains(day(2026, 3, 9) - 1));
-        let w = Window::resolve(RangeName::All, parse_date("2026-03-02").ok(), parse_date("2026-03-03").ok(), now);
-        assert!(w.contains(day(2026, 3, 3) + 1) && !w.contains(day(2026, 3, 4)) && !w.contains(day(2026, 3, 2) - 1));
     }
 
     #[tokio::test]

@@ -1,0 +1,153 @@
+//! The vocabulary of token usage, shared by everything that counts it (the `aggregate`
+//! transform, the storage source's `ocpipe stats`): groupings, time ranges in the local time
+//! zone, and the sums of a group.
+
+use chrono::{DateTime, Datelike, Local, NaiveDate, TimeZone};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{SessionInfo, Tokens};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// One group for everything.
+    All,
+    Session,
+    /// The project's worktree, or `(global)` outside a project.
+    Project,
+    /// `provider/model`.
+    Model,
+    Agent,
+    /// The local date the message was created.
+    Day,
+}
+
+impl GroupBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::All => "all",
+            GroupBy::Session => "session",
+            GroupBy::Project => "project",
+            GroupBy::Model => "model",
+            GroupBy::Agent => "agent",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeName {
+    /// Since local midnight.
+    Today,
+    /// The last 7 days, today included.
+    Week,
+    /// Since the first of this month.
+    Month,
+    #[default]
+    All,
+}
+
+/// A resolved time window in epoch milliseconds: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub name: &'static str,
+}
+
+impl Window {
+    pub fn contains(&self, ms: i64) -> bool {
+        self.start.is_none_or(|s| ms >= s) && self.end.is_none_or(|e| ms < e)
+    }
+
+    /// The window for a range name, or `since`/`until` dates (`YYYY-MM-DD`, local time, both
+    /// inclusive), now being `now`.
+    pub fn resolve(
+        range: RangeName,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+        now: DateTime<Local>,
+    ) -> Window {
+        let midnight = |d: NaiveDate| {
+            Local.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap()).earliest().map(|t| t.timestamp_millis())
+        };
+        if since.is_some() || until.is_some() {
+            return Window {
+                start: since.and_then(midnight),
+                end: until.and_then(|u| u.succ_opt()).and_then(midnight),
+                name: "custom",
+            };
+        }
+        let today = now.date_naive();
+        match range {
+            RangeName::All => Window { start: None, end: None, name: "all" },
+            RangeName::Today => Window { start: midnight(today), end: None, name: "today" },
+            RangeName::Week => Window { start: midnight(today - chrono::Days::new(6)), end: None, name: "week" },
+            RangeName::Month => Window { start: midnight(today.with_day(1).unwrap()), end: None, name: "month" },
+        }
+    }
+}
+
+pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("`{s}` is not a date (YYYY-MM-DD): {e}"))
+}
+
+pub fn local_day(ms: i64) -> String {
+    Local
+        .timestamp_millis_opt(ms)
+        .earliest()
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The project key of a session: its worktree, or `(global)`.
+pub fn project_key(s: &SessionInfo) -> String {
+    match &s.project {
+        Some(p) => p.clone(),
+        None if s.project_id == "global" || s.project_id.is_empty() => "(global)".into(),
+        None => s.project_id.clone(),
+    }
+}
+
+/// Sums for one group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub sessions: u64,
+    pub messages: u64,
+    /// Assistant messages.
+    pub responses: u64,
+    #[serde(flatten)]
+    pub tokens: Tokens,
+    pub total: u64,
+    pub cost: f64,
+}
+
+impl Usage {
+    pub fn add_message(&mut self, tokens: &Tokens, cost: f64, assistant: bool) {
+        self.messages += 1;
+        self.responses += u64::from(assistant);
+        self.tokens.add(tokens);
+        self.total = self.tokens.total();
+        self.cost += cost;
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_local_calendar() {
+        let now = Local.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
+        let day = |y, m, d| Local.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap().timestamp_millis();
+        let w = Window::resolve(RangeName::Month, None, None, now);
+        assert!(w.contains(day(2026, 3, 1)) && !w.contains(day(2026, 3, 1) - 1));
+        let w = Window::resolve(RangeName::Week, None, None, now);
+        assert!(w.contains(day(2026, 3, 9)) && !w.contains(day(2026, 3, 9) - 1));
+        let w = Window::resolve(RangeName::All, parse_date("2026-03-02").ok(), parse_date("2026-03-03").ok(), now);
+        assert!(w.contains(day(2026, 3, 3) + 1) && !w.contains(day(2026, 3, 4)) && !w.contains(day(2026, 3, 2) - 1));
+    }
+}

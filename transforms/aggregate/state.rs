@@ -1,0 +1,141 @@
+//! The `aggregate` transform's state on disk, so its rollups come back right after a restart.
+//!
+//! What is kept is the input, not the sums: every session (its project) and every message (its
+//! model, agent, tokens, cost, fork flag) the transform has taken in, in a small SQLite file in
+//! the component's state directory. On start they are replayed, so a change of `group_by` or of
+//! the day (`range = "today"`) is computed afresh. The transform holds on to its input events'
+//! finalizers until what they brought is written here: the source's checkpoint never moves past
+//! state that would be lost.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use crate::event::{MessageInfo, SessionInfo, Tokens};
+
+/// One record of the state, as it was taken in.
+pub enum Record {
+    Session(SessionInfo),
+    Message(MessageInfo),
+}
+
+pub struct StateFile {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, project TEXT, title TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS message (
+  id TEXT PRIMARY KEY, session_id TEXT NOT NULL, role TEXT NOT NULL, provider TEXT, model TEXT, agent TEXT,
+  created INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
+  cache_read INTEGER NOT NULL, cache_write INTEGER NOT NULL, cost REAL NOT NULL, fork_copy INTEGER NOT NULL
+);
+";
+
+/// Token counts are stored as SQLite integers (i64); larger ones saturate.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl StateFile {
+    pub fn open(path: &Path) -> rusqlite::Result<StateFile> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A commit is on disk before the finalizers it covers are released.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(StateFile { conn, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every session, then every message, as they were taken in.
+    pub fn load(&self, f: &mut dyn FnMut(Record)) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare("SELECT id, project_id, project, title FROM session")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            f(Record::Session(SessionInfo {
+                id: r.get(0)?,
+                project_id: r.get(1)?,
+                project: r.get(2)?,
+                title: r.get(3)?,
+                ..Default::default()
+            }));
+        }
+        let mut st = self.conn.prepare(
+            "SELECT id, session_id, role, provider, model, agent, created, input, output, reasoning, cache_read, \
+             cache_write, cost, fork_copy FROM message",
+        )?;
+        let mut rows = st.query([])?;
+        let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        while let Some(r) = rows.next()? {
+            f(Record::Message(MessageInfo {
+                id: r.get(0)?,
+                session_id: r.get(1)?,
+                role: r.get(2)?,
+                provider_id: r.get(3)?,
+                model_id: r.get(4)?,
+                agent: r.get(5)?,
+                time_created: r.get(6)?,
+                tokens: Tokens {
+                    input: n(r, 7)?,
+                    output: n(r, 8)?,
+                    reasoning: n(r, 9)?,
+                    cache_read: n(r, 10)?,
+                    cache_write: n(r, 11)?,
+                },
+                cost: r.get(12)?,
+                fork_copy: r.get(13)?,
+                ..Default::default()
+            }));
+        }
+        Ok(())
+    }
+
+    /// Writes sessions and messages in one durable transaction.
+    pub fn write(&mut self, sessions: &[SessionInfo], messages: &[MessageInfo]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO session (id, project_id, project, title) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(id) DO UPDATE SET project_id = ?2, project = ?3, title = ?4",
+            )?;
+            for s in sessions {
+                st.execute(params![s.id, s.project_id, s.project, s.title])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO message (id, session_id, role, provider, model, agent, created, input, output, \
+                 reasoning, cache_read, cache_write, cost, fork_copy) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for m in messages {
+                let t = &m.tokens;
+                st.execute(params![
+                    m.id,
+                    m.session_id,
+                    m.role,
+                    m.provider_id,
+                    m.model_id,
+                    m.agent,
+                    m.time_created,
+                    int(t.input),
+                    int(t.output),
+                    int(t.reasoning),
+                    int(t.cache_read),
+                    int(t.cache_write),
+                    m.cost,
+                    m.fork_copy
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+}
