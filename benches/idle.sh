@@ -25,21 +25,21 @@ msgs=${BENCH_MESSAGES:-100000} ntraces=${BENCH_TRACES:-1000}
 pipelines=${PIPELINES:-monitor trace status-light} scenarios=${SCENARIOS:-empty history writing}
 hz=$(getconf CLK_TCK)
 tmp=$(mktemp -d /tmp/ocpipe-idle.XXXXXX)
-pids=()
 
 # Kill a process and its descendants (children first found, then the parent).
 killtree() {
   local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do killtree "$c"; done
   kill "$1" 2>/dev/null || true
 }
+stopall() { local p; for p in $(jobs -p); do killtree "$p"; done; wait 2>/dev/null || true; }
 cleanup() {
-  local p; for p in "${pids[@]}"; do killtree "$p"; done
-  wait 2>/dev/null || true
+  stopall
   [ -n "${KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+nap() { sleep "$1" & wait $!; }                                               # interruptible by the trap
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }       # utime+stime
 kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }               # VmRSS / VmHWM
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -69,11 +69,11 @@ run() {
     mkdir -p "$d/data/opencode"; cp "$db" "$d/data/opencode/opencode.db"
     [ "$p" = trace ] && cp -r "$traces" "$d/traces"
   fi
-  "$bin" --log-level info run "$root/pipelines/$p.toml" >"$log" 2>&1 & oc=$!; pids+=("$oc")
+  "$bin" --log-level info run "$root/pipelines/$p.toml" >"$log" 2>&1 & oc=$!
   # Settle: the history is read (monitor) and the counters stop moving for 3 samples 2 s apart
   # (or for 1 sample with CPU under 5 %), at most SETTLE_MAX seconds.
   while ((settled < settle_max)); do
-    c0=$(ticks "$oc" 2>/dev/null) || break; sleep 2; settled=$((settled + 2))
+    c0=$(ticks "$oc" 2>/dev/null) || break; nap 2; settled=$((settled + 2))
     c1=$(ticks "$oc" 2>/dev/null) || break; now=$(counters "$d/dd")
     if [ "$now" = "$prev" ]; then quiet=$((quiet + 1)); else quiet=0; fi; prev=$now
     [[ $p == monitor && $s != empty ]] && ! grep -q "read OpenCode's history" "$log" && continue
@@ -81,26 +81,25 @@ run() {
   done
   ((settled >= settle_max)) && notes+="settle cap hit; "
   if [ "$s" = writing ]; then   # a real OpenCode writing into the same data dir, in a loop
-    isolated_opencode "$d" "$tmp/script.json" "$d/served.jsonl"; pids+=("$mock_pid")
+    isolated_opencode "$d" "$tmp/script.json" "$d/served.jsonl"
     mkdir -p "$XDG_CONFIG_HOME/opencode/plugin"; cp "$root/fixtures/tools/tracer-plugin.js" "$XDG_CONFIG_HOME/opencode/plugin/"
-    (cd "$d/work"; while :; do timeout 120 "$opencode" run "Reply exactly: OK" >/dev/null 2>>"$d/opencode.err"; echo >>"$d/runs"; done) &
-    pids+=("$!")
+    : >"$d/runs"; (cd "$d/work"; while :; do timeout 120 "$opencode" run "Reply exactly: OK" >/dev/null 2>>"$d/opencode.err"; echo >>"$d/runs"; done) &
   fi
-  tail -f /dev/null & base=$!; pids+=("$base")
+  tail -f /dev/null & base=$!
   t0=$(date +%s.%N); c0=$(ticks "$oc" 2>/dev/null || echo x); b0=$(ticks "$base")
-  sleep "$secs"
+  nap "$secs"
   t1=$(date +%s.%N); c1=$(ticks "$oc" 2>/dev/null || echo x); b1=$(ticks "$base")
   if [ "$c0" = x ] || [ "$c1" = x ]; then
     printf '%-13s %-8s  %s\n' "$p" "$s" "ocpipe exited: $(tail -n 3 "$log" | tr '\n' ' ')"
   else
-    [ "$s" = writing ] && notes+="$(cat "$d/runs" 2>/dev/null | wc -l) opencode runs done; "
+    [ "$s" = writing ] && notes+="$(wc -l <"$d/runs") opencode runs done; "
     awk -v p="$p" -v s="$s" -v hz="$hz" -v t="$t0 $t1" -v c=$((c1 - c0)) -v b=$((b1 - b0)) -v rss="$(kb "$oc" VmRSS)" \
       -v hwm="$(kb "$oc" VmHWM)" -v brss="$(kb "$base" VmRSS)" -v st="${settled}s" -v n="$notes" 'BEGIN {
         split(t, w, " "); win = w[2] - w[1]; cpu = c / hz / win * 100
         n = ((cpu <= 1 && rss / 1024 <= 30) ? "ok; " : "OVER; ") n; sub(/; $/, "", n)
         printf "%-13s %-8s %7.1f %7.1f %7.1f %7.1f %7.1f %6s  %s\n", p, s, cpu, rss / 1024, hwm / 1024, b / hz / win * 100, brss / 1024, st, n }'
   fi
-  local q; for q in "${pids[@]}"; do killtree "$q"; done; wait 2>/dev/null || true; pids=()
+  stopall
   [ -n "${KEEP:-}" ] || rm -rf "$d"
 }
 

@@ -94,11 +94,21 @@ fn stored_message(db: &std::path::Path, input: i64) -> Option<(i64, i64)> {
     .ok()
 }
 
-#[test]
-fn the_monitor_pipeline_follows_a_running_opencode() {
+fn rollup_all(db: &std::path::Path) -> (i64, i64) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT input, messages FROM rollup WHERE group_by = 'all'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap_or((0, 0))
+}
+
+/// The main job against a real OpenCode `version`: history first, a session committed while it
+/// runs reaches the store within a second, and after a restart nothing is sent again and the
+/// rollups go on from where they were (equal to `ocpipe stats`), not from zero.
+fn monitor_follows(version: &str) {
     let script = r#"[{"text": "first", "usage": {"prompt": 900, "completion": 5}},
-                     {"text": "second", "usage": {"prompt": 1700, "completion": 9, "cached": 200}}]"#;
-    let Some(oc) = OpenCode::start(script) else {
+                     {"text": "second", "usage": {"prompt": 1700, "completion": 9, "cached": 200}},
+                     {"text": "third", "usage": {"prompt": 2500, "completion": 3}}]"#;
+    let Some(oc) = OpenCode::start_version(script, version) else {
         return;
     };
     oc.run("The first session, before ocpipe starts");
@@ -122,7 +132,7 @@ fn the_monitor_pipeline_follows_a_running_opencode() {
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let t = std::time::Instant::now();
         while !f() {
-            assert!(t.elapsed().as_secs() < 30, "timed out waiting for {what}");
+            assert!(t.elapsed().as_secs() < 30, "{version}: timed out waiting for {what}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     };
@@ -137,16 +147,11 @@ fn the_monitor_pipeline_follows_a_running_opencode() {
     let (_, completed) = stored_message(&db, 1500).unwrap();
     let latency = seen_ms - completed;
     eprintln!(
-        "commit-to-store latency: {latency} ms after OpenCode completed the message ({after_exit:?} after it exited)"
+        "{version}: commit-to-store latency: {latency} ms after OpenCode completed the message ({after_exit:?} after it exited)"
     );
-    assert!(latency < 1000, "the message took {latency} ms to reach the store");
-    wait("the rollup", &|| {
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .query_row("SELECT input FROM rollup WHERE group_by = 'all'", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0)
-            == 900 + 1500
-    });
+    assert!(latency < 1000, "{version}: the message took {latency} ms to reach the store");
+    wait("the rollup", &|| rollup_all(&db).0 == 900 + 1500);
+    let messages = rollup_all(&db).1;
 
     let stop = |child: std::process::Child| {
         unsafe { kill(child.id() as i32, 15) };
@@ -154,16 +159,53 @@ fn the_monitor_pipeline_follows_a_running_opencode() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stderr)
     };
-    stop(child);
-    // A restart re-emits nothing.
+    let log = stop(child);
+    let follow = if version.starts_with("1.1.") {
+        "storage"
+    } else if version.starts_with("1.18") || version.starts_with("1.17") {
+        "`event` change feed"
+    } else {
+        "by its rows"
+    };
+    assert!(log.contains(follow) || version.starts_with("1.1."), "{version}: the feed is named: {log}");
+
+    // A restart re-emits nothing, and the rollups go on from where they were.
     let again = start_ocpipe();
     std::thread::sleep(std::time::Duration::from_secs(2));
+    oc.run("The third session, after a restart");
+    wait("the rollup after the restart", &|| rollup_all(&db).0 == 900 + 1500 + 2500);
+    assert_eq!(rollup_all(&db).1, messages + 2, "{version}: one user and one assistant message more");
     let log = stop(again);
     let line = log
         .lines()
         .find(|l| l.contains("final counters") && l.contains("component=opencode"))
         .expect("counters logged");
-    assert!(line.contains(" sent=0 "), "{line}");
+    assert!(!line.contains(" sent=0 "), "{line}");
+    assert!(log.contains("rollups restored"), "{version}: {log}");
+    let data = oc.dir.path().join("data/opencode");
+    let stats = stats_json(&["--data-dir", data.to_str().unwrap()]);
+    assert_eq!(stats["totals"]["input"].as_i64(), Some(rollup_all(&db).0), "{version}: rollup = ocpipe stats");
+    assert_eq!(stats["totals"]["messages"].as_i64(), Some(rollup_all(&db).1), "{version}: rollup = ocpipe stats");
+}
+
+#[test]
+fn the_monitor_pipeline_follows_opencode_1_18() {
+    monitor_follows("1.18.33");
+}
+
+#[test]
+fn the_monitor_pipeline_follows_opencode_1_15_by_rows() {
+    monitor_follows("1.15.13");
+}
+
+#[test]
+fn the_monitor_pipeline_follows_opencode_1_2_by_rows() {
+    monitor_follows("1.2.27");
+}
+
+#[test]
+fn the_monitor_pipeline_follows_opencode_1_1_json_storage() {
+    monitor_follows("1.1.65");
 }
 
 unsafe extern "C" {

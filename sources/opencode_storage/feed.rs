@@ -278,7 +278,7 @@ impl Feed {
             for id in &open {
                 // Gone (deleted or reverted): nothing more will come of it.
                 if let Some((session, created, data)) = st
-                    .query_row([id], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)))
+                    .query_row([id], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get_ref(3)?.as_bytes()?.to_vec())))
                     .optional()?
                 {
                     on_message(id, &session, created, &data);
@@ -322,7 +322,7 @@ impl Feed {
         let mut st = self.conn.prepare_cached("SELECT message_id, session_id, data FROM part WHERE id = ?1")?;
         for id in &open {
             if let Some((msg, ses, data)) = st
-                .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get_ref(2)?.as_bytes()?.to_vec())))
                 .optional()?
             {
                 on_part(id, &msg, &ses, &data);

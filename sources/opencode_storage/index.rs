@@ -91,12 +91,24 @@ pub fn index_path(loc: &Location) -> PathBuf {
     cache.join("ocpipe").join(format!("stats-{:016x}.idx", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
 }
 
-/// The catalog for `loc`, from the index when possible; the index is refreshed.
+/// The catalog for `loc`, from the index when possible; the index is refreshed. When nothing
+/// changed, the message id hashes are not read: `cat.ids` is then empty (see
+/// [`load_or_build_with_ids`]).
 pub fn load_or_build(loc: &Location) -> Catalog {
+    load(loc, false)
+}
+
+/// [`load_or_build`], with `cat.ids` always in step with `cat.messages` (the backfill looks fork
+/// copies up by message id).
+pub fn load_or_build_with_ids(loc: &Location) -> Catalog {
+    load(loc, true)
+}
+
+fn load(loc: &Location, ids: bool) -> Catalog {
     let path = index_path(loc);
     let now = stamps(loc);
     let delta = read_delta(&path);
-    let loaded = read(&path, |base| delta.as_ref().map_or(&base.stamps, |d| &d.header.stamps) != &now);
+    let loaded = read(&path, |base| ids || delta.as_ref().map_or(&base.stamps, |d| &d.header.stamps) != &now);
     match loaded {
         Ok(Some((base, mut cat))) => {
             let base_id = header_id(&base);

@@ -143,6 +143,8 @@ struct Reader {
     marks: Marks,
     keys: ForkKeys,
     feeds: HashMap<PathBuf, Feed>,
+    /// The last error of each database that fails (logged once until it changes).
+    failing: HashMap<PathBuf, String>,
     sent: Sent,
 }
 
@@ -151,8 +153,8 @@ struct Reader {
 #[derive(Default)]
 struct Sent(HashMap<u64, u64>);
 
-/// Records remembered before [`Sent`] starts over (16 bytes each).
-const SENT_MAX: usize = 1 << 20;
+/// Records remembered before [`Sent`] starts over (about 32 bytes each).
+const SENT_MAX: usize = 200_000;
 
 impl Sent {
     /// Whether `ev` differs from what was last sent under its id (and remembers it).
@@ -193,6 +195,7 @@ impl Follower {
                 marks: resume.unwrap_or_default(),
                 keys: ForkKeys::default(),
                 feeds: HashMap::new(),
+                failing: HashMap::new(),
                 sent: Sent::default(),
             }),
             tracker: BatchTracker::default(),
@@ -350,11 +353,20 @@ impl Reader {
                 }
             };
             let feed = self.feeds.get_mut(db).expect("opened above");
+            let before = pos.clone();
             match feed.read(db, pos, &mut out) {
-                Ok(m) => more |= m,
+                Ok(m) => {
+                    more |= m;
+                    self.failing.remove(db);
+                }
                 Err(e) => {
+                    // Nothing of a failed round counts: it is read again.
+                    *pos = before;
                     self.feeds.remove(db);
-                    tracing::debug!(component = &*self.cx.id, "reading {}: {e}", db.display());
+                    let e = e.to_string();
+                    if self.failing.insert(db.clone(), e.clone()).as_ref() != Some(&e) {
+                        self.cx.error(format_args!("reading {}: {e}; trying again", db.display()));
+                    }
                 }
             }
         }

@@ -163,7 +163,7 @@ async fn backfill(
     let (cx2, loc2) = (cx.clone(), loc.clone());
     let rt = tokio::runtime::Handle::current();
     let (out, keys) = tokio::task::spawn_blocking(move || {
-        let cat = index::load_or_build(&loc2);
+        let cat = index::load_or_build_with_ids(&loc2);
         let forks: HashSet<u64> = cat
             .messages
             .iter()

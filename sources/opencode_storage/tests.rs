@@ -160,6 +160,13 @@ fn the_warm_index_answers_without_reading_and_catches_up_with_new_rows() {
     assert!(index::index_path(&loc).exists());
     let again = index::load_or_build(&loc);
     assert_eq!(first.messages, again.messages);
+    // Unchanged, the id hashes are not even read, unless asked for: the backfill looks fork
+    // copies up by id, and a warm index used to give it none to find.
+    assert!(again.ids.is_empty());
+    let with_ids = index::load_or_build_with_ids(&loc);
+    assert_eq!((&with_ids.messages, &with_ids.ids), (&first.messages, &first.ids));
+    let copies = with_ids.messages.iter().zip(&with_ids.ids).filter(|(m, _)| m.flags & catalog::FORK_COPY != 0);
+    assert_eq!(copies.count(), 2);
 
     // OpenCode adds a message and updates another in place (with a change-feed row).
     let conn = Connection::open(&db).unwrap();
@@ -202,6 +209,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(fixture("v1.18.33-fork/opencode.db"), data.join("opencode.db")).unwrap();
     let c = cfg(&format!("data_dir = \"{}\"\nfollow = false", data.display()));
+    // The index is warm and unchanged, as after `ocpipe stats`: fork copies are flagged all the same.
+    index::load_or_build(&Location::find(Some(&data), None));
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |_| false).await;
     assert_eq!(kinds(&out.events).0, 6);
     assert_eq!(kinds(&out.events).1, 15);

@@ -209,9 +209,15 @@ pub struct OpenCode {
 impl OpenCode {
     /// `None` (after a loud skip, or a panic under CI) when npm or python3 is missing.
     pub fn start(script: &str) -> Option<OpenCode> {
+        Self::start_version(script, "1.18.33")
+    }
+
+    /// A given release of opencode-ai (installed from npm, cached).
+    pub fn start_version(script: &str, version: &str) -> Option<OpenCode> {
         require("npm")?;
         require("python3")?;
-        let out = Command::new("bash").arg(root().join("fixtures/tools/opencode-bin.sh")).output().unwrap();
+        let out =
+            Command::new("bash").arg(root().join("fixtures/tools/opencode-bin.sh")).arg(version).output().unwrap();
         assert!(out.status.success(), "installing OpenCode: {}", text(&out.stderr));
         let bin = PathBuf::from(text(&out.stdout).trim());
         let dir = tempfile::tempdir().unwrap();
