@@ -41,6 +41,11 @@ impl PathTemplate {
     /// directory before the first placeholder. Relative paths are returned relative; resolve them
     /// with [`PathTemplate::resolved`].
     pub fn parse(template: &str, base_dir: Option<&str>) -> Result<PathTemplate, TemplateError> {
+        // `~/` is the home directory here as in every other path option.
+        let home = |p: &str| crate::component::expand_home(p).to_string_lossy().into_owned();
+        let template = &home(template);
+        let base_dir = base_dir.map(home);
+        let base_dir = base_dir.as_deref();
         let err = |m: String, h: &str| TemplateError { message: m, help: h.to_string() };
         if template.is_empty() {
             return Err(err("the path template is empty".into(), "e.g. path = \"out/{sessionID}.jsonl\""));
@@ -241,6 +246,11 @@ mod tests {
         let t = t.resolved(|p| Path::new("/work").join(p));
         assert_eq!(t.base(), Path::new("/work/out"));
         assert_eq!(t.render(&ev(serde_json::json!({"sessionID": "s"}))), PathBuf::from("/work/out/2026-04-25/s.jsonl"));
+        // `~/` is the home directory, as in every path option (not a folder named `~`).
+        let home = crate::component::home_dir();
+        let t = PathTemplate::parse("~/out/{sessionID}.jsonl", None).unwrap().resolved(|p| Path::new("/work").join(p));
+        assert_eq!(t.base(), home.join("out"));
+        assert_eq!(t.render(&ev(serde_json::json!({"sessionID": "s"}))), home.join("out/s.jsonl"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{StartAt, TraceJsonlConfig};
 use crate::checkpoint::CheckpointFile;
+use crate::watch::{Changes, Watch};
 use crate::component::{Context, Output, SourceContext};
 use crate::event::{Event, Finalizer, Payload, Status, TraceRecord};
 
@@ -84,10 +86,13 @@ impl AckLog {
 
 struct Tracked {
     path: PathBuf,
-    ino: u64,
     fingerprint: u64,
     instance: u64,
-    reader: BufReader<File>,
+    /// Open while the file is active; idle files are closed (at most `max_open` stay open) and
+    /// reopened at `read_pos` when they change.
+    reader: Option<BufReader<File>>,
+    /// When the file was last read from (for closing the least recently active first).
+    last_read: Instant,
     /// Bytes consumed by the reader (including a partial last line).
     read_pos: u64,
     /// Lines completed so far.
@@ -105,7 +110,20 @@ enum Line {
     TooLong { line: u64, end: u64 },
 }
 
-type Ack = (u64, u64, u64, Status);
+/// A file's identity: device and inode (the fingerprint is checked beside it).
+type FileId = (u64, u64);
+
+type Ack = (FileId, u64, u64, Status);
+
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    (m.dev(), m.ino())
+}
+
+/// The checkpoint key of a file: its fingerprint with its identity, so two files that begin
+/// alike keep apart.
+fn key_of(fp: u64, id: FileId) -> String {
+    format!("{fp:016x}:{}:{}", id.0, id.1)
+}
 
 pub struct Reader {
     root: PathBuf,
@@ -115,7 +133,9 @@ pub struct Reader {
     start_at_end: bool,
     checkpoint: CheckpointFile,
     saved: HashMap<String, Saved>,
-    files: HashMap<u64, Tracked>,
+    files: HashMap<FileId, Tracked>,
+    /// Files kept open at most.
+    max_open: usize,
     next_instance: u64,
     ack_tx: mpsc::UnboundedSender<Ack>,
     ack_rx: mpsc::UnboundedReceiver<Ack>,
@@ -144,6 +164,7 @@ impl Reader {
             checkpoint,
             saved,
             files: HashMap::new(),
+            max_open: cfg.max_open_files,
             next_instance: 0,
             ack_tx,
             ack_rx,
@@ -156,12 +177,19 @@ impl Reader {
 
     pub async fn run(mut self, sc: SourceContext, follow: bool, poll: Duration) -> anyhow::Result<()> {
         let SourceContext { cx: _, mut out, shutdown } = sc;
-        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-        let _watcher = if follow { self.watch(wake_tx) } else { None };
+        let mut watch = follow.then(|| self.watch());
         let mut last_flush = Instant::now();
+        // The first round looks at everything.
+        let mut changes = Changes { rescan: true, ..Default::default() };
         loop {
-            self.scan();
-            let more = self.read_all(&mut out, &shutdown).await;
+            // With live notifications, only the files they name are looked at; otherwise (and
+            // on each slow poll) every file is.
+            let only = (!changes.rescan && watch.as_ref().is_some_and(Watch::is_live)).then_some(&changes.paths);
+            let new_files = only.is_none_or(|paths| paths.iter().any(|p| !self.tracks(p)));
+            if new_files {
+                self.scan();
+            }
+            let more = self.read_all(&mut out, &shutdown, only).await;
             self.drain_acks();
             if last_flush.elapsed() >= CHECKPOINT_EVERY {
                 self.save();
@@ -172,14 +200,22 @@ impl Reader {
             }
             if more {
                 tokio::task::yield_now().await;
+                // What is left to read is in files already named: look at them all again.
+                changes = Changes { rescan: true, ..Default::default() };
                 continue;
             }
-            tokio::select! {
+            let live = watch.as_ref().is_some_and(Watch::is_live);
+            // Notifications tell of changes; the poll only backs them up.
+            let wait = if live { (poll * 20).max(Duration::from_secs(5)) } else { poll };
+            let polled = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = wake_rx.recv() => {}
-                _ = tokio::time::sleep(poll) => {}
-                Some(ack) = self.ack_rx.recv() => self.on_ack(ack),
-            }
+                _ = async { watch.as_ref().expect("follow").changed().await }, if watch.is_some() => false,
+                _ = tokio::time::sleep(wait) => true,
+                Some(ack) = self.ack_rx.recv() => { self.on_ack(ack); false }
+            };
+            changes = watch.as_mut().map(Watch::take).unwrap_or_default();
+            // Acks only: nothing to read unless a notification came with them.
+            changes.rescan |= polled;
         }
         // Let everything downstream drain, then record what was delivered.
         drop(out);
@@ -194,20 +230,21 @@ impl Reader {
         Ok(())
     }
 
-    fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let dir = if self.root.is_dir() { self.root.clone() } else { literal_dir(&self.pattern) };
-        let mut w = notify::recommended_watcher(move |_res| {
-            let _ = wake.try_send(());
-        })
-        .ok()?;
-        match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                tracing::debug!(component = &*self.cx.id, "not watching {} ({e}); polling", dir.display());
-                None
-            }
-        }
+    fn watch(&self) -> Watch {
+        let dir = if self.root.is_dir() || !self.pattern.contains(['*', '?', '[']) {
+            self.root.clone()
+        } else {
+            literal_dir(&self.pattern)
+        };
+        let exclude = self.exclude.clone();
+        let filter = Arc::new(move |p: &Path| {
+            p.extension().is_some_and(|e| e == "jsonl") && !p.file_name().is_some_and(|n| exclude.is_match(n))
+        });
+        Watch::new(&self.cx.id, vec![(dir, notify::RecursiveMode::NonRecursive)], filter)
+    }
+
+    fn tracks(&self, path: &Path) -> bool {
+        self.files.values().any(|t| t.path == path)
     }
 
     fn candidates(&mut self) -> Vec<PathBuf> {
@@ -238,7 +275,8 @@ impl Reader {
         paths
     }
 
-    /// Finds new, renamed and replaced files.
+    /// Finds new, renamed and replaced files. A file is the same file while its device, inode
+    /// and fingerprint are; a renamed one keeps its place.
     fn scan(&mut self) {
         let start_at_end = self.first_scan && self.start_at_end;
         self.first_scan = false;
@@ -246,7 +284,10 @@ impl Reader {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
-            if self.files.values().any(|t| t.path == path && t.ino == meta.ino()) {
+            let id = file_id(&meta);
+            if let Some(t) = self.files.get(&id)
+                && t.path == path
+            {
                 continue;
             }
             let fp = match fingerprint(&path) {
@@ -257,14 +298,20 @@ impl Reader {
                     continue;
                 }
             };
-            if let Some(t) = self.files.get_mut(&fp) {
+            if let Some(t) = self.files.get_mut(&id)
+                && t.fingerprint == fp
+            {
                 tracing::debug!(component = &*self.cx.id, "{} is now {}", t.path.display(), path.display());
                 t.path = path;
-                t.ino = meta.ino();
                 continue;
             }
-            let key = format!("{fp:016x}");
-            let (offset, line) = match self.saved.get(&key) {
+            // An inode reused by a different file: the old one is gone.
+            self.files.remove(&id);
+            let key = key_of(fp, id);
+            // Checkpoints written before files were told apart by inode are keyed by the
+            // fingerprint alone.
+            let saved = self.saved.get(&key).or_else(|| self.saved.get(&format!("{fp:016x}")));
+            let (offset, line) = match saved {
                 Some(s) if s.offset <= meta.len() => (s.offset, s.line),
                 Some(_) => {
                     tracing::warn!(
@@ -277,59 +324,111 @@ impl Reader {
                 None if start_at_end => (meta.len(), 0),
                 None => (0, 0),
             };
-            match open_at(&path, offset) {
-                Ok(reader) => {
-                    self.next_instance += 1;
-                    self.files.insert(
-                        fp,
-                        Tracked {
-                            path,
-                            ino: meta.ino(),
-                            fingerprint: fp,
-                            instance: self.next_instance,
-                            reader,
-                            read_pos: offset,
-                            line,
-                            partial: Vec::new(),
-                            skipping: false,
-                            acks: AckLog::default(),
-                            committed: (offset, line),
-                            eof: false,
-                        },
-                    );
-                }
-                Err(e) => self.cx.error(format_args!("cannot open {}: {e}", path.display())),
+            self.next_instance += 1;
+            self.files.insert(
+                id,
+                Tracked {
+                    path,
+                    fingerprint: fp,
+                    instance: self.next_instance,
+                    reader: None,
+                    last_read: Instant::now(),
+                    read_pos: offset,
+                    line,
+                    partial: Vec::new(),
+                    skipping: false,
+                    acks: AckLog::default(),
+                    committed: (offset, line),
+                    eof: false,
+                },
+            );
+            self.dirty = true;
+        }
+    }
+
+    /// Closes the least recently read files until fewer than `max_open` are open.
+    fn make_room(&mut self) {
+        let open = self.files.values().filter(|t| t.reader.is_some()).count();
+        if open < self.max_open {
+            return;
+        }
+        let mut by_age: Vec<(Instant, FileId)> =
+            self.files.iter().filter(|(_, t)| t.reader.is_some()).map(|(k, t)| (t.last_read, *k)).collect();
+        by_age.sort();
+        for (_, k) in by_age.into_iter().take(open + 1 - self.max_open) {
+            if let Some(t) = self.files.get_mut(&k) {
+                t.reader = None;
             }
         }
     }
 
-    /// Reads every file up to its budget. Returns whether any file has more to read now.
-    async fn read_all(&mut self, out: &mut Output, shutdown: &CancellationToken) -> bool {
-        let mut keys: Vec<u64> = self.files.keys().copied().collect();
+    /// Reads the files (all, or `only` those) up to their budget. Returns whether any file has
+    /// more to read now.
+    async fn read_all(
+        &mut self,
+        out: &mut Output,
+        shutdown: &CancellationToken,
+        only: Option<&std::collections::HashSet<PathBuf>>,
+    ) -> bool {
+        let mut keys: Vec<FileId> =
+            self.files.iter().filter(|(_, t)| only.is_none_or(|o| o.contains(&t.path))).map(|(k, _)| *k).collect();
         keys.sort_by(|a, b| self.files[a].path.cmp(&self.files[b].path));
         let mut more = false;
-        for fp in keys {
+        for id in keys {
             if shutdown.is_cancelled() {
                 return false;
             }
-            let t = self.files.get_mut(&fp).expect("key from map");
+            let t = &self.files[&id];
+            let meta = match &t.reader {
+                Some(r) => r.get_ref().metadata(),
+                None => std::fs::metadata(&t.path),
+            };
+            let len = match meta {
+                Ok(m) if t.reader.is_some() || file_id(&m) == id => m.len(),
+                // Gone, or another file at its path now: done once delivered.
+                _ => {
+                    if t.acks.pending() == 0 {
+                        self.files.remove(&id);
+                    }
+                    continue;
+                }
+            };
             // Truncated in place: start over as a new file.
-            if t.reader.get_ref().metadata().map(|m| m.len() < t.read_pos).unwrap_or(false) {
+            if len < t.read_pos {
                 tracing::warn!(
                     component = &*self.cx.id,
                     "{} was truncated: reading it again from the start",
                     t.path.display()
                 );
-                self.saved.remove(&format!("{fp:016x}"));
-                self.files.remove(&fp);
+                self.saved.remove(&key_of(t.fingerprint, id));
+                self.files.remove(&id);
                 self.dirty = true;
                 more = true;
                 continue;
             }
+            if len == t.read_pos && t.reader.is_none() {
+                continue;
+            }
+            if t.reader.is_none() {
+                self.make_room();
+            }
+            let t = self.files.get_mut(&id).expect("key from map");
+            if t.reader.is_none() {
+                match open_at(&t.path, t.read_pos) {
+                    Ok(r) => t.reader = Some(r),
+                    Err(e) => {
+                        let msg = format!("cannot open {}: {e}", t.path.display());
+                        self.cx.error(format_args!("{msg}"));
+                        continue;
+                    }
+                }
+            }
+            t.last_read = Instant::now();
             let (lines, eof) = match read_lines(t, self.max_line, READ_BUDGET) {
                 Ok(x) => x,
                 Err(e) => {
                     let msg = format!("reading {}: {e}", t.path.display());
+                    t.reader = None;
                     self.cx.error(format_args!("{msg}"));
                     continue;
                 }
@@ -338,22 +437,22 @@ impl Reader {
             more |= !eof;
             let (path, instance) = (t.path.clone(), t.instance);
             for line in lines {
-                self.emit(fp, instance, &path, line, out).await;
+                self.emit(id, instance, &path, line, out).await;
             }
             self.drain_acks();
             // A rotated-away or deleted file that is fully read and delivered is done.
-            let t = &self.files[&fp];
+            let t = &self.files[&id];
             if t.eof && t.acks.pending() == 0 {
-                let gone = std::fs::metadata(&t.path).map(|m| m.ino() != t.ino).unwrap_or(true);
+                let gone = std::fs::metadata(&t.path).map(|m| file_id(&m) != id).unwrap_or(true);
                 if gone {
-                    self.files.remove(&fp);
+                    self.files.remove(&id);
                 }
             }
         }
         more
     }
 
-    async fn emit(&mut self, fp: u64, instance: u64, path: &Path, line: Line, out: &mut Output) {
+    async fn emit(&mut self, fp: FileId, instance: u64, path: &Path, line: Line, out: &mut Output) {
         let t = self.files.get_mut(&fp).expect("tracked");
         match line {
             Line::TooLong { line, end } => {
@@ -430,9 +529,10 @@ impl Reader {
             return;
         }
         let now = Utc::now().timestamp();
-        for t in self.files.values() {
+        for (id, t) in &self.files {
+            self.saved.remove(&format!("{:016x}", t.fingerprint));
             self.saved.insert(
-                format!("{:016x}", t.fingerprint),
+                key_of(t.fingerprint, *id),
                 Saved { path: t.path.display().to_string(), offset: t.committed.0, line: t.committed.1, updated: now },
             );
         }
@@ -486,10 +586,22 @@ fn fingerprint(path: &Path) -> io::Result<Option<u64>> {
 /// Reads complete lines until `budget` bytes or the end of the file. A partial last line stays
 /// in `t.partial` until its newline arrives.
 fn read_lines(t: &mut Tracked, max_line: usize, budget: usize) -> io::Result<(Vec<Line>, bool)> {
+    let mut reader = t.reader.take().expect("the file is open");
+    let res = read_lines_from(&mut reader, t, max_line, budget);
+    t.reader = Some(reader);
+    res
+}
+
+fn read_lines_from(
+    reader: &mut BufReader<File>,
+    t: &mut Tracked,
+    max_line: usize,
+    budget: usize,
+) -> io::Result<(Vec<Line>, bool)> {
     let mut lines = Vec::new();
     let mut bytes = 0;
     loop {
-        let buf = t.reader.fill_buf()?;
+        let buf = reader.fill_buf()?;
         if buf.is_empty() {
             return Ok((lines, true));
         }
@@ -499,7 +611,7 @@ fn read_lines(t: &mut Tracked, max_line: usize, budget: usize) -> io::Result<(Ve
                 if !too_long {
                     t.partial.extend_from_slice(&buf[..i]);
                 }
-                t.reader.consume(i + 1);
+                reader.consume(i + 1);
                 t.read_pos += i as u64 + 1;
                 t.line += 1;
                 t.skipping = false;
@@ -525,7 +637,7 @@ fn read_lines(t: &mut Tracked, max_line: usize, budget: usize) -> io::Result<(Ve
                         t.partial.extend_from_slice(buf);
                     }
                 }
-                t.reader.consume(n);
+                reader.consume(n);
                 t.read_pos += n as u64;
             }
         }

@@ -1,7 +1,8 @@
 //! `trace_jsonl`: LLM API traces written by `opencode-api-tracer` (one JSONL file per session).
 //!
-//! Files are identified by a fingerprint of their first line, so a renamed (rotated) file keeps
-//! its place and a truncated or replaced one starts over. The checkpoint of each file moves only
+//! Files are identified by device, inode and a fingerprint of their first line together, so a
+//! renamed (rotated) file keeps its place, two files that begin alike stay apart, and a
+//! truncated or replaced one starts over. At most `max_open_files` are open at once. The checkpoint of each file moves only
 //! when every event before it has been delivered by every sink (finalizers), so a crash re-reads
 //! at most what was in flight and loses nothing.
 
@@ -37,6 +38,10 @@ pub struct TraceJsonlConfig {
     /// `end` (files that appear later are always read from the beginning).
     #[serde(default)]
     pub start_at: StartAt,
+    /// Files kept open at most; the least recently written are closed and reopened when they
+    /// change, so a folder of many thousand files stays within the open-file limit.
+    #[serde(default = "default_max_open")]
+    pub max_open_files: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -55,6 +60,9 @@ fn default_exclude() -> Vec<String> {
 }
 fn default_poll() -> u64 {
     250
+}
+fn default_max_open() -> usize {
+    256
 }
 fn default_max_line() -> usize {
     256 * 1024 * 1024
@@ -97,6 +105,12 @@ impl SourceConfig for TraceJsonlConfig {
             errs.push(
                 FieldError::new(FieldPath::key("poll_interval_ms"), "`poll_interval_ms` must be at least 10")
                     .help("250 is a good value"),
+            );
+        }
+        if self.max_open_files == 0 {
+            errs.push(
+                FieldError::new(FieldPath::key("max_open_files"), "`max_open_files` must be at least 1")
+                    .help("256 is a good value"),
             );
         }
         if self.max_line_bytes < 1024 {

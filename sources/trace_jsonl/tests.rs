@@ -107,6 +107,43 @@ async fn rotation_keeps_position_and_truncation_starts_over() {
 }
 
 #[tokio::test]
+async fn files_that_begin_alike_are_both_read() {
+    let traces = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let first = record("ses_a", 1, "request");
+    append(&traces.path().join("a.jsonl"), &(first.clone() + &record("ses_a", 2, "request")));
+    append(&traces.path().join("b.jsonl"), &(first + &record("ses_b", 3, "request")));
+    let out = read_once(traces.path(), state.path()).await;
+    // The first records are the same record (one natural id): both copies come out.
+    assert_eq!(ids(&out.events), ["ses_a/1/request", "ses_a/1/request", "ses_a/2/request", "ses_b/3/request"]);
+    // Each has its own checkpoint.
+    append(&traces.path().join("b.jsonl"), &record("ses_b", 4, "request"));
+    assert_eq!(ids(&read_once(traces.path(), state.path()).await.events), ["ses_b/4/request"]);
+}
+
+#[tokio::test]
+async fn many_files_with_few_open_files_lose_nothing() {
+    let traces = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        append(&traces.path().join(format!("{i:02}.jsonl")), &record(&format!("ses_{i:02}"), 1, "request"));
+    }
+    let mut c = cfg(traces.path(), true);
+    c.max_open_files = 3;
+    let dir = traces.path().to_path_buf();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..40 {
+            append(&dir.join(format!("{i:02}.jsonl")), &record(&format!("ses_{i:02}"), 1, "response"));
+        }
+    });
+    let out = testing::run_source(&c, state.path(), Duration::from_secs(10), |e| e.len() >= 80).await;
+    writer.await.unwrap();
+    assert_eq!(out.events.len(), 80, "every file read, before and after it was closed");
+    assert!(read_once(traces.path(), state.path()).await.events.is_empty(), "checkpoints for all of them");
+}
+
+#[tokio::test]
 async fn huge_lines_work_and_lines_over_the_limit_are_skipped() {
     let traces = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
