@@ -80,6 +80,7 @@ impl SinkConfig for JsonlConfig {
             template,
             batch: self.batch_max_events,
             files: OpenFiles { max: self.max_open_files, open: HashMap::new(), tick: 0 },
+            failing: HashMap::new(),
             cx: cx.clone(),
         }))
     }
@@ -114,8 +115,18 @@ impl OpenFiles {
     }
 }
 
+/// What went wrong writing `path`, in words that say what to do.
+fn explain(path: &Path, e: &std::io::Error) -> String {
+    match path.ancestors().skip(1).find(|a| a.exists() && !a.is_dir()) {
+        Some(file) => format!("{} is a file, not a directory: move it away or change `path`", file.display()),
+        None => e.to_string(),
+    }
+}
+
 struct JsonlSink {
     template: PathTemplate,
+    /// Paths that failed, with the error last logged.
+    failing: HashMap<PathBuf, String>,
     batch: usize,
     files: OpenFiles,
     cx: Context,
@@ -139,10 +150,21 @@ impl JsonlSink {
         }
         for (path, buf, members) in by_file {
             let result = self.files.get(&path).and_then(|f| f.write_all(&buf));
-            if let Err(e) = result {
-                self.files.open.remove(&path);
-                self.cx.error(format_args!("writing {}: {e}", path.display()));
-                members.iter().for_each(|&i| batch[i].fail());
+            match result {
+                Ok(()) => {
+                    self.failing.remove(&path);
+                }
+                Err(e) => {
+                    self.files.open.remove(&path);
+                    let why = explain(&path, &e);
+                    // Logged once while the same path fails the same way; counted every time.
+                    if self.failing.get(&path) != Some(&why) {
+                        tracing::warn!(component = &*self.cx.id, "writing {}: {why}", path.display());
+                        self.failing.insert(path.clone(), why);
+                    }
+                    self.cx.metrics.error();
+                    members.iter().for_each(|&i| batch[i].fail());
+                }
             }
         }
     }

@@ -207,6 +207,8 @@ fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
         tracing::info!(data_dir = %data_dir.display(), "pipeline running; `ocpipe tap ID` and `ocpipe top` watch it");
         let summary = topology.run(shutdown).await;
         control_stop.cancel();
+        // Removed here, not only by the serving task: the runtime may end before that runs.
+        let _ = std::fs::remove_file(control::socket_path(&data_dir));
         for (id, kind, t, m) in &summary.metrics {
             tracing::info!(
                 component = %id, kind = %kind, r#type = t,

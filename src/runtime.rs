@@ -193,7 +193,8 @@ impl Topology {
         let mut timed_out = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         let every = Duration::from_secs(5);
-        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Created when the deadline is set, so no ticks pile up before it.
+        let mut report: Option<tokio::time::Interval> = None;
         loop {
             if set.is_empty() {
                 break;
@@ -228,7 +229,7 @@ impl Topology {
                     tracing::info!("shutting down: sources stop, the rest drains (deadline {:?})", self.shutdown_timeout);
                     deadline = Some(tokio::time::Instant::now() + self.shutdown_timeout);
                 }
-                _ = report.tick(), if deadline.is_some() => {
+                _ = async { report.as_mut().expect("set with the deadline").tick().await }, if report.is_some() => {
                     tracing::info!("still draining: {}", running.join(", "));
                 }
                 _ = wait_deadline => {
@@ -240,6 +241,11 @@ impl Topology {
             }
             if sources_token.is_cancelled() && deadline.is_none() {
                 deadline = Some(tokio::time::Instant::now() + self.shutdown_timeout);
+            }
+            if deadline.is_some() && report.is_none() {
+                let mut r = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                r.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                report = Some(r);
             }
         }
         Summary { metrics: self.handles.snapshot(), failed, timed_out }

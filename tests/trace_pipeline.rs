@@ -306,3 +306,73 @@ fn the_readme_example_validates() {
     let out = ocpipe(dir.path(), &["validate", "readme.toml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_failed_delivery_does_not_hold_up_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    write_records(&traces, 0, 8);
+    // The sink's directory is a file.
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/jsonl"), "not a directory").unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[sources.traces]\ntype = \"trace_jsonl\"\npath = \"traces\"\n\
+         [sinks.files]\ntype = \"jsonl\"\ninputs = [\"traces\"]\npath = \"out/jsonl/{sessionID}.jsonl\"\n",
+    )
+    .unwrap();
+    let child = spawn_run(dir.path(), &cfg, Stdio::piped());
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(asked.elapsed() < Duration::from_secs(10), "the end waited {:?} for a failed delivery: {log}", asked.elapsed());
+    assert!(out.status.success(), "{log}");
+    // Said once per path and reason (four session files), in words that say what is wrong.
+    let said = log.matches("is a file, not a directory").count();
+    assert_eq!(said, 4, "{log}");
+    assert!(log.contains("errors=8"), "every failed record counted: {log}");
+    assert!(!log.contains("still draining"), "{log}");
+    // Nothing was checkpointed past the failures: a run with a good sink gets all 8.
+    std::fs::remove_file(dir.path().join("out/jsonl")).unwrap();
+    let out = ocpipe(dir.path(), &["run", pipeline(dir.path(), false).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stored_if_any(&dir.path().join("out/traces.db")), 8);
+    assert!(!dir.path().join("state/control.sock").exists(), "a finished run leaves no control socket");
+}
+
+#[test]
+fn ten_thousand_files_under_a_low_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let n = 10_000;
+    for i in 0..n {
+        std::fs::write(
+            traces.join(format!("{i:05}.jsonl")),
+            format!(
+                "{{\"kind\":\"request\",\"id\":{i},\"timestamp\":\"2026-04-25T02:41:09.000Z\",\"sessionID\":\"ses_{}\",\"headers\":{{}}}}\n",
+                i % 50
+            ),
+        )
+        .unwrap();
+    }
+    let cfg = pipeline(dir.path(), false);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -n 1024 && exec {} run {}", bin(), cfg.display()))
+        .current_dir(dir.path())
+        .env("OCPIPE_DATA_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stored_if_any(&dir.path().join("out/traces.db")), n as i64);
+    let lines: usize = std::fs::read_dir(dir.path().join("out/jsonl"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
+        .sum();
+    assert_eq!(lines, n);
+}

@@ -43,11 +43,14 @@ struct AckLog {
     /// (end offset, line number, state: 0 pending, 1 done, 2 failed)
     entries: VecDeque<(u64, u64, u8)>,
     blocked: bool,
+    /// Entries still waiting for their ack (a failed one has had its answer).
+    unacked: usize,
 }
 
 impl AckLog {
     fn push(&mut self, end: u64, line: u64, done: bool) -> u64 {
         self.entries.push_back((end, line, if done { 1 } else { 0 }));
+        self.unacked += usize::from(!done);
         self.front_seq + self.entries.len() as u64 - 1
     }
 
@@ -55,6 +58,9 @@ impl AckLog {
         if let Some(i) = seq.checked_sub(self.front_seq)
             && let Some(e) = self.entries.get_mut(i as usize)
         {
+            if e.2 == 0 {
+                self.unacked -= 1;
+            }
             e.2 = if status == Status::Delivered { 1 } else { 2 };
         }
     }
@@ -79,8 +85,10 @@ impl AckLog {
         moved
     }
 
+    /// Lines whose delivery is not known yet (a failed line is known: it stays before the
+    /// checkpoint, but nothing waits for it).
     fn pending(&self) -> usize {
-        self.entries.len()
+        self.unacked
     }
 }
 
