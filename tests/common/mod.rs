@@ -417,6 +417,10 @@ impl Running {
         self.log.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, and it must exit cleanly.
     pub fn stop(mut self) {
         signal(self.child.id(), 15);
