@@ -77,3 +77,93 @@ fn stats_is_listed_in_help() {
     let out = Command::new(bin()).arg("--help").output().unwrap();
     assert!(text(&out.stdout).contains("stats"), "{}", text(&out.stdout));
 }
+
+fn stats_of(db: &std::path::Path, cache: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["stats", "--json", "--db", db.to_str().unwrap()])
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_damaged_or_locked_database_is_an_error_not_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(root().join("fixtures/storage/v1.18.33-fork/opencode.db")).unwrap();
+    let cut = dir.path().join("cut.db");
+    std::fs::write(&cut, &good[..100_000.min(good.len() / 2)]).unwrap();
+    let out = stats_of(&cut, dir.path());
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a truncated database must fail: {err}");
+    assert!(err.contains("cut.db") && (err.contains("malformed") || err.contains("damaged")), "{err}");
+    assert!(!err.contains("unknown schema"), "{err}");
+    assert!(out.stdout.is_empty(), "no totals are printed: {}", text(&out.stdout));
+
+    // Locked by a writer (rollback journal, exclusive): an error after the wait, not zeros.
+    let locked = dir.path().join("locked.db");
+    std::fs::write(&locked, &good).unwrap();
+    let conn = rusqlite::Connection::open(&locked).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = DELETE; BEGIN EXCLUSIVE; UPDATE session SET title = title;").unwrap();
+    let out = stats_of(&locked, dir.path());
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("locked"), "{err}");
+    conn.execute_batch("COMMIT").unwrap();
+    let out = stats_of(&locked, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn counts_out_of_range_saturate_the_same_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode/opencode.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(root().join("fixtures/storage/v1.18.33-fork/opencode.db"), &db).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (id, input, output): (String, i64, i64) = conn
+        .query_row(
+            "SELECT id, json_extract(data, '$.tokens.input'), json_extract(data, '$.tokens.output') FROM message \
+             WHERE json_extract(data, '$.role') = 'assistant' AND json_extract(data, '$.tokens.input') > 0 LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE message SET data = json_set(data, '$.tokens.input', 1e20, '$.tokens.output', -5, '$.cost', 1.7e308) \
+         WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(conn);
+    let before = stats_json(&["--db", root().join("fixtures/storage/v1.18.33-fork/opencode.db").to_str().unwrap()]);
+    let out = stats_of(&db, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains(&id) && err.contains("out of range"), "the message is named: {err}");
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = |v: &serde_json::Value, k: &str| v["totals"][k].as_u64().unwrap();
+    let max = u32::MAX as u64;
+    assert_eq!(t(&after, "input"), t(&before, "input") - input as u64 + max);
+    assert_eq!(t(&after, "output"), t(&before, "output") - output as u64);
+    assert_eq!(after["totals"]["cost"].as_f64(), Some(1e9));
+
+    // The pipeline stores and sums the same numbers.
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[sources.oc]\ntype = \"opencode_storage\"\ndata_dir = \"{}\"\nfollow = false\n\
+             [transforms.usage]\ntype = \"aggregate\"\ninputs = [\"oc\"]\n\
+             [sinks.db]\ntype = \"sqlite\"\ninputs = [\"oc\", \"usage\"]\npath = \"out.db\"\n",
+            db.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let run = ocpipe(dir.path(), &["run", p.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("out of range"), "{}", text(&run.stderr));
+    let out = dir.path().join("out.db");
+    assert_eq!(count(&out, &format!("SELECT input FROM opencode_message WHERE id = '{id}'")), max as i64);
+    assert_eq!(count(&out, "SELECT input FROM rollup WHERE group_by = 'all'"), t(&after, "input") as i64);
+    assert_eq!(count(&out, "SELECT output FROM rollup WHERE group_by = 'all'"), t(&after, "output") as i64);
+}

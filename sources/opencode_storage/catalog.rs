@@ -117,6 +117,9 @@ impl Visitor for Builder {
     }
 
     fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, _origin: &'static str) {
+        if let Some(w) = m.out_of_range(id) {
+            self.cat.report.warnings.push(w);
+        }
         self.cat.messages.push(super::index::compact(&mut self.cat.names, session, row_created, m));
         self.cat.ids.push(xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
     }
@@ -136,8 +139,9 @@ impl Catalog {
             .sum();
         b.cat.messages.reserve_exact(hint);
         b.cat.ids.reserve_exact(hint);
-        let report = read_all(loc, &mut b);
+        let mut report = read_all(loc, &mut b);
         let mut cat = b.cat;
+        report.warnings.append(&mut cat.report.warnings);
         cat.report = report;
         cat.mark_fork_copies();
         cat

@@ -149,7 +149,10 @@ fn load(loc: &Location, ids: bool) -> Catalog {
     }
     let marks = marks_now(loc);
     let cat = Catalog::load(loc);
-    write_quietly(&path, &Header { stamps: now, marks }, &cat);
+    // An incomplete read (a locked or damaged database) is not kept as the answer.
+    if cat.report.unreadable.is_empty() {
+        write_quietly(&path, &Header { stamps: now, marks }, &cat);
+    }
     cat
 }
 
@@ -393,7 +396,7 @@ pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMes
         agent: names.id_in(3, m.agent.as_deref().unwrap_or("")),
         created: m.created().unwrap_or(row_created),
         tokens: [sat(t.input), sat(t.output), sat(t.reasoning), sat(t.cache_read), sat(t.cache_write)],
-        cost: m.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
+        cost: m.cost(),
         flags: if m.role.as_deref() == Some("assistant") { ASSISTANT } else { 0 },
     }
 }

@@ -412,6 +412,9 @@ impl store::Visitor for Collect<'_> {
     }
     fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, origin: &'static str) {
         let mut info = m.to_info(id, session, row_created, origin);
+        if let Some(w) = m.out_of_range(&info.id) {
+            self.cx.error(format_args!("{w}"));
+        }
         info.fork_copy = self.keys.is_copy(&info);
         let ev = message_event(&self.cx, info);
         self.push(ev);

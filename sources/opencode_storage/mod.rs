@@ -20,6 +20,11 @@ mod store;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+/// How often a database that another process keeps locked is tried again.
+const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -125,7 +130,7 @@ impl SourceConfig for OpencodeStorageConfig {
             if resume.is_none() {
                 let marks = live::Marks::now(&loc);
                 let batch = follower.tracker().batch(marks.clone());
-                out = backfill(&cx, &loc, cfg.parts, out, batch, &mut follower).await?;
+                out = backfill(&cx, &loc, cfg.parts, out, batch, &mut follower, shutdown.clone()).await?;
                 follower.set_marks(marks);
             } else {
                 tracing::info!(
@@ -159,6 +164,7 @@ async fn backfill(
     out: crate::component::Output,
     batch: crate::event::Batch,
     follower: &mut live::Follower,
+    stop: CancellationToken,
 ) -> anyhow::Result<crate::component::Output> {
     let (cx2, loc2) = (cx.clone(), loc.clone());
     let rt = tokio::runtime::Handle::current();
@@ -174,7 +180,26 @@ async fn backfill(
         let keys = live::ForkKeys::from_catalog(&cat);
         drop(cat);
         let mut v = Emit { cx: cx2.clone(), out, rt, forks, parts, batch };
-        let report = store::read_all(&loc2, &mut v);
+        let mut report = store::read_all(&loc2, &mut v);
+        // A database another process keeps locked is read again until it can be (what was
+        // read before is sent again: the same ids, stored once); a damaged one is reported.
+        let mut waited = 0;
+        while report.unreadable.iter().any(|u| matches!(u, store::Unreadable::Locked(_))) && !stop.is_cancelled() {
+            if waited == 0 {
+                for u in &report.unreadable {
+                    cx2.error(format_args!("{u}; retrying every {} s", LOCKED_RETRY.as_secs()));
+                }
+            }
+            std::thread::sleep(LOCKED_RETRY);
+            waited += 1;
+            report = store::read_all(&loc2, &mut v);
+        }
+        if waited > 0 && report.unreadable.is_empty() {
+            tracing::info!(component = &*cx2.id, "the locked database could be read now");
+        }
+        for u in report.unreadable.iter().filter(|u| matches!(u, store::Unreadable::Damaged(_))) {
+            cx2.error(format_args!("{u}"));
+        }
         for w in &report.warnings {
             cx2.error(format_args!("{w}"));
         }
@@ -222,6 +247,9 @@ impl store::Visitor for Emit {
 
     fn message(&mut self, id: &str, session: &str, row_created: i64, m: &store::RawMessage<'_>, origin: &'static str) {
         let mut info = m.to_info(id, session, row_created, origin);
+        if let Some(w) = m.out_of_range(id) {
+            self.cx.error(format_args!("{w}"));
+        }
         info.fork_copy = self.forks.contains(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
         self.send(live::message_event(&self.cx, info));
     }

@@ -81,6 +81,15 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for w in &cat.report.warnings {
         eprintln!("warning: {w}");
     }
+    if !cat.report.unreadable.is_empty() {
+        for u in &cat.report.unreadable {
+            eprintln!("error: {u}");
+        }
+        anyhow::bail!(
+            "{} of OpenCode's databases could not be read, so totals would be wrong; nothing is printed",
+            cat.report.unreadable.len()
+        );
+    }
     if cat.messages.is_empty() && cat.sessions.is_empty() {
         eprintln!("note: no OpenCode data found: {}", loc.explain_empty());
     }

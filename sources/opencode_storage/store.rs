@@ -17,7 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use rustc_hash::FxHashSet;
 use serde::Deserialize;
 
-use crate::event::{MessageInfo, PartInfo, SessionInfo, Tokens};
+use crate::event::{COST_MAX, MessageInfo, PartInfo, SessionInfo, TOKEN_MAX, Tokens, cost_in_range};
 
 /// Where OpenCode's data is.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,7 @@ pub fn default_data_dir() -> PathBuf {
 /// Opens a database read-only, without creating anything.
 pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_WAIT)?;
     // Read pages through a memory map instead of copying them (read-only: no risk to the file).
     // conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
     Ok(conn)
@@ -99,6 +99,50 @@ pub fn has_table(conn: &Connection, name: &str) -> bool {
         .ok()
         .flatten()
         .is_some()
+}
+
+/// Why a database cannot be read at all.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unreadable {
+    /// Another process holds a lock longer than we wait (`busy_timeout`): try again later.
+    Locked(String),
+    /// Not a database, or a damaged one (truncated, overwritten).
+    Damaged(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Locked(m) | Unreadable::Damaged(m) => f.write_str(m),
+        }
+    }
+}
+
+/// How long a reader waits for another process's lock.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens `db` and reads its schema: a damaged or locked database says so here, instead of
+/// looking like one with no tables.
+pub fn check(db: &Path) -> Result<Connection, Unreadable> {
+    let what = |e: rusqlite::Error| {
+        let code = e.sqlite_error_code();
+        match code {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(format!(
+                "{} is locked by another process (waited {} s): {e}; it is read again later",
+                db.display(),
+                BUSY_WAIT.as_secs()
+            )),
+            _ => Unreadable::Damaged(format!(
+                "{} cannot be read: {e} (damaged or not an SQLite database?); restore it from a backup or point `db` / --db elsewhere",
+                db.display()
+            )),
+        }
+    };
+    let conn = open_read_only(db).map_err(what)?;
+    // Reads the whole schema: a truncated file fails here or, past it, while its rows are read
+    // (both are reported as damage, not as an empty database).
+    conn.query_row("SELECT count(*), max(length(sql)) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(what)?;
+    Ok(conn)
 }
 
 /// Whether `table` exists and holds at least one row.
@@ -198,7 +242,7 @@ pub struct RawErrorData<'a> {
 impl RawTokens {
     pub fn to_tokens(&self) -> Tokens {
         let n = |v: f64| {
-            if v.is_finite() && v > 0.0 { v as u64 } else { 0 }
+            if v.is_finite() && v > 0.0 { (v as u64).min(TOKEN_MAX) } else { 0 }
         };
         Tokens {
             input: n(self.input),
@@ -210,7 +254,49 @@ impl RawTokens {
     }
 }
 
+impl RawTokens {
+    fn values(&self) -> [(&'static str, f64); 5] {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("reasoning", self.reasoning),
+            ("cache.read", self.cache.read),
+            ("cache.write", self.cache.write),
+        ]
+    }
+}
+
 impl<'a> RawMessage<'a> {
+    /// What of the message's counts is out of range (and how it is counted instead), if any.
+    /// One rule everywhere: token counts are whole numbers from 0 to [`TOKEN_MAX`], a cost is
+    /// from 0 to [`COST_MAX`]; others saturate, and the message is named in a warning.
+    pub fn out_of_range(&self, id: &str) -> Option<String> {
+        let mut bad = Vec::new();
+        if let Some(t) = &self.tokens {
+            for (name, v) in t.values() {
+                if !(v.is_finite() && (0.0..=TOKEN_MAX as f64).contains(&v)) {
+                    bad.push(format!("tokens.{name} = {v}"));
+                }
+            }
+        }
+        if let Some(c) = self.cost
+            && !(c.is_finite() && (0.0..=COST_MAX).contains(&c))
+        {
+            bad.push(format!("cost = {c}"));
+        }
+        (!bad.is_empty()).then(|| {
+            format!(
+                "message {id}: {} out of range; counted as the nearest of 0 and {TOKEN_MAX} tokens (cost 0 and {COST_MAX})",
+                bad.join(", ")
+            )
+        })
+    }
+
+    /// The cost, saturated to `[0, COST_MAX]` (not a number: 0).
+    pub fn cost(&self) -> f64 {
+        cost_in_range(self.cost)
+    }
+
     pub fn provider(&self) -> Option<&str> {
         self.provider_id.as_deref().or_else(|| self.model.as_ref().and_then(|m| m.provider_id.as_deref()))
     }
@@ -239,7 +325,7 @@ impl<'a> RawMessage<'a> {
             root: path.as_ref().and_then(|p| p.root.as_deref()).map(str::to_string),
             cwd: path.as_ref().and_then(|p| p.cwd.as_deref()).map(str::to_string),
             tokens: self.tokens(),
-            cost: self.cost.filter(|c| c.is_finite()).unwrap_or(0.0),
+            cost: self.cost(),
             time_created: self.created().unwrap_or(row_created),
             time_completed: self.time.as_ref().and_then(|t| t.completed).map(|c| c as i64),
             finish: self.finish.as_deref().map(str::to_string),
@@ -357,6 +443,8 @@ impl RawPart<'_> {
 #[derive(Debug, Default)]
 pub struct ReadReport {
     pub warnings: Vec<String>,
+    /// Databases that could not be read (or not to the end): what was read is incomplete.
+    pub unreadable: Vec<Unreadable>,
     pub sessions: usize,
     pub messages: usize,
     pub duplicates: usize,
@@ -386,10 +474,10 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
     let mut projects: HashMap<String, String> = HashMap::new();
 
     for db in &loc.dbs {
-        let conn = match open_read_only(db) {
+        let conn = match check(db) {
             Ok(c) => c,
             Err(e) => {
-                report.warnings.push(format!("{}: cannot open read-only: {e}", db.display()));
+                report.unreadable.push(e);
                 continue;
             }
         };
@@ -399,7 +487,15 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
             seen.get_or_insert_with(FxHashSet::default);
         }
         if let Err(e) = read_db(&conn, db, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, v2) {
-            report.warnings.push(format!("{}: {e}", db.display()));
+            report.unreadable.push(match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(
+                    format!("{} is locked by another process (waited {} s): {e}", db.display(), BUSY_WAIT.as_secs()),
+                ),
+                _ => Unreadable::Damaged(format!(
+                    "{}: reading stopped: {e} (damaged?); restore it from a backup or point `db` / --db elsewhere",
+                    db.display()
+                )),
+            });
         }
     }
     if let Some(storage) = &loc.storage {

@@ -15,7 +15,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
-pub use opencode::{LiveEvent, MessageInfo, PartInfo, ProcessInfo, Rollup, SessionInfo, StatusInfo, Tokens};
+pub use opencode::{
+    COST_MAX, LiveEvent, MessageInfo, PartInfo, ProcessInfo, Rollup, SessionInfo, StatusInfo, TOKEN_MAX, Tokens,
+    cost_in_range,
+};
 pub use trace::{TraceKind, TraceRecord};
 
 /// One event travelling through a pipeline.

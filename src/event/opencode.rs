@@ -14,17 +14,35 @@ pub struct Tokens {
     pub cache_write: u64,
 }
 
+/// The largest token count of one kind in one message; larger (or negative, or not a number)
+/// stored counts saturate to the nearest of 0 and this, with a warning naming the message.
+pub const TOKEN_MAX: u64 = u32::MAX as u64;
+/// The largest cost of one message (dollars); the same rule.
+pub const COST_MAX: f64 = 1e9;
+
+/// A stored cost under the rule above.
+pub fn cost_in_range(c: Option<f64>) -> f64 {
+    match c {
+        Some(c) if c.is_finite() => c.clamp(0.0, COST_MAX),
+        Some(c) if c == f64::INFINITY => COST_MAX,
+        _ => 0.0,
+    }
+}
+
 impl Tokens {
+    /// All kinds together (sums saturate: they never wrap).
     pub fn total(&self) -> u64 {
-        self.input + self.output + self.reasoning + self.cache_read + self.cache_write
+        [self.input, self.output, self.reasoning, self.cache_read, self.cache_write]
+            .into_iter()
+            .fold(0u64, u64::saturating_add)
     }
 
     pub fn add(&mut self, o: &Tokens) {
-        self.input += o.input;
-        self.output += o.output;
-        self.reasoning += o.reasoning;
-        self.cache_read += o.cache_read;
-        self.cache_write += o.cache_write;
+        self.input = self.input.saturating_add(o.input);
+        self.output = self.output.saturating_add(o.output);
+        self.reasoning = self.reasoning.saturating_add(o.reasoning);
+        self.cache_read = self.cache_read.saturating_add(o.cache_read);
+        self.cache_write = self.cache_write.saturating_add(o.cache_write);
     }
 
     pub fn sub(&mut self, o: &Tokens) {
