@@ -11,7 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use crate::component::{ComponentFuture, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
@@ -129,11 +129,29 @@ impl SourceConfig for ProcessScanConfig {
 }
 
 /// Finds OpenCode processes; keep one to get CPU % between calls.
+///
+/// Cheap when nothing starts: each scan lists `/proc` and reads only the processes it has not
+/// seen yet (to tell whether they are OpenCode) and the OpenCode ones (CPU, memory), not every
+/// process on the machine.
 pub struct Scanner {
     sys: System,
     names: Vec<String>,
     patterns: Vec<Regex>,
     min_memory: u64,
+    /// Every process seen (OpenCode or not), and which of them are OpenCode.
+    seen: HashSet<u32>,
+    matched: HashSet<u32>,
+    /// TCP ports in LISTEN state at the last [`Scanner::listening_changed`].
+    listening: Vec<u16>,
+}
+
+/// The processes running now (thread-group leaders: `/proc` lists no threads).
+fn running_pids() -> HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 impl Scanner {
@@ -143,7 +161,21 @@ impl Scanner {
             names: cfg.names.clone(),
             patterns: cfg.cmdline_patterns.iter().map(|p| Regex::new(p)).collect::<Result<_, _>>()?,
             min_memory: cfg.min_memory_mb * 1024 * 1024,
+            seen: HashSet::new(),
+            matched: HashSet::new(),
+            listening: Vec::new(),
         })
+    }
+
+    /// Whether the set of listening TCP ports changed since the last call (a new OpenCode
+    /// server cannot appear without one): lets discovery skip the process scan.
+    pub fn listening_changed(&mut self) -> bool {
+        let mut ports: Vec<u16> = listening_inodes().into_values().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let changed = ports != self.listening;
+        self.listening = ports;
+        changed
     }
 
     /// A scanner with the default patterns.
@@ -159,20 +191,47 @@ impl Scanner {
             .with_cmd(UpdateKind::OnlyIfNotSet)
             .with_cwd(UpdateKind::OnlyIfNotSet)
             .with_exe(UpdateKind::OnlyIfNotSet);
-        self.sys.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
-        let listening = listening_inodes();
+        let running = running_pids();
+        let to_pids = |set: &mut dyn Iterator<Item = u32>| set.map(Pid::from_u32).collect::<Vec<_>>();
+        // Gone: forgotten (and dropped from the table).
+        let gone = to_pids(&mut self.seen.iter().copied().filter(|p| !running.contains(p)));
+        if !gone.is_empty() {
+            self.sys.refresh_processes_specifics(ProcessesToUpdate::Some(&gone), true, ProcessRefreshKind::nothing());
+        }
+        self.seen.retain(|p| running.contains(p));
+        self.matched.retain(|p| running.contains(p));
+        // New: read once to tell whether they are OpenCode.
+        let new = to_pids(&mut running.iter().copied().filter(|p| !self.seen.contains(p)));
+        if !new.is_empty() {
+            self.sys.refresh_processes_specifics(ProcessesToUpdate::Some(&new), true, kind);
+            for pid in &new {
+                let Some(p) = self.sys.process(*pid) else { continue };
+                let name = p.name().to_string_lossy();
+                let joined = p.cmd().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+                if p.thread_kind().is_none()
+                    && (self.names.iter().any(|n| *n == name) || self.patterns.iter().any(|r| r.is_match(&joined)))
+                {
+                    self.matched.insert(pid.as_u32());
+                }
+            }
+            self.seen.extend(new.iter().map(|p| p.as_u32()));
+        }
+        // OpenCode's own: CPU and memory now (CPU % is over the time since the last scan).
+        let mine = to_pids(&mut self.matched.iter().copied());
+        let fresh: HashSet<u32> = new.iter().map(|p| p.as_u32()).collect();
+        let old: Vec<Pid> = mine.iter().copied().filter(|p| !fresh.contains(&p.as_u32())).collect();
+        if !old.is_empty() {
+            self.sys.refresh_processes_specifics(ProcessesToUpdate::Some(&old), true, kind);
+        }
+        let listening = if mine.is_empty() { HashMap::new() } else { listening_inodes() };
         let mut out = Vec::new();
-        for (pid, p) in self.sys.processes() {
-            if p.thread_kind().is_some() {
+        for pid in mine {
+            let Some(p) = self.sys.process(pid) else { continue };
+            if p.memory() < self.min_memory {
                 continue;
             }
             let name = p.name().to_string_lossy().into_owned();
             let cmdline: Vec<String> = p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect();
-            let joined = cmdline.join(" ");
-            let matched = self.names.contains(&name) || self.patterns.iter().any(|r| r.is_match(&joined));
-            if !matched || p.memory() < self.min_memory {
-                continue;
-            }
             let pid = pid.as_u32();
             out.push(ProcessInfo {
                 change: String::new(),

@@ -91,11 +91,13 @@ impl TransformConfig for AggregateConfig {
     }
 }
 
-/// A message's part in the sums, kept so an update can take it back out.
+/// A message's part in the sums, kept so an update can take it back out. Group keys and
+/// sessions are interned (a message costs about 100 bytes, whatever its strings).
 #[derive(Debug, Clone)]
 struct Contribution {
-    keys: Vec<(GroupBy, String)>,
-    session: String,
+    /// One key per `group_by` entry, in order.
+    keys: Box<[u32]>,
+    session: u32,
     tokens: Tokens,
     cost: f64,
     assistant: bool,
@@ -105,8 +107,31 @@ struct Contribution {
 #[derive(Debug, Default, Clone)]
 struct Acc {
     usage: Usage,
-    sessions: HashMap<String, u64>,
+    /// Messages counted per session.
+    sessions: HashMap<u32, u32>,
     fork_copy_messages: u64,
+}
+
+/// Strings kept once, named by a number.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Names {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), i);
+        i
+    }
+    fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
 }
 
 /// Incremental rollups (the state of the `aggregate` transform).
@@ -116,10 +141,13 @@ pub struct Rollups {
     since: Option<NaiveDate>,
     until: Option<NaiveDate>,
     include_fork_copies: bool,
-    sessions: HashMap<String, (String, String)>,
-    messages: HashMap<String, Contribution>,
-    groups: HashMap<(GroupBy, String), Acc>,
-    dirty: HashSet<(GroupBy, String)>,
+    names: Names,
+    /// session -> its project key
+    sessions: HashMap<u32, u32>,
+    /// By a hash of the message id.
+    messages: HashMap<u64, Contribution>,
+    groups: HashMap<(GroupBy, u32), Acc>,
+    dirty: HashSet<(GroupBy, u32)>,
 }
 
 impl Rollups {
@@ -136,6 +164,7 @@ impl Rollups {
             since,
             until,
             include_fork_copies,
+            names: Names::default(),
             sessions: HashMap::new(),
             messages: HashMap::new(),
             groups: HashMap::new(),
@@ -147,54 +176,69 @@ impl Rollups {
         Window::resolve(self.range, self.since, self.until, Local::now())
     }
 
+    /// Messages counted now.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
     pub fn session(&mut self, s: &SessionInfo) {
-        self.sessions.insert(s.id.clone(), (project_key(s), s.title.clone()));
+        let id = self.names.id(&s.id);
+        let project = self.names.id(&project_key(s));
+        self.sessions.insert(id, project);
     }
 
     pub fn message(&mut self, m: &MessageInfo) {
-        if let Some(old) = self.messages.remove(&m.id) {
+        let key = xxhash_rust::xxh3::xxh3_64(m.id.as_bytes());
+        if let Some(old) = self.messages.remove(&key) {
             self.apply(&old, false);
         }
         if !self.window().contains(m.time_created) {
             return;
         }
-        let project = self.sessions.get(&m.session_id).map(|s| s.0.clone()).unwrap_or_else(|| "(unknown)".into());
+        let session = self.names.id(&m.session_id);
+        let project = match self.sessions.get(&session) {
+            Some(&p) => p,
+            None => self.names.id("(unknown)"),
+        };
         let keys = self
             .group_by
+            .clone()
             .iter()
-            .map(|g| {
-                let key = match g {
-                    GroupBy::All => "all".to_string(),
-                    GroupBy::Session => m.session_id.clone(),
-                    GroupBy::Project => project.clone(),
-                    GroupBy::Model => m.model_key(),
-                    GroupBy::Agent => m.agent.clone().unwrap_or_else(|| "unknown".into()),
-                    GroupBy::Day => local_day(m.time_created),
-                };
-                (*g, key)
+            .map(|g| match g {
+                GroupBy::All => self.names.id("all"),
+                GroupBy::Session => session,
+                GroupBy::Project => project,
+                GroupBy::Model => self.names.id(&m.model_key()),
+                GroupBy::Agent => self.names.id(m.agent.as_deref().unwrap_or("unknown")),
+                GroupBy::Day => self.names.id(&local_day(m.time_created)),
             })
             .collect();
         let c = Contribution {
             keys,
-            session: m.session_id.clone(),
+            session,
             tokens: m.tokens,
             cost: m.cost,
             assistant: m.role == "assistant",
             fork_copy: m.fork_copy && !self.include_fork_copies,
         };
         self.apply(&c, true);
-        self.messages.insert(m.id.clone(), c);
+        self.messages.insert(key, c);
     }
 
     fn apply(&mut self, c: &Contribution, add: bool) {
-        for key in &c.keys {
-            let acc = self.groups.entry(key.clone()).or_default();
+        for (g, &k) in self.group_by.iter().zip(c.keys.iter()) {
+            let key = (*g, k);
+            let acc = self.groups.entry(key).or_default();
             if c.fork_copy {
                 acc.fork_copy_messages =
                     if add { acc.fork_copy_messages + 1 } else { acc.fork_copy_messages.saturating_sub(1) };
             } else if add {
                 acc.usage.add_message(&c.tokens, c.cost, c.assistant);
-                *acc.sessions.entry(c.session.clone()).or_default() += 1;
+                *acc.sessions.entry(c.session).or_default() += 1;
             } else {
                 let u = &mut acc.usage;
                 u.messages = u.messages.saturating_sub(1);
@@ -210,7 +254,7 @@ impl Rollups {
                 }
             }
             acc.usage.sessions = acc.sessions.len() as u64;
-            self.dirty.insert(key.clone());
+            self.dirty.insert(key);
         }
     }
 
@@ -225,7 +269,7 @@ impl Rollups {
                 Some(Rollup {
                     group_by: k.0.name().to_string(),
                     range: range.to_string(),
-                    key: k.1.clone(),
+                    key: self.names.name(k.1).to_string(),
                     sessions: acc.usage.sessions,
                     messages: acc.usage.messages,
                     responses: acc.usage.responses,
@@ -280,7 +324,7 @@ impl Aggregator {
                 self.path.display()
             )
         })?;
-        let messages = self.state.messages.len();
+        let messages = self.state.len();
         if messages > 0 {
             tracing::info!(component = &*self.cx.id, messages, "rollups restored from {}", file.path().display());
         }
