@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: commit-to-event latency of the `opencode_storage` source in a running pipeline.
 
-    benches/storage_latency.py [--messages 500] [--interval-ms 20] [--history 100000]
+    benches/storage_latency.py [--messages 500] [--interval-ms 20] [--history 100000] [--feed event|rows]
+
+`--feed rows` drops the `event` table first, as OpenCode 1.2 - 1.13 databases have none: the
+source then follows the rows (new rowids, data_version), and the writer commits only the row.
 
 A copy of a generated OpenCode database (benches/gen_opencode_db.py) is followed by
 `ocpipe run` (opencode_storage -> jsonl). After the backfill, a writer commits messages the
@@ -31,7 +34,7 @@ def now_ms():
     return time.time() * 1000.0
 
 
-def writer(db, n, interval, started, prefix):
+def writer(db, n, interval, started, prefix, feed="event"):
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     session, data = conn.execute(
@@ -47,9 +50,10 @@ def writer(db, n, interval, started, prefix):
         conn.execute("INSERT INTO message (id, session_id, time_created, time_updated, data) VALUES (?,?,?,?,?)",
                      (mid, session, int(t), int(t), json.dumps(msg)))
         info = dict(msg, id=mid, sessionID=session)
-        conn.execute("INSERT INTO event (id, aggregate_id, seq, type, data) VALUES (?,?,?,?,?)",
-                     (f"evt_{prefix}_{i:06d}", session, (20_000_000 if prefix == "base" else 10_000_000) + i, "message.updated.1",
-                      json.dumps({"sessionID": session, "info": info})))
+        if feed == "event":
+            conn.execute("INSERT INTO event (id, aggregate_id, seq, type, data) VALUES (?,?,?,?,?)",
+                         (f"evt_{prefix}_{i:06d}", session, (20_000_000 if prefix == "base" else 10_000_000) + i,
+                          "message.updated.1", json.dumps({"sessionID": session, "info": info})))
         conn.execute("COMMIT")
         time.sleep(interval / 1000.0)
     conn.close()
@@ -65,7 +69,9 @@ def main():
     ap.add_argument("--messages", type=int, default=500)
     ap.add_argument("--interval-ms", type=float, default=20)
     ap.add_argument("--history", type=int, default=100000)
+    ap.add_argument("--feed", choices=["event", "rows"], default="event")
     args = ap.parse_args()
+    table = "event" if args.feed == "event" else "message"
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     ocpipe = os.path.join(ROOT, "target/release/ocpipe")
     src = os.path.join(CACHE, "bench", f"opencode-{args.history}.db")
@@ -81,6 +87,8 @@ def main():
         shutil.copy(src, db)
         conn = sqlite3.connect(db)
         conn.execute("PRAGMA journal_mode = WAL")
+        if args.feed == "rows":
+            conn.execute("DROP TABLE event")
         conn.close()
         pipeline = os.path.join(work, "p.toml")
         with open(pipeline, "w") as f:
@@ -102,7 +110,7 @@ def main():
                                    stdout=subprocess.PIPE, text=True, bufsize=1)
             time.sleep(0.5)
             started = threading.Event()
-            w = threading.Thread(target=writer, args=(db, args.messages, args.interval_ms, started, "lat"))
+            w = threading.Thread(target=writer, args=(db, args.messages, args.interval_ms, started, "lat", args.feed))
             w.start()
             lat = []
             for line in tap.stdout:
@@ -111,26 +119,27 @@ def main():
                 if str(ev.get("id", "")).startswith("msg_lat_") and ev.get("timeCompleted"):
                     lat.append(arrived - ev["timeCompleted"])
             w.join()
-            results["ocpipe (notify + change feed), via ocpipe tap"] = lat
+            results[f"ocpipe (notify + {args.feed} feed), via ocpipe tap"] = lat
         finally:
             run.terminate()
             run.wait()
 
         # Baseline: the same writer, and a reader polling the table every 10 ms.
         conn = sqlite3.connect(db)
-        last = conn.execute("SELECT max(rowid) FROM event").fetchone()[0]
+        last = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
         conn.close()
         started = threading.Event()
-        w = threading.Thread(target=writer, args=(db, args.messages, args.interval_ms, started, "base"))
+        w = threading.Thread(target=writer, args=(db, args.messages, args.interval_ms, started, "base", args.feed))
         seen = []
         reader = sqlite3.connect(db)
         w.start()
         started.wait()
         deadline = time.time() + args.messages * args.interval_ms / 1000.0 + 10
         while len(seen) < args.messages and time.time() < deadline:
-            for rowid, d in reader.execute("SELECT rowid, data FROM event WHERE rowid > ?", (last,)):
+            for rowid, d in reader.execute(f"SELECT rowid, data FROM {table} WHERE rowid > ?", (last,)):
                 last = rowid
-                seen.append(now_ms() - json.loads(d)["info"]["time"]["completed"])
+                d = json.loads(d)
+                seen.append(now_ms() - d.get("info", d)["time"]["completed"])
             time.sleep(0.010)
         w.join()
         results["baseline: sqlite3 polling every 10 ms"] = seen

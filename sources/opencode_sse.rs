@@ -168,21 +168,12 @@ impl SourceConfig for OpencodeSseConfig {
             let mut scanner = cfg.discover.then(Scanner::with_defaults);
             let range = cfg.scan.as_deref().and_then(parse_range);
             let mut tick = tokio::time::interval(Duration::from_millis(cfg.discover_interval_ms.max(100)));
-            let mut unattached = false;
             while scanner.is_some() || range.is_some() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
                 let mut seen: Vec<String> = Vec::new();
-                // No port opened or closed: no server came or went, nothing to scan for.
-                if range.is_none()
-                    && !unattached
-                    && let Some(s) = scanner.as_mut()
-                    && !s.listening_changed()
-                {
-                    continue;
-                }
                 if let Some(s) = scanner.take() {
                     let (s, found) = tokio::task::spawn_blocking(move || {
                         let mut s = s;
@@ -211,8 +202,6 @@ impl SourceConfig for OpencodeSseConfig {
                         attach(url, &mut running);
                     }
                 }
-                // A server that did not answer yet (starting up) is asked again next time.
-                unattached = seen.iter().any(|u| !running.contains_key(u));
                 // Detach from servers that are gone (never from configured ones).
                 let gone: Vec<String> =
                     running.keys().filter(|u| !fixed.contains(u) && !seen.contains(u)).cloned().collect();

@@ -141,9 +141,18 @@ pub struct Scanner {
     /// Every process seen (OpenCode or not), and which of them are OpenCode.
     seen: HashSet<u32>,
     matched: HashSet<u32>,
-    /// TCP ports in LISTEN state at the last [`Scanner::listening_changed`].
-    listening: Vec<u16>,
+    /// Listening sockets (inode -> port), read again when the OpenCode processes change and at
+    /// most every [`PORTS_EVERY`] otherwise: reading them walks the kernel's whole TCP table.
+    listening: HashMap<u64, u16>,
+    ports_read: Option<(std::time::Instant, Vec<u32>)>,
+    /// When the OpenCode processes last changed.
+    pids_changed: std::time::Instant,
 }
+
+/// How stale the listening ports of unchanged processes may get.
+const PORTS_EVERY: Duration = Duration::from_secs(10);
+/// How long after the OpenCode processes change their ports are read at every scan.
+const NEW_PROCESS: Duration = Duration::from_secs(30);
 
 /// The processes running now (thread-group leaders: `/proc` lists no threads).
 fn running_pids() -> HashSet<u32> {
@@ -163,19 +172,28 @@ impl Scanner {
             min_memory: cfg.min_memory_mb * 1024 * 1024,
             seen: HashSet::new(),
             matched: HashSet::new(),
-            listening: Vec::new(),
+            listening: HashMap::new(),
+            ports_read: None,
+            pids_changed: std::time::Instant::now(),
         })
     }
 
-    /// Whether the set of listening TCP ports changed since the last call (a new OpenCode
-    /// server cannot appear without one): lets discovery skip the process scan.
-    pub fn listening_changed(&mut self) -> bool {
-        let mut ports: Vec<u16> = listening_inodes().into_values().collect();
-        ports.sort_unstable();
-        ports.dedup();
-        let changed = ports != self.listening;
-        self.listening = ports;
-        changed
+    /// The listening sockets, read again when `pids` changed or they are old.
+    fn listening(&mut self, pids: &[Pid]) -> &HashMap<u64, u16> {
+        let mut pids: Vec<u32> = pids.iter().map(|p| p.as_u32()).collect();
+        pids.sort_unstable();
+        let now = std::time::Instant::now();
+        if self.ports_read.as_ref().is_none_or(|(_, seen)| *seen != pids) {
+            self.pids_changed = now;
+        }
+        // Servers open their port a moment after they start: look often while one is new.
+        let settled = now.duration_since(self.pids_changed) > NEW_PROCESS;
+        let fresh = settled && self.ports_read.as_ref().is_some_and(|(at, _)| at.elapsed() < PORTS_EVERY);
+        if !fresh {
+            self.listening = if pids.is_empty() { HashMap::new() } else { listening_inodes() };
+            self.ports_read = Some((now, pids));
+        }
+        &self.listening
     }
 
     /// A scanner with the default patterns.
@@ -223,7 +241,7 @@ impl Scanner {
         if !old.is_empty() {
             self.sys.refresh_processes_specifics(ProcessesToUpdate::Some(&old), true, kind);
         }
-        let listening = if mine.is_empty() { HashMap::new() } else { listening_inodes() };
+        let listening = self.listening(&mine).clone();
         let mut out = Vec::new();
         for pid in mine {
             let Some(p) = self.sys.process(pid) else { continue };

@@ -12,6 +12,7 @@ pub mod control;
 pub mod event;
 pub mod jq;
 pub mod logfile;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;

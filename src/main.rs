@@ -1,3 +1,4 @@
 fn main() -> std::process::ExitCode {
+    ocpipe::memory::configure();
     ocpipe::cli::main()
 }

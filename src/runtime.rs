@@ -169,6 +169,16 @@ impl Topology {
     /// drained, or the shutdown deadline passes.
     pub async fn run(self, shutdown: CancellationToken) -> Summary {
         let sources_token = shutdown.child_token();
+        // Memory freed after a burst (a backfill, a folder of traces) goes back to the system.
+        let trimmer = tokio::spawn(async {
+            let mut every = tokio::time::interval(TRIM_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
+            }
+        });
         let mut set: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
         let mut running: Vec<String> = Vec::new();
         let mut failed = Vec::new();
@@ -248,9 +258,13 @@ impl Topology {
                 report = Some(r);
             }
         }
+        trimmer.abort();
         Summary { metrics: self.handles.snapshot(), failed, timed_out }
     }
 }
+
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 fn run_transform(t: Transform, mut input: Input, mut out: Output) -> Task {
     match t {

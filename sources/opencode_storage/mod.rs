@@ -219,6 +219,8 @@ async fn backfill(
     })
     .await?;
     follower.set_fork_keys(keys);
+    // The catalog and the events of the backfill are gone: give their memory back.
+    crate::memory::trim();
     Ok(out)
 }
 

@@ -448,6 +448,11 @@ impl Reader {
                 self.emit(id, instance, &path, line, out).await;
             }
             self.drain_acks();
+            // Read to its end: closed (its buffer freed) until a change names it again.
+            let t = self.files.get_mut(&id).expect("key from map");
+            if t.eof {
+                t.reader = None;
+            }
             // A rotated-away or deleted file that is fully read and delivered is done.
             let t = &self.files[&id];
             if t.eof && t.acks.pending() == 0 {

@@ -67,6 +67,15 @@ impl TransformConfig for AggregateConfig {
                 errs.push(FieldError::new(FieldPath::key(name), e).help("e.g. \"2026-01-31\""));
             }
         }
+        let mut seen = HashSet::new();
+        for (i, g) in self.group_by.iter().enumerate() {
+            if !seen.insert(*g) {
+                errs.push(
+                    FieldError::new(FieldPath::key("group_by").index(i), format!("`{}` is listed twice", g.name()))
+                        .help("list each grouping once"),
+                );
+            }
+        }
         if self.group_by.is_empty() {
             errs.push(
                 FieldError::new(FieldPath::key("group_by"), "`group_by` is empty").help("e.g. [\"model\", \"day\"]"),
@@ -95,13 +104,32 @@ impl TransformConfig for AggregateConfig {
 /// sessions are interned (a message costs about 100 bytes, whatever its strings).
 #[derive(Debug, Clone)]
 struct Contribution {
-    /// One key per `group_by` entry, in order.
-    keys: Box<[u32]>,
+    /// One key per `group_by` entry, in order (at most one entry per grouping).
+    keys: [u32; GROUPINGS],
     session: u32,
-    tokens: Tokens,
+    /// Saturated to `TOKEN_MAX` (u32) like every stored count.
+    tokens: [u32; 5],
     cost: f64,
     assistant: bool,
     fork_copy: bool,
+}
+
+/// How many groupings there are (`GroupBy`'s variants).
+const GROUPINGS: usize = 6;
+
+fn pack(t: &Tokens) -> [u32; 5] {
+    let n = |v: u64| v.min(u32::MAX as u64) as u32;
+    [n(t.input), n(t.output), n(t.reasoning), n(t.cache_read), n(t.cache_write)]
+}
+
+fn unpack(t: &[u32; 5]) -> Tokens {
+    Tokens {
+        input: t[0].into(),
+        output: t[1].into(),
+        reasoning: t[2].into(),
+        cache_read: t[3].into(),
+        cache_write: t[4].into(),
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -204,23 +232,21 @@ impl Rollups {
             Some(&p) => p,
             None => self.names.id("(unknown)"),
         };
-        let keys = self
-            .group_by
-            .clone()
-            .iter()
-            .map(|g| match g {
+        let mut keys = [0u32; GROUPINGS];
+        for (i, g) in self.group_by.clone().iter().take(GROUPINGS).enumerate() {
+            keys[i] = match g {
                 GroupBy::All => self.names.id("all"),
                 GroupBy::Session => session,
                 GroupBy::Project => project,
                 GroupBy::Model => self.names.id(&m.model_key()),
                 GroupBy::Agent => self.names.id(m.agent.as_deref().unwrap_or("unknown")),
                 GroupBy::Day => self.names.id(&local_day(m.time_created)),
-            })
-            .collect();
+            };
+        }
         let c = Contribution {
             keys,
             session,
-            tokens: m.tokens,
+            tokens: pack(&m.tokens),
             cost: m.cost,
             assistant: m.role == "assistant",
             fork_copy: m.fork_copy && !self.include_fork_copies,
@@ -237,13 +263,13 @@ impl Rollups {
                 acc.fork_copy_messages =
                     if add { acc.fork_copy_messages + 1 } else { acc.fork_copy_messages.saturating_sub(1) };
             } else if add {
-                acc.usage.add_message(&c.tokens, c.cost, c.assistant);
+                acc.usage.add_message(&unpack(&c.tokens), c.cost, c.assistant);
                 *acc.sessions.entry(c.session).or_default() += 1;
             } else {
                 let u = &mut acc.usage;
                 u.messages = u.messages.saturating_sub(1);
                 u.responses = u.responses.saturating_sub(u64::from(c.assistant));
-                u.tokens.sub(&c.tokens);
+                u.tokens.sub(&unpack(&c.tokens));
                 u.total = u.tokens.total();
                 u.cost -= c.cost;
                 if let Some(n) = acc.sessions.get_mut(&c.session) {
@@ -261,9 +287,8 @@ impl Rollups {
     /// The rollups that changed since the last call.
     pub fn take_changed(&mut self) -> Vec<Rollup> {
         let range = self.window().name;
-        let mut out: Vec<Rollup> = self
-            .dirty
-            .drain()
+        let mut out: Vec<Rollup> = std::mem::take(&mut self.dirty)
+            .into_iter()
             .filter_map(|k| {
                 let acc = self.groups.get(&k)?;
                 Some(Rollup {
@@ -360,8 +385,9 @@ impl Aggregator {
             self.held.clear();
             return;
         }
-        let sessions: Vec<SessionInfo> = self.sessions.drain().map(|(_, s)| s).collect();
-        let messages: Vec<MessageInfo> = self.messages.drain().map(|(_, m)| m).collect();
+        // Taken whole (not drained): a burst's capacity is not kept for the rest of the day.
+        let sessions: Vec<SessionInfo> = std::mem::take(&mut self.sessions).into_values().collect();
+        let messages: Vec<MessageInfo> = std::mem::take(&mut self.messages).into_values().collect();
         let held = std::mem::take(&mut self.held);
         let Some(mut file) = self.file.take() else {
             return;
