@@ -151,14 +151,14 @@ struct Reader {
 /// What each record looked like when it was last sent, so a change is sent once however often
 /// it is read again (rescans, in-progress rows, files rewritten with the same content).
 #[derive(Default)]
-struct Sent(HashMap<u64, u64>);
+pub struct Sent(HashMap<u64, u64>);
 
 /// Records remembered before [`Sent`] starts over (about 32 bytes each).
 const SENT_MAX: usize = 200_000;
 
 impl Sent {
     /// Whether `ev` differs from what was last sent under its id (and remembers it).
-    fn is_new(&mut self, ev: &Event) -> bool {
+    pub fn is_new(&mut self, ev: &Event) -> bool {
         let Some(id) = ev.meta.id.as_deref() else {
             return true;
         };
@@ -210,6 +210,10 @@ impl Follower {
     }
     pub fn set_fork_keys(&mut self, k: ForkKeys) {
         self.reader().keys = k;
+    }
+    /// What the backfill sent, so the first rounds do not send it again.
+    pub fn set_sent(&mut self, s: Sent) {
+        self.reader().sent = s;
     }
     pub fn tracker(&mut self) -> &mut BatchTracker<Marks> {
         &mut self.tracker
@@ -432,11 +436,15 @@ impl store::Visitor for Collect<'_> {
     }
 }
 
+/// How long before a mark a file's modification time still counts as after it (modification
+/// times can trail the clock by a tick).
+const MTIME_SLACK_MS: i64 = 100;
+
 /// Files changed after `since` (ms since the epoch).
 pub fn modified_after(path: &std::path::Path, since: i64) -> bool {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .is_some_and(|d| d.as_millis() as i64 > since - 1000)
+        .is_some_and(|d| d.as_millis() as i64 > since - MTIME_SLACK_MS)
 }

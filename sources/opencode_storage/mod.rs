@@ -168,7 +168,7 @@ async fn backfill(
 ) -> anyhow::Result<crate::component::Output> {
     let (cx2, loc2) = (cx.clone(), loc.clone());
     let rt = tokio::runtime::Handle::current();
-    let (out, keys) = tokio::task::spawn_blocking(move || {
+    let (out, keys, sent) = tokio::task::spawn_blocking(move || {
         let cat = index::load_or_build_with_ids(&loc2);
         let forks: HashSet<u64> = cat
             .messages
@@ -179,7 +179,8 @@ async fn backfill(
             .collect();
         let keys = live::ForkKeys::from_catalog(&cat);
         drop(cat);
-        let mut v = Emit { cx: cx2.clone(), out, rt, forks, parts, batch };
+        let sent = loc2.storage.is_some().then(live::Sent::default);
+        let mut v = Emit { cx: cx2.clone(), out, rt, forks, parts, batch, sent };
         let mut report = store::read_all(&loc2, &mut v);
         // A database another process keeps locked is read again until it can be (what was
         // read before is sent again: the same ids, stored once); a damaged one is reported.
@@ -215,10 +216,13 @@ async fn backfill(
                 "read OpenCode's history"
             );
         }
-        (v.out, keys)
+        (v.out, keys, v.sent)
     })
     .await?;
     follower.set_fork_keys(keys);
+    if let Some(sent) = sent {
+        follower.set_sent(sent);
+    }
     // The catalog and the events of the backfill are gone: give their memory back.
     crate::memory::trim();
     Ok(out)
@@ -231,10 +235,16 @@ struct Emit {
     forks: HashSet<u64>,
     parts: bool,
     batch: crate::event::Batch,
+    /// Kept for the live follow of JSON storage.
+    sent: Option<live::Sent>,
 }
 
 impl Emit {
     fn send(&mut self, event: Event) {
+        // The live follow reads JSON files changed around its mark again: it knows these.
+        if let Some(sent) = self.sent.as_mut() {
+            sent.is_new(&event);
+        }
         let event = event.with_finalizer(self.batch.finalizer());
         self.rt.block_on(self.out.send(event));
     }

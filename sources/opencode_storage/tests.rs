@@ -256,3 +256,123 @@ async fn backfill_then_checkpoint_then_live_changes() {
         other => panic!("{} events", other.len()),
     }
 }
+
+/// Writes `body` to `path` in one step (a rename), so no round reads half of it.
+fn write_json(path: &Path, body: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn inputs_of(events: &[Event], id: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Message(m) if m.id == id => Some(m.tokens.input),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_follow_sends_each_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("oc");
+    copy_dir(&fixture("v1.1.65/storage"), &data.join("storage"));
+    // (Files changed within 0.1 s before a checkpoint's mark may be sent once more after a
+    // restart; a user's storage is not copied that close to a start.)
+    std::thread::sleep(Duration::from_millis(300));
+    let backfill = cfg(&format!("data_dir = \"{}\"\nfollow = false", data.display()));
+    let out = testing::run_source(&backfill, dir.path(), Duration::from_secs(10), |_| false).await;
+    assert_eq!((kinds(&out.events).0, kinds(&out.events).1), (5, 11));
+
+    // Following: a new message is sent as written, not again for rewriting the same content,
+    // and once more for a change; nothing backfilled is sent again.
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 20", data.display()));
+    let ses = data.join("storage/message/ses_e0123b8faffeNi1XSADhs3k0Mk");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ses.join("msg_1fedc476c001YIC9uzwP8QzhXO.json")).unwrap()).unwrap();
+    body["id"] = "msg_json_live".into();
+    body["time"]["created"] = 1795277999999i64.into();
+    let path = ses.join("msg_json_live.json");
+    let writer = {
+        let (path, mut body) = (path.clone(), body.clone());
+        tokio::spawn(async move {
+            for input in [111, 111, 222] {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                body["tokens"]["input"] = input.into();
+                write_json(&path, &body);
+            }
+        })
+    };
+    let out = testing::run_source(&c, dir.path(), Duration::from_millis(1500), |_| false).await;
+    writer.await.unwrap();
+    assert_eq!(inputs_of(&out.events, "msg_json_live"), [111, 222]);
+    assert_eq!(out.events.len(), 2, "{:?}", out.events.iter().map(|e| &e.meta.id).collect::<Vec<_>>());
+
+    // A change made while stopped arrives after the restart.
+    std::thread::sleep(Duration::from_millis(300));
+    body["tokens"]["input"] = 333.into();
+    write_json(&path, &body);
+    let out = testing::run_source(&c, dir.path(), Duration::from_millis(600), |_| false).await;
+    assert_eq!(inputs_of(&out.events, "msg_json_live"), [333]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_without_a_change_feed_are_followed_by_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("oc");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("opencode.db");
+    std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
+    // As OpenCode 1.2 - 1.13 wrote it: no `event` table.
+    Connection::open(&db).unwrap().execute_batch("DROP TABLE event; PRAGMA journal_mode = WAL;").unwrap();
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000", data.display()));
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| kinds(e).1 >= 15).await;
+    assert_eq!(kinds(&out.events).1, 15);
+
+    // A message inserted in progress: it arrives as it is.
+    let write = |sql: &'static str| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Connection::open(db).unwrap().execute_batch(sql).unwrap();
+        })
+    };
+    let writer = write(
+        "INSERT INTO message (id, session_id, time_created, time_updated, data)
+           SELECT 'msg_rows', session_id, 1795277999999, 1795277999999,
+             json_remove(json_set(data, '$.tokens.input', 0, '$.time.created', 1795277999999), '$.time.completed')
+           FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
+    );
+    let started = std::time::Instant::now();
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !inputs_of(e, "msg_rows").is_empty()).await;
+    writer.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "the notification, not the 5 s poll, delivered it");
+    assert_eq!(inputs_of(&out.events, "msg_rows"), [0], "in progress");
+    assert_eq!(kinds(&out.events).1, 1, "nothing else again");
+
+    // Completed in place (as OpenCode does) while ocpipe restarts, and a new session: the
+    // message in progress is remembered across the restart and read again.
+    let writer = write(
+        "UPDATE message SET time_updated = 1795278000999,
+           data = json_set(data, '$.tokens.input', 5150, '$.time.completed', 1795278000999) WHERE id = 'msg_rows';
+         INSERT INTO session (id, project_id, slug, directory, title, version, time_created, time_updated)
+           VALUES ('ses_rows', 'global', 's', '/w', 'Rows', '1.2.27', 1795278000000, 9795278000000);",
+    );
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| {
+        inputs_of(e, "msg_rows").last() == Some(&5150) && kinds(e).0 >= 1
+    })
+    .await;
+    writer.await.unwrap();
+    assert_eq!(inputs_of(&out.events, "msg_rows"), [5150], "completed");
+    assert!(
+        out.events.iter().any(|e| matches!(&e.payload, Payload::Session(s) if s.id == "ses_rows")),
+        "the new session"
+    );
+    assert_eq!(kinds(&out.events).1, 1, "nothing else again");
+
+    // A restart re-emits nothing.
+    let out = testing::run_source(&c, dir.path(), Duration::from_millis(800), |_| false).await;
+    assert_eq!(kinds(&out.events).1, 0, "{:?}", out.events.iter().map(|e| &e.meta.id).collect::<Vec<_>>());
+}
