@@ -134,7 +134,6 @@ impl Usage {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -218,10 +218,7 @@ mod tests {
         for _ in 0..100 {
             let _ = std::fs::read(&f).unwrap();
         }
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), w.changed()).await.is_err(),
-            "reads woke the watcher"
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(300), w.changed()).await.is_err(), "reads woke the watcher");
         std::fs::write(&f, b"y").unwrap();
         assert!(woke(&w).await);
         assert!(w.take().paths.contains(&f));

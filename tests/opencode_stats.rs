@@ -167,3 +167,49 @@ fn counts_out_of_range_saturate_the_same_everywhere() {
     assert_eq!(count(&out, "SELECT input FROM rollup WHERE group_by = 'all'"), t(&after, "input") as i64);
     assert_eq!(count(&out, "SELECT output FROM rollup WHERE group_by = 'all'"), t(&after, "output") as i64);
 }
+
+#[test]
+fn the_pipeline_waits_out_a_locked_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("opencode");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("opencode.db");
+    std::fs::copy(root().join("fixtures/storage/v1.18.33-fork/opencode.db"), &db).unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[sources.oc]\ntype = \"opencode_storage\"\ndata_dir = \"{}\"\nfollow = false\n\
+             [sinks.db]\ntype = \"sqlite\"\ninputs = [\"oc\"]\npath = \"out.db\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    // A writer holds an exclusive lock for longer than one wait (5 s), then lets go.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = DELETE; BEGIN EXCLUSIVE; UPDATE session SET title = title;").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(7));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    let run = ocpipe(dir.path(), &["run", p.to_str().unwrap()]);
+    release.join().unwrap();
+    let log = text(&run.stderr);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("locked") && log.contains("retrying"), "{log}");
+    assert_eq!(count(&dir.path().join("out.db"), "SELECT count(*) FROM opencode_message"), 15, "{log}");
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let db = root().join("fixtures/storage/v1.18.33-fork/opencode.db");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; '{}' stats --db '{}' --by session | head -1", bin(), db.display()))
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("Broken pipe"), "{}", text(&out.stderr));
+}

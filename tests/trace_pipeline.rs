@@ -329,7 +329,11 @@ fn a_failed_delivery_does_not_hold_up_the_end() {
     unsafe { libc_kill(child.id() as i32, 2) };
     let out = child.wait_with_output().unwrap();
     let log = text(&out.stderr);
-    assert!(asked.elapsed() < Duration::from_secs(10), "the end waited {:?} for a failed delivery: {log}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the end waited {:?} for a failed delivery: {log}",
+        asked.elapsed()
+    );
     assert!(out.status.success(), "{log}");
     // Said once per path and reason (four session files), in words that say what is wrong.
     let said = log.matches("is a file, not a directory").count();

@@ -188,7 +188,9 @@ impl Feed {
             pos.event = r.get(0)?;
             let ty = r.get_ref(1)?.as_str()?;
             let data = r.get_ref(2)?.as_bytes()?;
-            let bad = |e: serde_json::Error| format!("{}: event row {} ({ty}) is not valid: {e}; skipped", db.display(), pos.event);
+            let bad = |e: serde_json::Error| {
+                format!("{}: event row {} ({ty}) is not valid: {e}; skipped", db.display(), pos.event)
+            };
             if ty.starts_with("message.updated") {
                 match serde_json::from_slice::<FeedMessage<'_>>(data) {
                     Ok(f) => sink.message("", "", 0, &f.info, "event"),
@@ -246,19 +248,17 @@ impl Feed {
         }
         let mut open = std::mem::take(&mut m.open_messages);
         let mut still_open = Vec::new();
-        let mut on_message = |id: &str, session: &str, created: i64, data: &[u8]| match serde_json::from_slice::<
-            RawMessage<'_>,
-        >(data)
-        {
-            Ok(raw) if raw.role.is_some() => {
-                if message_open(&raw) {
-                    still_open.push(id.to_string());
+        let mut on_message =
+            |id: &str, session: &str, created: i64, data: &[u8]| match serde_json::from_slice::<RawMessage<'_>>(data) {
+                Ok(raw) if raw.role.is_some() => {
+                    if message_open(&raw) {
+                        still_open.push(id.to_string());
+                    }
+                    sink.message(id, session, created, &raw, "sqlite");
                 }
-                sink.message(id, session, created, &raw, "sqlite");
-            }
-            Ok(_) => {}
-            Err(e) => sink.error(format!("{}: message row {id} is not valid JSON ({e}); skipped", db.display())),
-        };
+                Ok(_) => {}
+                Err(e) => sink.error(format!("{}: message row {id} is not valid JSON ({e}); skipped", db.display())),
+            };
         {
             let mut st = self.conn.prepare_cached(
                 "SELECT rowid, id, session_id, time_created, data FROM message WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
@@ -278,7 +278,9 @@ impl Feed {
             for id in &open {
                 // Gone (deleted or reverted): nothing more will come of it.
                 if let Some((session, created, data)) = st
-                    .query_row([id], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get_ref(3)?.as_bytes()?.to_vec())))
+                    .query_row([id], |r| {
+                        Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get_ref(3)?.as_bytes()?.to_vec()))
+                    })
                     .optional()?
                 {
                     on_message(id, &session, created, &data);
@@ -295,18 +297,18 @@ impl Feed {
     fn read_parts(&mut self, db: &Path, m: &mut RowMarks, sink: &mut dyn FeedSink) -> rusqlite::Result<bool> {
         let mut open = std::mem::take(&mut m.open_parts);
         let mut still_open = Vec::new();
-        let mut on_part = |id: &str, msg: &str, ses: &str, data: &[u8]| match serde_json::from_slice::<RawPart<'_>>(data)
-        {
-            Ok(p) => {
-                if part_open(&p) {
-                    still_open.push(id.to_string());
+        let mut on_part =
+            |id: &str, msg: &str, ses: &str, data: &[u8]| match serde_json::from_slice::<RawPart<'_>>(data) {
+                Ok(p) => {
+                    if part_open(&p) {
+                        still_open.push(id.to_string());
+                    }
+                    if let Some(info) = p.to_info(id, msg, ses) {
+                        sink.part(info);
+                    }
                 }
-                if let Some(info) = p.to_info(id, msg, ses) {
-                    sink.part(info);
-                }
-            }
-            Err(e) => sink.error(format!("{}: part row {id} is not valid JSON ({e}); skipped", db.display())),
-        };
+                Err(e) => sink.error(format!("{}: part row {id} is not valid JSON ({e}); skipped", db.display())),
+            };
         let mut st = self.conn.prepare_cached(
             "SELECT rowid, id, message_id, session_id, data FROM part WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )?;
@@ -322,7 +324,9 @@ impl Feed {
         let mut st = self.conn.prepare_cached("SELECT message_id, session_id, data FROM part WHERE id = ?1")?;
         for id in &open {
             if let Some((msg, ses, data)) = st
-                .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get_ref(2)?.as_bytes()?.to_vec())))
+                .query_row([id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get_ref(2)?.as_bytes()?.to_vec()))
+                })
                 .optional()?
             {
                 on_part(id, &msg, &ses, &data);

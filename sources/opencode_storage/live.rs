@@ -38,10 +38,7 @@ pub struct Marks {
 
 impl Marks {
     pub fn now(loc: &Location) -> Marks {
-        Marks {
-            dbs: loc.dbs.iter().map(|p| DbPos::now(p)).collect(),
-            json_ms: chrono::Utc::now().timestamp_millis(),
-        }
+        Marks { dbs: loc.dbs.iter().map(|p| DbPos::now(p)).collect(), json_ms: chrono::Utc::now().timestamp_millis() }
     }
 }
 
@@ -234,7 +231,8 @@ impl Follower {
         let storage = data_dir.join("storage");
         let filter = Arc::new(move |p: &Path| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            p.starts_with(&storage) || (name.starts_with("opencode") && (name.ends_with(".db") || name.ends_with(".db-wal")))
+            p.starts_with(&storage)
+                || (name.starts_with("opencode") && (name.ends_with(".db") || name.ends_with(".db-wal")))
         });
         Watch::new(&r.cx.id, targets, filter)
     }
@@ -330,7 +328,13 @@ impl Reader {
                 self.loc = found;
             }
         }
-        let mut out = Collect { cx: self.cx.clone(), events: Vec::new(), keys: &mut self.keys, parts: self.parts, sent: &mut self.sent };
+        let mut out = Collect {
+            cx: self.cx.clone(),
+            events: Vec::new(),
+            keys: &mut self.keys,
+            parts: self.parts,
+            sent: &mut self.sent,
+        };
         let mut next = self.marks.clone();
         let mut more = false;
         for db in &self.loc.dbs {

@@ -128,6 +128,9 @@ impl SourceConfig for OpencodeStorageConfig {
                 resume.clone(),
             );
             if resume.is_none() {
+                // Where following starts must be read from the databases themselves: wait out
+                // a lock rather than start from nothing.
+                wait_unlocked(&cx, &loc, &shutdown).await;
                 let marks = live::Marks::now(&loc);
                 let batch = follower.tracker().batch(marks.clone());
                 out = backfill(&cx, &loc, cfg.parts, out, batch, &mut follower, shutdown.clone()).await?;
@@ -152,6 +155,35 @@ impl SourceConfig for OpencodeStorageConfig {
             follower.settle(&cx, &checkpoint).await;
             Ok(())
         }))
+    }
+}
+
+/// Waits while another process keeps one of the databases locked (logged once, tried again
+/// every [`LOCKED_RETRY`]).
+async fn wait_unlocked(cx: &Context, loc: &Location, shutdown: &CancellationToken) {
+    let mut said = false;
+    loop {
+        let dbs = loc.dbs.clone();
+        let locked = tokio::task::spawn_blocking(move || {
+            dbs.iter().find_map(|db| match store::check(db) {
+                Err(e @ store::Unreadable::Locked(_)) => Some(e),
+                _ => None,
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(e) = locked else {
+            return;
+        };
+        if !said {
+            cx.error(format_args!("{e}; retrying every {} s", LOCKED_RETRY.as_secs()));
+            said = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LOCKED_RETRY) => {}
+        }
     }
 }
 

@@ -63,6 +63,14 @@ fn run(m: &ArgMatches) -> ExitCode {
     };
     match stats(&args, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ocpipe stats | head -1`): nothing more to say.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -127,11 +127,13 @@ pub fn check(db: &Path) -> Result<Connection, Unreadable> {
     let what = |e: rusqlite::Error| {
         let code = e.sqlite_error_code();
         match code {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(format!(
-                "{} is locked by another process (waited {} s): {e}; it is read again later",
-                db.display(),
-                BUSY_WAIT.as_secs()
-            )),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Unreadable::Locked(format!(
+                    "{} is locked by another process (waited {} s): {e}; it is read again later",
+                    db.display(),
+                    BUSY_WAIT.as_secs()
+                ))
+            }
             _ => Unreadable::Damaged(format!(
                 "{} cannot be read: {e} (damaged or not an SQLite database?); restore it from a backup or point `db` / --db elsewhere",
                 db.display()

@@ -295,26 +295,37 @@ async fn json_follow_sends_each_change_once() {
     body["id"] = "msg_json_live".into();
     body["time"]["created"] = 1795277999999i64.into();
     let path = ses.join("msg_json_live.json");
-    let writer = {
-        let (path, mut body) = (path.clone(), body.clone());
-        tokio::spawn(async move {
-            for input in [111, 111, 222] {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                body["tokens"]["input"] = input.into();
+    body["tokens"]["input"] = 111.into();
+    write_json(&path, &body);
+    // Once 111 is out: the same content written again (not sent), then a change (sent).
+    let writer = std::cell::RefCell::new(None);
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| {
+        let seen = inputs_of(e, "msg_json_live");
+        if seen == [111] && writer.borrow().is_none() {
+            let (path, mut body) = (path.clone(), body.clone());
+            *writer.borrow_mut() = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
                 write_json(&path, &body);
-            }
-        })
-    };
-    let out = testing::run_source(&c, dir.path(), Duration::from_millis(1500), |_| false).await;
-    writer.await.unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                body["tokens"]["input"] = 222.into();
+                write_json(&path, &body);
+            }));
+        }
+        seen.last() == Some(&222)
+    })
+    .await;
+    if let Some(w) = writer.take() {
+        w.join().unwrap();
+    }
     assert_eq!(inputs_of(&out.events, "msg_json_live"), [111, 222]);
     assert_eq!(out.events.len(), 2, "{:?}", out.events.iter().map(|e| &e.meta.id).collect::<Vec<_>>());
 
     // A change made while stopped arrives after the restart.
-    std::thread::sleep(Duration::from_millis(300));
     body["tokens"]["input"] = 333.into();
     write_json(&path, &body);
-    let out = testing::run_source(&c, dir.path(), Duration::from_millis(600), |_| false).await;
+    let out =
+        testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| inputs_of(e, "msg_json_live").contains(&333))
+            .await;
     assert_eq!(inputs_of(&out.events, "msg_json_live"), [333]);
 }
 
@@ -346,7 +357,8 @@ async fn databases_without_a_change_feed_are_followed_by_their_rows() {
            FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
     );
     let started = std::time::Instant::now();
-    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !inputs_of(e, "msg_rows").is_empty()).await;
+    let out =
+        testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !inputs_of(e, "msg_rows").is_empty()).await;
     writer.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(4), "the notification, not the 5 s poll, delivered it");
     assert_eq!(inputs_of(&out.events, "msg_rows"), [0], "in progress");

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{StartAt, TraceJsonlConfig};
 use crate::checkpoint::CheckpointFile;
-use crate::watch::{Changes, Watch};
 use crate::component::{Context, Output, SourceContext};
 use crate::event::{Event, Finalizer, Payload, Status, TraceRecord};
+use crate::watch::{Changes, Watch};
 
 /// Bytes of the first line that identify a file.
 const FINGERPRINT_BYTES: usize = 1024;
