@@ -289,11 +289,11 @@ impl BleSink {
         let Some(targets) = self.overlay.as_mut().and_then(|o| o.poll(&self.cx)) else { return };
         let mut wanted = HashMap::new();
         for b in targets.ble.into_iter().filter(|b| b.enabled) {
-            match (Uuid::parse_str(&b.service_uuid), Uuid::parse_str(&b.char_uuid)) {
-                (Ok(service), Ok(characteristic)) => {
+            match b.validate() {
+                Ok((service, characteristic)) => {
                     wanted.insert(b.id, Target { name: b.device_name, address: None, service, characteristic });
                 }
-                _ => self.cx.error(format_args!("push target ble {}: service_uuid or char_uuid is not a UUID", b.id)),
+                Err(e) => self.cx.error(format_args!("push target ble {}: {e}", b.id)),
             }
         }
         let (stop, start) = push_targets::plan(&self.lights, |l| &l.target, wanted);

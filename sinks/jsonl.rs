@@ -162,7 +162,7 @@ impl JsonlSink {
                         tracing::warn!(component = &*self.cx.id, "writing {}: {why}", path.display());
                         self.failing.insert(path.clone(), why);
                     }
-                    self.cx.metrics.error();
+                    self.cx.metrics.errors(members.len() as u64);
                     members.iter().for_each(|&i| batch[i].fail());
                 }
             }

@@ -369,6 +369,9 @@ impl MqttSink {
 
     fn connect(&mut self, key: u64, target: Target, cmd_tx: &mpsc::Sender<Vec<u8>>) -> anyhow::Result<()> {
         let (tls, host, port) = push_targets::parse_broker(&target.broker).map_err(|e| anyhow::anyhow!(e))?;
+        if target.client_id.trim().is_empty() {
+            anyhow::bail!("client_id is empty");
+        }
         let topic = TopicTemplate::parse(&target.topic).map_err(|e| anyhow::anyhow!(e.message))?;
         let mut opts = MqttOptions::new(target.client_id.clone(), host, port);
         opts.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs.max(5)));

@@ -62,6 +62,32 @@ pub fn parse_broker(b: &str) -> Result<(bool, String, u16), String> {
     }
 }
 
+impl Mqtt {
+    /// Whether the `mqtt` sink can use this target: the one check the status API and the sink
+    /// both make, so the API never accepts what the sink then refuses.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_broker(&self.broker)?;
+        crate::template::TopicTemplate::parse(&self.topic).map_err(|e| format!("topic: {}", e.message))?;
+        if self.client_id.trim().is_empty() {
+            return Err("client_id is empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl Ble {
+    /// Whether the `ble` sink can use this light (and its service and characteristic UUIDs).
+    pub fn validate(&self) -> Result<(uuid::Uuid, uuid::Uuid), String> {
+        if self.device_name.trim().is_empty() {
+            return Err("device_name is empty".into());
+        }
+        let uuid = |name: &str, v: &str| {
+            uuid::Uuid::parse_str(v).map_err(|e| format!("{name} `{v}` is not a UUID (8-4-4-4-12 hex digits): {e}"))
+        };
+        Ok((uuid("service_uuid", &self.service_uuid)?, uuid("char_uuid", &self.char_uuid)?))
+    }
+}
+
 impl Targets {
     /// Reads the file; a missing file is an empty list.
     pub fn load(path: &Path) -> anyhow::Result<Targets> {

@@ -3,6 +3,7 @@
 //! `monitor.log.YYYY-MM-DD` (the day it covers) and a new `monitor.log` starts.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,9 @@ impl DailyFile {
         if let Some(day) = modified_day(&path).filter(|d| *d < today) {
             rotate(&path, day)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        // A log made by an older ocpipe (0644) becomes private too: it names projects and sessions.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(Arc::new(DailyFile { path, state: Mutex::new((file, today)) }))
     }
 
@@ -44,7 +47,7 @@ impl DailyFile {
         if today != state.1 {
             state.0.flush()?;
             rotate(&self.path, state.1)?;
-            state.0 = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            state.0 = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
             state.1 = today;
         }
         state.0.write_all(buf)

@@ -36,6 +36,9 @@ impl ComponentMetrics {
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn errors(&self, n: u64) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             received: self.received.load(Ordering::Relaxed),

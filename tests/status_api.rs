@@ -1,6 +1,7 @@
 //! The live-status path against a scripted OpenCode-shaped server inside the test: basic auth,
 //! `/global/event` envelopes, reconnecting after a silent stream (state rebuilt from
-//! `/session/status`), and the websocket sink's token, CORS and push-target API.
+//! `/session/status`), and the websocket sink's token, CORS and push-target API (its defences:
+//! `tests/status_api_security.rs`).
 
 mod common;
 
@@ -145,8 +146,10 @@ cors_origins = ["http://example.test"]
 
     // The token guards everything; CORS answers the configured origin.
     assert_eq!(get("/api/health", false).await.unwrap().status(), 401);
+    assert_eq!(client.get(format!("{api}/api/health?token=t0ken")).send().await.unwrap().status(), 401);
     let ok = client
-        .get(format!("{api}/api/health?token=t0ken"))
+        .get(format!("{api}/api/health"))
+        .bearer_auth("t0ken")
         .header("origin", "http://example.test")
         .send()
         .await
@@ -166,7 +169,7 @@ cors_origins = ["http://example.test"]
     assert_eq!(created["message"], "创建成功");
     assert_eq!(
         created["data"],
-        json!({"id": 1, "broker": "tcp://127.0.0.1:1883", "client_id": "opencode-monitor", "username": "u", "password": null, "topic": "opencode/status", "enabled": true})
+        json!({"id": 1, "broker": "tcp://127.0.0.1:1883", "client_id": "opencode-monitor", "username": "u", "password": null, "has_password": false, "topic": "opencode/status", "enabled": true})
     );
     let bad = post("/api/mqtt", json!({"broker": "127.0.0.1:1883"})).await.unwrap();
     assert_eq!(bad.status(), 400);

@@ -340,6 +340,7 @@ fn a_failed_delivery_does_not_hold_up_the_end() {
     assert_eq!(said, 4, "{log}");
     assert!(log.contains("errors=8"), "every failed record counted: {log}");
     assert!(!log.contains("still draining"), "{log}");
+    assert_eq!(log.matches("was not delivered").count(), 4, "once per trace file: {log}");
     // Nothing was checkpointed past the failures: a run with a good sink gets all 8.
     std::fs::remove_file(dir.path().join("out/jsonl")).unwrap();
     let out = ocpipe(dir.path(), &["run", pipeline(dir.path(), false).to_str().unwrap()]);

@@ -1,15 +1,16 @@
 //! `websocket`: the live status page, a WebSocket push of every status, and the REST API of the
 //! status monitor (axum).
 
+mod guard;
 mod targets;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,11 +37,17 @@ pub struct WebsocketConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port, logged at start).
     #[serde(default = "default_address")]
     pub address: String,
-    /// Origins allowed by CORS; `["*"]` allows any.
-    #[serde(default = "default_origins")]
+    /// Other origins whose pages may read the API and `/ws` (CORS), e.g.
+    /// `["https://dash.example"]`; `["*"]` lets any page read. Empty (the default): only the
+    /// page served here. No other origin may ever change anything (POST, PUT, DELETE).
+    #[serde(default)]
     pub cors_origins: Vec<String>,
-    /// When set and not empty, every request needs `Authorization: Bearer <token>` (or
-    /// `?token=` for the page and the WebSocket). Use `${VAR:-}`: empty means no token.
+    /// Host names (besides loopback names and IP addresses) this server answers to, e.g. the
+    /// machine's name on the LAN. Others are refused, so DNS rebinding cannot reach the API.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// When set and not empty, every request needs `Authorization: Bearer <token>`; the page and
+    /// the WebSocket also take `?token=`. Use `${VAR:-}`: empty means no token.
     pub token: Option<String>,
     /// How many messages a slow WebSocket client may fall behind before it misses some.
     #[serde(default = "default_client_buffer")]
@@ -49,9 +56,6 @@ pub struct WebsocketConfig {
 
 fn default_address() -> String {
     "127.0.0.1:8080".into()
-}
-fn default_origins() -> Vec<String> {
-    vec!["*".into()]
 }
 fn default_client_buffer() -> usize {
     1024
@@ -76,8 +80,12 @@ impl SinkConfig for WebsocketConfig {
             );
         }
         for (i, o) in self.cors_origins.iter().enumerate() {
-            if o != "*" && HeaderValue::from_str(o).is_err() {
-                errs.push(FieldError::new(FieldPath::key("cors_origins").index(i), format!("`{o}` is not an origin")));
+            let origin = url::Url::parse(o).ok().filter(|u| u.origin().ascii_serialization() == *o);
+            if o != "*" && (origin.is_none() || HeaderValue::from_str(o).is_err()) {
+                errs.push(
+                    FieldError::new(FieldPath::key("cors_origins").index(i), format!("`{o}` is not an origin"))
+                        .help("scheme://host[:port] with no path, e.g. \"https://dash.example\", or \"*\""),
+                );
             }
         }
         errs
@@ -88,16 +96,28 @@ impl SinkConfig for WebsocketConfig {
             anyhow::anyhow!("cannot listen on {}: {e} (set `address` to a free one, or port 0)", self.address)
         })?;
         listener.set_nonblocking(true)?;
+        let token = self.token.clone().filter(|t| !t.is_empty());
+        if token.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                component = &*cx.id,
+                "the status API listens on {} without a token: anyone who can reach it can add push targets; set `token`",
+                self.address
+            );
+        }
         let targets_path = cx.data_dir()?.join(crate::sinks::push_targets::FILE_NAME);
         let (tx, _) = broadcast::channel(self.client_buffer.max(16));
         let shared = Arc::new(Shared {
             board: RwLock::default(),
             processes: RwLock::default(),
             tx,
-            token: self.token.clone().filter(|t| !t.is_empty()),
             targets: Mutex::new(targets::Store::load(&targets_path)?),
         });
-        Ok(Box::new(WebsocketSink { listener, shared, origins: self.cors_origins.clone(), cx: cx.clone() }))
+        let guard = Arc::new(guard::Guard {
+            token,
+            allowed_hosts: self.allowed_hosts.clone(),
+            cors_origins: self.cors_origins.clone(),
+        });
+        Ok(Box::new(WebsocketSink { listener, shared, guard, cx: cx.clone() }))
     }
 }
 
@@ -111,14 +131,13 @@ struct Shared {
     board: RwLock<Board>,
     processes: RwLock<BTreeMap<u32, ProcessInfo>>,
     tx: broadcast::Sender<Arc<str>>,
-    token: Option<String>,
     targets: Mutex<targets::Store>,
 }
 
 struct WebsocketSink {
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    origins: Vec<String>,
+    guard: Arc<guard::Guard>,
     cx: Context,
 }
 
@@ -133,11 +152,11 @@ pub fn failure(status: StatusCode, message: impl Into<String>) -> Response {
 impl Sink for WebsocketSink {
     fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
         Box::pin(async move {
-            let WebsocketSink { listener, shared, origins, cx } = *self;
+            let WebsocketSink { listener, shared, guard, cx } = *self;
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let addr = listener.local_addr()?;
             tracing::info!(component = &*cx.id, "status page at http://{addr}/ (WebSocket at ws://{addr}/ws)");
-            let app = router(shared.clone(), &origins);
+            let app = router(shared.clone(), guard);
             let stop = CancellationToken::new();
             let server_stop = stop.clone();
             let server = tokio::spawn(async move {
@@ -177,44 +196,37 @@ impl Sink for WebsocketSink {
     }
 }
 
-fn router(shared: Arc<Shared>, origins: &[String]) -> Router {
-    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>) -> Router {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = &guard.cors_origins;
+    // Same origin only unless origins are listed; `*` lets any page read, never change.
     let cors = if origins.iter().any(|o| o == "*") {
-        CorsLayer::new().allow_origin(Any)
+        Some(CorsLayer::new().allow_origin(tower_http::cors::Any).allow_methods([Method::GET]))
+    } else if !origins.is_empty() {
+        Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok())))
+                .allow_methods([Method::GET]),
+        )
     } else {
-        CorsLayer::new().allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok())))
+        None
     }
-    .allow_methods(Any)
-    .allow_headers(Any);
-    Router::new()
+    .map(|c| c.allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]));
+    let app = Router::new()
         .route("/", get(page))
         .route("/ws", get(ws))
         .route("/api/health", get(|| async { Json(json!({ "code": 0, "message": "ok" })) }))
         .route("/api/status", get(status))
         .route("/api/processes", get(processes))
         .merge(targets::routes())
-        .layer(middleware::from_fn_with_state(shared.clone(), auth))
-        .layer(cors)
-        .with_state(shared)
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
-async fn auth(State(shared): State<Arc<Shared>>, Query(q): Query<TokenQuery>, req: Request, next: Next) -> Response {
-    if let Some(token) = &shared.token {
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer != Some(token.as_str()) && q.token.as_deref() != Some(token.as_str()) {
-            return failure(StatusCode::UNAUTHORIZED, "unauthorized: send Authorization: Bearer <token>");
-        }
-    }
-    next.run(req).await
+        .with_state(shared);
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    // The guard runs first (outermost): a refused request reaches neither CORS nor a route.
+    app.layer(middleware::from_fn_with_state(guard, guard::check))
 }
 
 async fn page() -> Html<&'static str> {

@@ -24,15 +24,56 @@ impl Store {
         Ok(Store { path: path.to_path_buf(), targets: Targets::load(path)? })
     }
 
+    /// Reads the file again before a change, so hand edits made since are kept, not erased.
+    /// A file that does not parse is not overwritten: the change is refused until it is fixed.
+    fn reload(&mut self) -> Result<(), Response> {
+        match Targets::load(&self.path) {
+            Ok(t) => {
+                self.targets = t;
+                Ok(())
+            }
+            Err(e) => Err(failure(
+                StatusCode::CONFLICT,
+                format!("{e}; fix or remove the file (it was edited by hand), then try again"),
+            )),
+        }
+    }
+
+    /// Written private (0600: it holds broker passwords), through a temporary file.
     fn save(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let text = format!(
-            "# Push targets managed through the status API (/api/mqtt, /api/ble). Edits here are\n# picked up too.\n{}",
+            "# Push targets managed through the status API (/api/mqtt, /api/ble). Edits here are\n# picked up and kept (the API reads this file before each change).\n{}",
             toml::to_string(&self.targets).map_err(std::io::Error::other)?
         );
         let tmp = self.path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text)?;
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
         std::fs::rename(tmp, &self.path)
     }
+}
+
+/// A body that could not be taken: its own status (413 for one too large), in the envelope.
+fn rejected(e: axum::extract::rejection::JsonRejection) -> Response {
+    failure(e.status(), e.body_text())
+}
+
+/// An id in the URL that is not a number, in the envelope.
+fn bad_id(e: axum::extract::rejection::PathRejection) -> Response {
+    failure(StatusCode::BAD_REQUEST, format!("the target id must be a number: {}", e.body_text()))
+}
+
+/// A target as the API shows it: secrets are write-only (`password: null`, `has_password`).
+fn public(mut target: Value) -> Value {
+    if let Some(obj) = target.as_object_mut()
+        && let Some(p) = obj.get("password").cloned()
+    {
+        obj.insert("has_password".into(), json!(!p.is_null()));
+        obj.insert("password".into(), Value::Null);
+    }
+    target
 }
 
 /// What a client may send: every field optional, defaults as in the seed.
@@ -59,23 +100,43 @@ pub struct BleInput {
 impl MqttInput {
     fn apply(self, id: u64, old: Option<&Mqtt>) -> Result<Mqtt, String> {
         let broker = self.broker.or(old.map(|o| o.broker.clone())).ok_or("broker is required")?;
-        push_targets::parse_broker(&broker)?;
-        Ok(Mqtt {
+        Mqtt {
             id,
             broker,
             client_id: self.client_id.or(old.map(|o| o.client_id.clone())).unwrap_or_else(|| "opencode-monitor".into()),
             username: self.username.or(old.and_then(|o| o.username.clone())),
-            password: self.password.or(old.and_then(|o| o.password.clone())),
+            // Left out: the stored one is kept; empty: removed.
+            password: match self.password {
+                Some(p) if p.is_empty() => None,
+                Some(p) => Some(p),
+                None => old.and_then(|o| o.password.clone()),
+            },
             topic: self.topic.or(old.map(|o| o.topic.clone())).unwrap_or_else(|| "opencode/status".into()),
             enabled: self.enabled.or(old.map(|o| o.enabled)).unwrap_or(true),
-        })
+        }
+        .checked()
+    }
+}
+
+trait Checked: Sized {
+    fn checked(self) -> Result<Self, String>;
+}
+
+impl Checked for Mqtt {
+    fn checked(self) -> Result<Self, String> {
+        self.validate().map(|_| self)
+    }
+}
+
+impl Checked for Ble {
+    fn checked(self) -> Result<Self, String> {
+        self.validate().map(|_| self)
     }
 }
 
 impl BleInput {
     fn apply(self, id: u64, old: Option<&Ble>) -> Result<Ble, String> {
-        let uuid = |s: &str| s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4;
-        let b = Ble {
+        Ble {
             id,
             device_name: self.device_name.or(old.map(|o| o.device_name.clone())).unwrap_or_else(|| "AI-Light".into()),
             service_uuid: self
@@ -84,11 +145,8 @@ impl BleInput {
                 .unwrap_or_else(|| DEFAULT_SERVICE_UUID.into()),
             char_uuid: self.char_uuid.or(old.map(|o| o.char_uuid.clone())).unwrap_or_else(|| DEFAULT_CHAR_UUID.into()),
             enabled: self.enabled.or(old.map(|o| o.enabled)).unwrap_or(true),
-        };
-        if !uuid(&b.service_uuid) || !uuid(&b.char_uuid) {
-            return Err("service_uuid and char_uuid must be UUIDs (8-4-4-4-12 hex digits)".into());
         }
-        Ok(b)
+        .checked()
     }
 }
 
@@ -96,14 +154,27 @@ impl BleInput {
 macro_rules! crud {
     ($list:ident, $ty:ty, $input:ty) => {{
         async fn list(State(s): State<Arc<Shared>>) -> Response {
-            let store = s.targets.lock().unwrap();
+            let mut store = s.targets.lock().unwrap();
+            if let Err(r) = store.reload() {
+                return r;
+            }
             let kind = stringify!($list);
             let items: Vec<Value> =
                 store.targets.$list.iter().map(|t| with_link(&store.path, kind, json!(t))).collect();
             super::envelope(json!(items)).into_response()
         }
-        async fn one(State(s): State<Arc<Shared>>, UrlPath(id): UrlPath<u64>) -> Response {
-            let store = s.targets.lock().unwrap();
+        async fn one(
+            State(s): State<Arc<Shared>>,
+            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
+        ) -> Response {
+            let id = match id {
+                Ok(UrlPath(id)) => id,
+                Err(e) => return bad_id(e),
+            };
+            let mut store = s.targets.lock().unwrap();
+            if let Err(r) = store.reload() {
+                return r;
+            }
             match store.targets.$list.iter().find(|t| t.id == id) {
                 Some(t) => super::envelope(with_link(&store.path, stringify!($list), json!(t))).into_response(),
                 None => failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list))),
@@ -115,41 +186,61 @@ macro_rules! crud {
         ) -> Response {
             let input = match body {
                 Ok(Json(b)) => b,
-                Err(e) => return failure(StatusCode::BAD_REQUEST, e.body_text()),
+                Err(e) => return rejected(e),
             };
             let mut store = s.targets.lock().unwrap();
+            if let Err(r) = store.reload() {
+                return r;
+            }
             let id = store.targets.$list.iter().map(|t| t.id).max().unwrap_or(0) + 1;
             match input.apply(id, None) {
                 Ok(t) => {
                     store.targets.$list.push(t.clone());
-                    saved(&store, "创建成功", json!(t))
+                    saved(&store, "创建成功", public(json!(t)))
                 }
                 Err(e) => failure(StatusCode::BAD_REQUEST, e),
             }
         }
         async fn update(
             State(s): State<Arc<Shared>>,
-            UrlPath(id): UrlPath<u64>,
+            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
             body: Result<Json<$input>, axum::extract::rejection::JsonRejection>,
         ) -> Response {
+            let id = match id {
+                Ok(UrlPath(id)) => id,
+                Err(e) => return bad_id(e),
+            };
             let input = match body {
                 Ok(Json(b)) => b,
-                Err(e) => return failure(StatusCode::BAD_REQUEST, e.body_text()),
+                Err(e) => return rejected(e),
             };
             let mut store = s.targets.lock().unwrap();
+            if let Err(r) = store.reload() {
+                return r;
+            }
             let Some(pos) = store.targets.$list.iter().position(|t| t.id == id) else {
                 return failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list)));
             };
             match input.apply(id, Some(&store.targets.$list[pos])) {
                 Ok(t) => {
                     store.targets.$list[pos] = t.clone();
-                    saved(&store, "更新成功", json!(t))
+                    saved(&store, "更新成功", public(json!(t)))
                 }
                 Err(e) => failure(StatusCode::BAD_REQUEST, e),
             }
         }
-        async fn delete(State(s): State<Arc<Shared>>, UrlPath(id): UrlPath<u64>) -> Response {
+        async fn delete(
+            State(s): State<Arc<Shared>>,
+            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
+        ) -> Response {
+            let id = match id {
+                Ok(UrlPath(id)) => id,
+                Err(e) => return bad_id(e),
+            };
             let mut store = s.targets.lock().unwrap();
+            if let Err(r) = store.reload() {
+                return r;
+            }
             let before = store.targets.$list.len();
             store.targets.$list.retain(|t| t.id != id);
             if store.targets.$list.len() == before {
@@ -165,7 +256,8 @@ macro_rules! crud {
 }
 
 /// Adds how the target's link is doing (`connected`, `state`), as the sink driving it reports.
-fn with_link(file: &Path, kind: &'static str, mut target: Value) -> Value {
+fn with_link(file: &Path, kind: &'static str, target: Value) -> Value {
+    let mut target = public(target);
     let id = target["id"].as_u64().unwrap_or(0);
     let link = push_targets::link_state(file, kind, id);
     target["connected"] = json!(link.as_ref().is_some_and(|l| l.connected));

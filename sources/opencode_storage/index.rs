@@ -237,8 +237,14 @@ fn read_delta(path: &Path) -> Option<Delta> {
 
 fn write_delta(path: &Path, d: &Delta) -> io::Result<()> {
     let tmp = delta_path(path).with_extension("delta.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(d)?)?;
+    private_file(&tmp)?.write_all(&serde_json::to_vec(d)?)?;
     std::fs::rename(tmp, delta_path(path))
+}
+
+/// A new file only its owner can read (the index holds session titles and project paths).
+fn private_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)
 }
 
 fn write_quietly(path: &Path, header: &Header, cat: &Catalog) {
@@ -411,7 +417,7 @@ fn write(path: &Path, header: &Header, cat: &Catalog) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("idx.tmp");
-    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let mut out = io::BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
     let u32le = |out: &mut io::BufWriter<std::fs::File>, v: u32| out.write_all(&v.to_le_bytes());
     out.write_all(MAGIC)?;
     let h = serde_json::to_vec(header)?;

@@ -150,6 +150,10 @@ struct Reader {
 #[derive(Default)]
 pub struct Sent(HashMap<u64, u64>);
 
+/// How often the JSON storage is walked even though notifications cover it (a safety net for
+/// a notification the kernel could not give).
+const FULL_LOOK_EVERY: Duration = Duration::from_secs(60);
+
 /// Records remembered before [`Sent`] starts over (about 32 bytes each).
 const SENT_MAX: usize = 200_000;
 
@@ -249,6 +253,7 @@ impl Follower {
         let mut watch = self.watch();
         // The first round looks at everything.
         let mut changes = Changes { rescan: true, ..Default::default() };
+        let mut last_walk = std::time::Instant::now();
         loop {
             let storage_watched = watch.is_live();
             let mut reader = self.reader.take().expect("reader");
@@ -282,6 +287,13 @@ impl Follower {
                 }
             }
             changes = watch.take();
+            // Now and then everything is looked at, notified or not.
+            if last_walk.elapsed() >= FULL_LOOK_EVERY {
+                changes.rescan = true;
+            }
+            if changes.rescan {
+                last_walk = std::time::Instant::now();
+            }
         }
         Ok(())
     }

@@ -527,12 +527,18 @@ impl JsonSelect<'_> {
                 json_files(dir).into_iter().filter(|p| super::live::modified_after(p, *since)).collect()
             }
             JsonSelect::Paths(paths) => {
-                let mut v: Vec<PathBuf> = paths
-                    .iter()
-                    .filter(|p| p.starts_with(dir) && p.extension().is_some_and(|x| x == "json") && p.is_file())
-                    .cloned()
-                    .collect();
+                let mut v: Vec<PathBuf> = Vec::new();
+                for p in paths.iter().filter(|p| p.starts_with(dir)) {
+                    if p.is_dir() {
+                        // A new folder: files made in it before its watch was set are named by
+                        // no notification.
+                        v.extend(json_files(p));
+                    } else if p.extension().is_some_and(|x| x == "json") && p.is_file() {
+                        v.push(p.clone());
+                    }
+                }
                 v.sort();
+                v.dedup();
                 v
             }
         }

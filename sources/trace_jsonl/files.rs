@@ -512,6 +512,8 @@ impl Reader {
         if let Some(t) = self.files.get_mut(&fp).filter(|t| t.instance == instance) {
             t.acks.mark(seq, status);
             if status == Status::Failed && !t.acks.blocked {
+                // Once per file: its checkpoint cannot pass this line anyway.
+                t.acks.blocked = true;
                 tracing::warn!(
                     component = &*self.cx.id,
                     "a record of {} was not delivered; its checkpoint stays before it until restart",
