@@ -3,8 +3,8 @@
 //! `monitor.log.YYYY-MM-DD` (the day it covers) and a new `monitor.log` starts.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

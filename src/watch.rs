@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
@@ -59,6 +59,9 @@ pub struct Watch {
     shared: Arc<Shared>,
     watcher: Option<RecommendedWatcher>,
     targets: Vec<Target>,
+    /// How many targets rely on each watched path (notify keeps one watch per path: two
+    /// targets may share one, e.g. a folder and a missing child waiting on it).
+    users: std::collections::HashMap<PathBuf, usize>,
     warned: bool,
     label: String,
 }
@@ -66,7 +69,8 @@ pub struct Watch {
 /// Whether a notification is about content (not about somebody merely looking).
 fn is_change(kind: &EventKind) -> bool {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        // Writes were told as modifications already; a close after writing is also what
+        // SQLite's own reading connection does to its `-wal`.
         EventKind::Access(_) => false,
         EventKind::Modify(ModifyKind::Metadata(_)) => false,
         _ => true,
@@ -112,6 +116,7 @@ impl Watch {
             shared,
             watcher: None,
             targets: targets.into_iter().map(|(path, mode)| Target { path, mode, armed: Armed::Not }).collect(),
+            users: std::collections::HashMap::new(),
             warned: false,
             label: label.to_string(),
         };
@@ -151,21 +156,34 @@ impl Watch {
             if want == t.armed {
                 continue;
             }
-            let _ = match &t.armed {
-                Armed::Ancestor(a) => watcher.unwatch(a),
-                Armed::Itself => watcher.unwatch(&t.path),
-                Armed::Not => Ok(()),
+            let path_of = |a: &Armed| match a {
+                Armed::Itself => Some((t.path.clone(), t.mode)),
+                Armed::Ancestor(p) => Some((p.clone(), RecursiveMode::NonRecursive)),
+                Armed::Not => None,
             };
-            let res = match &want {
-                Armed::Itself => watcher.watch(&t.path, t.mode),
-                Armed::Ancestor(a) => watcher.watch(a, RecursiveMode::NonRecursive),
-                Armed::Not => Ok(()),
+            if let Some((old, _)) = path_of(&t.armed)
+                && let Some(n) = self.users.get_mut(&old)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.users.remove(&old);
+                    let _ = watcher.unwatch(&old);
+                }
+            }
+            let res = match path_of(&want) {
+                Some((p, mode)) => {
+                    let first = !self.users.contains_key(&p);
+                    let r = if first { watcher.watch(&p, mode) } else { Ok(()) };
+                    if r.is_ok() {
+                        *self.users.entry(p).or_default() += 1;
+                    }
+                    r
+                }
+                None => Ok(()),
             };
             match res {
                 Ok(()) => {
-                    if t.armed != Armed::Not || want == Armed::Itself {
-                        tracing::debug!(component = &*self.label, "watching {} ({want:?})", t.path.display());
-                    }
+                    tracing::debug!(component = &*self.label, "watching {} ({want:?})", t.path.display());
                     t.armed = want;
                 }
                 Err(e) => {
@@ -240,6 +258,24 @@ mod tests {
         std::fs::write(target.join("f"), b"1").unwrap();
         assert!(woke(&w).await);
         assert!(w.take().paths.contains(&target.join("f")));
+    }
+
+    #[tokio::test]
+    async fn a_folder_stays_watched_when_a_missing_child_it_waited_for_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = dir.path().join("storage");
+        let mut w = Watch::new(
+            "t",
+            vec![(dir.path().to_path_buf(), RecursiveMode::NonRecursive), (child.clone(), RecursiveMode::Recursive)],
+            Arc::new(|_| true),
+        );
+        std::fs::create_dir(&child).unwrap();
+        assert!(woke(&w).await);
+        w.take();
+        assert!(w.is_live());
+        std::fs::write(dir.path().join("opencode.db"), b"1").unwrap();
+        assert!(woke(&w).await, "the folder's own watch survived");
+        assert!(w.take().paths.contains(&dir.path().join("opencode.db")));
     }
 
     #[tokio::test]

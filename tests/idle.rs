@@ -29,8 +29,13 @@ fn idle_cpu(pipeline: &str, home: &Path) -> (f64, String) {
         ("OPENCODE_API_TRACER_DIR", home.join("traces").display().to_string()),
     ];
     let run = Running::start(pipeline, &env);
-    // Startup and the backfill are not idle.
-    std::thread::sleep(Duration::from_secs(3));
+    // Startup and the backfill are not idle: wait until it runs and its sources are caught up.
+    wait_for("the start", Duration::from_secs(60), || run.log().contains("pipeline running").then_some(()));
+    let caught_up = |log: &str| {
+        !pipeline.contains("monitor") || log.contains("read OpenCode's history") || log.contains("no OpenCode data yet")
+    };
+    wait_for("the backfill", Duration::from_secs(60), || caught_up(&run.log()).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
     let pid = run.pid();
     let before = cpu_secs(pid);
     std::thread::sleep(Duration::from_secs(10));

@@ -185,17 +185,16 @@ fn the_pipeline_waits_out_a_locked_database() {
         ),
     )
     .unwrap();
-    // A writer holds an exclusive lock for longer than one wait (5 s), then lets go.
+    // A writer holds an exclusive lock until ocpipe has said it waits (past one 5 s wait).
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("PRAGMA journal_mode = DELETE; BEGIN EXCLUSIVE; UPDATE session SET title = title;").unwrap();
-    let release = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(7));
-        conn.execute_batch("COMMIT").unwrap();
+    let run = Running::start_in(dir.path(), p.to_str().unwrap(), &[]);
+    wait_for("the lock to be reported", std::time::Duration::from_secs(30), || {
+        run.log().contains("retrying").then_some(())
     });
-    let run = ocpipe(dir.path(), &["run", p.to_str().unwrap()]);
-    release.join().unwrap();
-    let log = text(&run.stderr);
-    assert!(run.status.success(), "{log}");
+    conn.execute_batch("COMMIT").unwrap();
+    let (status, log) = run.finish(std::time::Duration::from_secs(60));
+    assert!(status.success(), "{log}");
     assert!(log.contains("locked") && log.contains("retrying"), "{log}");
     assert_eq!(count(&dir.path().join("out.db"), "SELECT count(*) FROM opencode_message"), 15, "{log}");
 }

@@ -51,7 +51,8 @@ fn targets_file(dir: &std::path::Path) -> std::path::PathBuf {
 async fn hosts_origins_and_tokens() {
     let api = start("token = \"t0ken\"\nallowed_hosts = [\"monitor.lan\"]").await;
     let c = reqwest::Client::new();
-    let get = |path: &str, host: &str| c.get(format!("{}{path}", api.url)).header("host", host).bearer_auth("t0ken").send();
+    let get =
+        |path: &str, host: &str| c.get(format!("{}{path}", api.url)).header("host", host).bearer_auth("t0ken").send();
     // DNS rebinding: another name for 127.0.0.1 is refused; loopback names, IPs and allowed ones are served.
     assert_eq!(get("/api/health", "evil.example:80").await.unwrap().status(), 403);
     for host in [format!("127.0.0.1:{}", api.port), format!("localhost:{}", api.port), "monitor.lan".into()] {
@@ -104,13 +105,17 @@ async fn secrets_validation_limits_envelopes_and_hand_edits() {
     let api = start("").await;
     let c = reqwest::Client::new();
     let post = |path: &str, body: Value| c.post(format!("{}{path}", api.url)).json(&body).send();
-    let created: Value = post("/api/mqtt", json!({"broker": "tcp://127.0.0.1:1883", "username": "u", "password": "pw"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!((created["data"]["password"].clone(), created["data"]["has_password"].clone()), (Value::Null, json!(true)));
+    let created: Value =
+        post("/api/mqtt", json!({"broker": "tcp://127.0.0.1:1883", "username": "u", "password": "pw"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        (created["data"]["password"].clone(), created["data"]["has_password"].clone()),
+        (Value::Null, json!(true))
+    );
     let listed: Value = c.get(format!("{}/api/mqtt", api.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["data"][0]["password"], Value::Null, "secrets are write-only");
     assert_eq!(listed["data"][0]["has_password"], true);
@@ -242,7 +247,8 @@ fn listening_beyond_loopback_without_a_token_is_warned_about() {
         "[sources.procs]\ntype = \"process_scan\"\n[sinks.page]\ntype = \"websocket\"\ninputs = [\"procs\"]\naddress = \"0.0.0.0:0\"\n",
     )
     .unwrap();
-    let run = Running::start(p.to_str().unwrap(), &[("OCPIPE_DATA_DIR", dir.path().join("state").display().to_string())]);
+    let run =
+        Running::start(p.to_str().unwrap(), &[("OCPIPE_DATA_DIR", dir.path().join("state").display().to_string())]);
     let said = wait_for("the start", std::time::Duration::from_secs(10), || {
         let log = run.log();
         log.contains("status page at").then_some(log)

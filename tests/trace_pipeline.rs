@@ -323,18 +323,20 @@ fn a_failed_delivery_does_not_hold_up_the_end() {
          [sinks.files]\ntype = \"jsonl\"\ninputs = [\"traces\"]\npath = \"out/jsonl/{sessionID}.jsonl\"\n",
     )
     .unwrap();
-    let child = spawn_run(dir.path(), &cfg, Stdio::piped());
-    std::thread::sleep(Duration::from_secs(2));
+    let run = Running::start_in(dir.path(), cfg.to_str().unwrap(), &[]);
+    // Every record has failed (one line per trace file) before the end is asked for.
+    common::wait_for("the failures", Duration::from_secs(30), || {
+        (run.log().matches("was not delivered").count() == 4).then_some(())
+    });
     let asked = Instant::now();
-    unsafe { libc_kill(child.id() as i32, 2) };
-    let out = child.wait_with_output().unwrap();
-    let log = text(&out.stderr);
+    signal(run.pid(), 2);
+    let (status, log) = run.finish(Duration::from_secs(120));
     assert!(
         asked.elapsed() < Duration::from_secs(10),
         "the end waited {:?} for a failed delivery: {log}",
         asked.elapsed()
     );
-    assert!(out.status.success(), "{log}");
+    assert!(status.success(), "{log}");
     // Said once per path and reason (four session files), in words that say what is wrong.
     let said = log.matches("is a file, not a directory").count();
     assert_eq!(said, 4, "{log}");

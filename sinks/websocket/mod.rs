@@ -7,8 +7,8 @@ mod targets;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};

@@ -33,6 +33,9 @@ pub struct RowMarks {
     pub message: i64,
     pub part: i64,
     pub session_ms: i64,
+    /// New sessions by rowid too: a `time_updated` from a clock ahead must not hide later ones.
+    #[serde(default)]
+    pub session: i64,
     /// Messages still in progress (re-read until they complete).
     #[serde(default)]
     pub open_messages: Vec<String>,
@@ -78,6 +81,7 @@ impl RowMarks {
         let mut m = RowMarks {
             message: max_rowid(conn, "message"),
             part: max_rowid(conn, "part"),
+            session: max_rowid(conn, "session"),
             session_ms: if has_table(conn, "session") {
                 conn.query_row("SELECT coalesce(max(time_updated), 0) FROM session", [], |r| r.get(0)).unwrap_or(0)
             } else {
@@ -216,15 +220,24 @@ impl Feed {
 
     fn read_rows(&mut self, db: &Path, m: &mut RowMarks, sink: &mut dyn FeedSink) -> rusqlite::Result<bool> {
         let mut more = false;
+        // SQLite gives the highest rowids again after the newest rows are deleted (an undo, a
+        // session removed): a mark above the table's end goes back, and repeats are not sent.
+        for (table, mark) in [("message", &mut m.message), ("part", &mut m.part), ("session", &mut m.session)] {
+            let end = max_rowid(&self.conn, table);
+            if end < *mark {
+                *mark = (end - TAIL).max(0);
+            }
+        }
         // Sessions first: a message's rollup needs its session's project.
         if has_table(&self.conn, "session") {
             let mut st = self.conn.prepare_cached(
                 "SELECT s.id, s.project_id, s.parent_id, s.title, s.directory, s.slug, s.version, s.time_created, \
-                 s.time_updated, p.worktree FROM session s LEFT JOIN project p ON p.id = s.project_id \
-                 WHERE s.time_updated > ?1 ORDER BY s.time_updated",
+                 s.time_updated, p.worktree, s.rowid FROM session s LEFT JOIN project p ON p.id = s.project_id \
+                 WHERE s.time_updated > ?1 OR s.rowid > ?2 ORDER BY s.time_updated",
             )?;
-            let mut rows = st.query([m.session_ms - SESSION_SLACK_MS])?;
+            let mut rows = st.query([m.session_ms - SESSION_SLACK_MS, m.session])?;
             while let Some(r) = rows.next()? {
+                m.session = m.session.max(r.get::<_, i64>(10)?);
                 let s = SessionInfo {
                     id: r.get(0)?,
                     project_id: r.get(1)?,

@@ -159,6 +159,13 @@ const SENT_MAX: usize = 200_000;
 
 impl Sent {
     /// Whether `ev` differs from what was last sent under its id (and remembers it).
+    /// Forgets what was recorded for `ev`'s id (it was not sent after all).
+    fn forget(&mut self, ev: &Event) {
+        if let Some(id) = ev.meta.id.as_deref() {
+            self.0.remove(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
+        }
+    }
+
     pub fn is_new(&mut self, ev: &Event) -> bool {
         let Some(id) = ev.meta.id.as_deref() else {
             return true;
@@ -233,9 +240,14 @@ impl Follower {
             }
         }
         let storage = data_dir.join("storage");
+        // The databases followed (whatever their names) and their `-wal`, new `opencode*.db`
+        // files, and the JSON storage.
+        let dbs: Vec<PathBuf> = r.loc.dbs.clone();
         let filter = Arc::new(move |p: &Path| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let db = name.strip_suffix("-wal").map_or(p.to_path_buf(), |n| p.with_file_name(n));
             p.starts_with(&storage)
+                || dbs.contains(&db)
                 || (name.starts_with("opencode") && (name.ends_with(".db") || name.ends_with(".db-wal")))
         });
         Watch::new(&r.cx.id, targets, filter)
@@ -264,7 +276,8 @@ impl Follower {
             .await?;
             self.reader = Some(reader);
             let Round { events, next, more } = round;
-            if next != self.reader().marks {
+            // Sent even when no mark moved: a session re-read within its slack is news too.
+            if next != self.reader().marks || !events.is_empty() {
                 let batch = self.tracker.batch(next.clone());
                 for ev in events {
                     out.send(ev.with_finalizer(batch.finalizer())).await;
@@ -374,14 +387,18 @@ impl Reader {
             };
             let feed = self.feeds.get_mut(db).expect("opened above");
             let before = pos.clone();
+            let collected = out.events.len();
             match feed.read(db, pos, &mut out) {
                 Ok(m) => {
                     more |= m;
                     self.failing.remove(db);
                 }
                 Err(e) => {
-                    // Nothing of a failed round counts: it is read again.
+                    // Nothing of a failed round counts: it is read again, and sent then.
                     *pos = before;
+                    for ev in out.events.drain(collected..) {
+                        out.sent.forget(&ev);
+                    }
                     self.feeds.remove(db);
                     let e = e.to_string();
                     if self.failing.insert(db.clone(), e.clone()).as_ref() != Some(&e) {
@@ -400,6 +417,8 @@ impl Reader {
                 None
             };
             if let Some(select) = select {
+                // Files made in a new folder before its watch was set are named by no
+                // notification: the folder's own is, and `Paths` reads all it holds.
                 store::read_json_changed(&storage, select, &mut out);
                 next.json_ms = started;
             }

@@ -373,16 +373,19 @@ async fn databases_without_a_change_feed_are_followed_by_their_rows() {
            VALUES ('ses_rows', 'global', 's', '/w', 'Rows', '1.2.27', 1795278000000, 9795278000000);",
     );
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| {
-        inputs_of(e, "msg_rows").last() == Some(&5150) && kinds(e).0 >= 1
+        inputs_of(e, "msg_rows").last() == Some(&5150)
+            && e.iter().any(|e| matches!(&e.payload, Payload::Session(s) if s.id == "ses_rows"))
     })
     .await;
     writer.await.unwrap();
-    assert_eq!(inputs_of(&out.events, "msg_rows"), [5150], "completed");
+    // (Still in progress when the restart read it first, it may come once more as it was.)
+    let seen = inputs_of(&out.events, "msg_rows");
+    assert!(seen == [5150] || seen == [0, 5150], "completed: {seen:?}");
     assert!(
         out.events.iter().any(|e| matches!(&e.payload, Payload::Session(s) if s.id == "ses_rows")),
         "the new session"
     );
-    assert_eq!(kinds(&out.events).1, 1, "nothing else again");
+    assert_eq!(kinds(&out.events).1, seen.len(), "nothing else again");
 
     // A restart re-emits nothing.
     let out = testing::run_source(&c, dir.path(), Duration::from_millis(800), |_| false).await;

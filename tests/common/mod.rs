@@ -396,8 +396,18 @@ pub struct Running {
 
 impl Running {
     pub fn start(pipeline: &str, env: &[(&str, String)]) -> Running {
+        Self::start_in(&root(), pipeline, env)
+    }
+
+    /// In `dir` (relative paths of the pipeline are relative to it; its state in `dir/state`
+    /// unless `env` says otherwise).
+    pub fn start_in(dir: &Path, pipeline: &str, env: &[(&str, String)]) -> Running {
         let mut c = Command::new(bin());
-        c.args(["run", pipeline]).current_dir(root()).env_remove("OCPIPE_TOKEN").stderr(Stdio::piped());
+        c.args(["run", pipeline])
+            .current_dir(dir)
+            .env("OCPIPE_DATA_DIR", dir.join("state"))
+            .env_remove("OCPIPE_TOKEN")
+            .stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -419,6 +429,20 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for it to end by itself (at most `limit`); its exit status and log.
+    pub fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The log thread ends with the pipe; give it a moment to take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.log());
+            }
+            assert!(start.elapsed() < limit, "still running after {limit:?}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, and it must exit cleanly.

@@ -390,6 +390,8 @@ impl Aggregator {
         let messages: Vec<MessageInfo> = std::mem::take(&mut self.messages).into_values().collect();
         let held = std::mem::take(&mut self.held);
         let Some(mut file) = self.file.take() else {
+            // The file was lost with a failed write: nothing can be kept, so nothing is delivered.
+            held.iter().for_each(Finalizer::fail);
             return;
         };
         let res = tokio::task::spawn_blocking(move || {
