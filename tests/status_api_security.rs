@@ -33,18 +33,10 @@ async fn start(extra: &str) -> Api {
 }
 
 fn targets_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "push-targets.toml") {
-                return p;
-            }
-        }
-    }
-    panic!("no push-targets.toml under {}", dir.display())
+    files_below(dir)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "push-targets.toml"))
+        .unwrap_or_else(|| panic!("no push-targets.toml under {}", dir.display()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

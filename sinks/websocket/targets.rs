@@ -60,9 +60,19 @@ fn rejected(e: axum::extract::rejection::JsonRejection) -> Response {
     failure(e.status(), e.body_text())
 }
 
-/// An id in the URL that is not a number, in the envelope.
-fn bad_id(e: axum::extract::rejection::PathRejection) -> Response {
-    failure(StatusCode::BAD_REQUEST, format!("the target id must be a number: {}", e.body_text()))
+type IdParam = Result<UrlPath<u64>, axum::extract::rejection::PathRejection>;
+
+/// The id in the URL; one that is not a number is a 400 in the envelope.
+fn id_of(id: IdParam) -> Result<u64, Response> {
+    id.map(|UrlPath(id)| id)
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("the target id must be a number: {}", e.body_text())))
+}
+
+/// The store, read again from its file (hand edits since are kept).
+fn fresh(s: &Shared) -> Result<std::sync::MutexGuard<'_, Store>, Response> {
+    let mut store = s.targets.lock().unwrap_or_else(|e| e.into_inner());
+    store.reload()?;
+    Ok(store)
 }
 
 /// A target as the API shows it: secrets are write-only (`password: null`, `has_password`).
@@ -154,27 +164,24 @@ impl BleInput {
 macro_rules! crud {
     ($list:ident, $ty:ty, $input:ty) => {{
         async fn list(State(s): State<Arc<Shared>>) -> Response {
-            let mut store = s.targets.lock().unwrap();
-            if let Err(r) = store.reload() {
-                return r;
-            }
+            let store = match fresh(&s) {
+                Ok(store) => store,
+                Err(r) => return r,
+            };
             let kind = stringify!($list);
             let items: Vec<Value> =
                 store.targets.$list.iter().map(|t| with_link(&store.path, kind, json!(t))).collect();
             super::envelope(json!(items)).into_response()
         }
-        async fn one(
-            State(s): State<Arc<Shared>>,
-            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
-        ) -> Response {
-            let id = match id {
-                Ok(UrlPath(id)) => id,
-                Err(e) => return bad_id(e),
+        async fn one(State(s): State<Arc<Shared>>, id: IdParam) -> Response {
+            let id = match id_of(id) {
+                Ok(id) => id,
+                Err(r) => return r,
             };
-            let mut store = s.targets.lock().unwrap();
-            if let Err(r) = store.reload() {
-                return r;
-            }
+            let store = match fresh(&s) {
+                Ok(store) => store,
+                Err(r) => return r,
+            };
             match store.targets.$list.iter().find(|t| t.id == id) {
                 Some(t) => super::envelope(with_link(&store.path, stringify!($list), json!(t))).into_response(),
                 None => failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list))),
@@ -188,10 +195,10 @@ macro_rules! crud {
                 Ok(Json(b)) => b,
                 Err(e) => return rejected(e),
             };
-            let mut store = s.targets.lock().unwrap();
-            if let Err(r) = store.reload() {
-                return r;
-            }
+            let mut store = match fresh(&s) {
+                Ok(store) => store,
+                Err(r) => return r,
+            };
             let id = store.targets.$list.iter().map(|t| t.id).max().unwrap_or(0) + 1;
             match input.apply(id, None) {
                 Ok(t) => {
@@ -203,21 +210,21 @@ macro_rules! crud {
         }
         async fn update(
             State(s): State<Arc<Shared>>,
-            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
+            id: IdParam,
             body: Result<Json<$input>, axum::extract::rejection::JsonRejection>,
         ) -> Response {
-            let id = match id {
-                Ok(UrlPath(id)) => id,
-                Err(e) => return bad_id(e),
+            let id = match id_of(id) {
+                Ok(id) => id,
+                Err(r) => return r,
             };
             let input = match body {
                 Ok(Json(b)) => b,
                 Err(e) => return rejected(e),
             };
-            let mut store = s.targets.lock().unwrap();
-            if let Err(r) = store.reload() {
-                return r;
-            }
+            let mut store = match fresh(&s) {
+                Ok(store) => store,
+                Err(r) => return r,
+            };
             let Some(pos) = store.targets.$list.iter().position(|t| t.id == id) else {
                 return failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list)));
             };
@@ -229,18 +236,15 @@ macro_rules! crud {
                 Err(e) => failure(StatusCode::BAD_REQUEST, e),
             }
         }
-        async fn delete(
-            State(s): State<Arc<Shared>>,
-            id: Result<UrlPath<u64>, axum::extract::rejection::PathRejection>,
-        ) -> Response {
-            let id = match id {
-                Ok(UrlPath(id)) => id,
-                Err(e) => return bad_id(e),
+        async fn delete(State(s): State<Arc<Shared>>, id: IdParam) -> Response {
+            let id = match id_of(id) {
+                Ok(id) => id,
+                Err(r) => return r,
             };
-            let mut store = s.targets.lock().unwrap();
-            if let Err(r) = store.reload() {
-                return r;
-            }
+            let mut store = match fresh(&s) {
+                Ok(store) => store,
+                Err(r) => return r,
+            };
             let before = store.targets.$list.len();
             store.targets.$list.retain(|t| t.id != id);
             if store.targets.$list.len() == before {

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use super::live::DbPos;
 use super::store::{self, RawMessage, RawPart, Visitor as FeedSink, has_table, open_read_only};
-use crate::event::SessionInfo;
 
 /// Rows read per table per round, so one huge burst cannot starve shutdown.
 pub const ROUND: i64 = 5000;
@@ -238,20 +237,8 @@ impl Feed {
             let mut rows = st.query([m.session_ms - SESSION_SLACK_MS, m.session])?;
             while let Some(r) = rows.next()? {
                 m.session = m.session.max(r.get::<_, i64>(10)?);
-                let s = SessionInfo {
-                    id: r.get(0)?,
-                    project_id: r.get(1)?,
-                    parent_id: r.get(2)?,
-                    title: r.get(3)?,
-                    directory: r.get(4)?,
-                    slug: r.get(5)?,
-                    version: r.get(6)?,
-                    time_created: r.get(7)?,
-                    time_updated: r.get(8)?,
-                    project: r.get::<_, Option<String>>(9)?,
-                    origin: "sqlite".into(),
-                };
-                let s = SessionInfo { project: s.project.clone().filter(|_| s.project_id != "global"), ..s };
+                let mut s = store::session_row(r)?;
+                s.project = r.get::<_, Option<String>>(9)?.filter(|_| s.project_id != "global");
                 m.session_ms = m.session_ms.max(s.time_updated);
                 if self.sessions_sent.get(&s.id) != Some(&s.time_updated) {
                     self.sessions_sent.insert(s.id.clone(), s.time_updated);

@@ -34,11 +34,20 @@ pub struct Marks {
     pub dbs: Vec<DbPos>,
     /// Files of the JSON storage modified after this (ms since the epoch) are new.
     pub json_ms: i64,
+    /// What was sent in the last seconds before this mark (id hash, content hash): the first
+    /// rounds after a restart read those again (slack windows, in-progress rows) and must know
+    /// they went out.
+    #[serde(default)]
+    pub recent: Vec<(u64, u64)>,
 }
 
 impl Marks {
     pub fn now(loc: &Location) -> Marks {
-        Marks { dbs: loc.dbs.iter().map(|p| DbPos::now(p)).collect(), json_ms: chrono::Utc::now().timestamp_millis() }
+        Marks {
+            dbs: loc.dbs.iter().map(|p| DbPos::now(p)).collect(),
+            json_ms: chrono::Utc::now().timestamp_millis(),
+            recent: Vec::new(),
+        }
     }
 }
 
@@ -148,7 +157,14 @@ struct Reader {
 /// What each record looked like when it was last sent, so a change is sent once however often
 /// it is read again (rescans, in-progress rows, files rewritten with the same content).
 #[derive(Default)]
-pub struct Sent(HashMap<u64, u64>);
+pub struct Sent {
+    last: HashMap<u64, u64>,
+    /// The sends of the last [`RECENT`], oldest first.
+    recent: std::collections::VecDeque<(std::time::Instant, u64, u64)>,
+}
+
+/// How far back sends are kept in the checkpoint (longer than any re-read window).
+const RECENT: Duration = Duration::from_secs(10);
 
 /// How often the JSON storage is walked even though notifications cover it (a safety net for
 /// a notification the kernel could not give).
@@ -162,8 +178,27 @@ impl Sent {
     /// Forgets what was recorded for `ev`'s id (it was not sent after all).
     fn forget(&mut self, ev: &Event) {
         if let Some(id) = ev.meta.id.as_deref() {
-            self.0.remove(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
+            let k = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+            self.last.remove(&k);
+            self.recent.retain(|(_, rk, _)| *rk != k);
         }
+    }
+
+    /// Seeds what a checkpoint says was sent last.
+    fn resume(&mut self, recent: &[(u64, u64)]) {
+        let now = std::time::Instant::now();
+        for &(k, v) in recent {
+            self.last.insert(k, v);
+            self.recent.push_back((now, k, v));
+        }
+    }
+
+    /// The sends of the last seconds, for the checkpoint.
+    fn recent(&mut self) -> Vec<(u64, u64)> {
+        while self.recent.front().is_some_and(|(at, _, _)| at.elapsed() > RECENT) {
+            self.recent.pop_front();
+        }
+        self.recent.iter().map(|(_, k, v)| (*k, *v)).collect()
     }
 
     pub fn is_new(&mut self, ev: &Event) -> bool {
@@ -173,13 +208,14 @@ impl Sent {
         let mut body = Vec::new();
         ev.write_json(&mut body);
         let (k, v) = (xxhash_rust::xxh3::xxh3_64(id.as_bytes()), xxhash_rust::xxh3::xxh3_64(&body));
-        if self.0.get(&k) == Some(&v) {
+        if self.last.get(&k) == Some(&v) {
             return false;
         }
-        if self.0.len() >= SENT_MAX {
-            self.0.clear();
+        if self.last.len() >= SENT_MAX {
+            self.last.clear();
         }
-        self.0.insert(k, v);
+        self.last.insert(k, v);
+        self.recent.push_back((std::time::Instant::now(), k, v));
         true
     }
 }
@@ -200,11 +236,15 @@ impl Follower {
                 rediscover: (!fixed_db).then(|| loc.data_dir.clone()),
                 loc,
                 parts,
+                sent: {
+                    let mut sent = Sent::default();
+                    sent.resume(resume.as_ref().map_or(&[][..], |m| &m.recent));
+                    sent
+                },
                 marks: resume.unwrap_or_default(),
                 keys: ForkKeys::default(),
                 feeds: HashMap::new(),
                 failing: HashMap::new(),
-                sent: Sent::default(),
             }),
             tracker: BatchTracker::default(),
         }
@@ -420,10 +460,14 @@ impl Reader {
                 // Files made in a new folder before its watch was set are named by no
                 // notification: the folder's own is, and `Paths` reads all it holds.
                 store::read_json_changed(&storage, select, &mut out);
-                next.json_ms = started;
             }
+            // Read up to now: with notifications live, a round that read nothing has nothing
+            // before `started` left to read either (a restart then reads only what came after).
+            next.json_ms = started;
         }
-        Round { events: out.events, next, more }
+        let events = out.events;
+        next.recent = self.sent.recent();
+        Round { events, next, more }
     }
 }
 

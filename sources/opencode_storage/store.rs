@@ -101,6 +101,24 @@ pub fn has_table(conn: &Connection, name: &str) -> bool {
         .is_some()
 }
 
+/// The session of a row whose first columns are `id, project_id, parent_id, title, directory,
+/// slug, version, time_created, time_updated` (its project is the caller's to fill in).
+pub fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
+    Ok(SessionInfo {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        parent_id: r.get(2)?,
+        title: r.get(3)?,
+        directory: r.get(4)?,
+        slug: r.get(5)?,
+        version: r.get(6)?,
+        time_created: r.get(7)?,
+        time_updated: r.get(8)?,
+        project: None,
+        origin: "sqlite".into(),
+    })
+}
+
 /// Why a database cannot be read at all.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Unreadable {
@@ -589,25 +607,13 @@ fn read_db(
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let id: String = r.get(0)?;
-            if !seen_sessions.insert(id.clone()) {
+            let mut s = session_row(r)?;
+            if !seen_sessions.insert(s.id.clone()) {
                 continue;
             }
-            let project_id: String = r.get(1)?;
             report.sessions += 1;
-            v.session(SessionInfo {
-                project: project_of(&project_id, projects),
-                id,
-                project_id,
-                parent_id: r.get(2)?,
-                title: r.get(3)?,
-                directory: r.get(4)?,
-                slug: r.get(5)?,
-                version: r.get(6)?,
-                time_created: r.get(7)?,
-                time_updated: r.get(8)?,
-                origin: "sqlite".into(),
-            });
+            s.project = project_of(&s.project_id, projects);
+            v.session(s);
         }
     }
     let mut tables = vec![("message", "sqlite")];
