@@ -170,6 +170,9 @@ const RECENT: Duration = Duration::from_secs(10);
 /// a notification the kernel could not give).
 const FULL_LOOK_EVERY: Duration = Duration::from_secs(60);
 
+/// After a notification, the rounds that look again for a commit not yet visible (ms apart).
+const RECHECKS: [u64; 5] = [5, 10, 20, 40, 80];
+
 /// Records remembered before [`Sent`] starts over (about 32 bytes each).
 const SENT_MAX: usize = 200_000;
 
@@ -306,6 +309,7 @@ impl Follower {
         // The first round looks at everything.
         let mut changes = Changes { rescan: true, ..Default::default() };
         let mut last_walk = std::time::Instant::now();
+        let mut rechecks = RECHECKS.len();
         loop {
             let storage_watched = watch.is_live();
             let mut reader = self.reader.take().expect("reader");
@@ -333,11 +337,16 @@ impl Follower {
                 break;
             }
             if !more {
-                tokio::select! {
+                // A writer's last notification comes with its last write, a moment before the
+                // commit is visible (SQLite then updates its `-shm` through a memory map, which
+                // notifies nobody): look again a few times shortly after, then only on the poll.
+                let wait = RECHECKS.get(rechecks).copied().map_or(poll, Duration::from_millis).min(poll);
+                let woke = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = watch.changed() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
+                    _ = watch.changed() => true,
+                    _ = tokio::time::sleep(wait) => false,
+                };
+                rechecks = if woke { 0 } else { (rechecks + 1).min(RECHECKS.len()) };
             }
             changes = watch.take();
             // Now and then everything is looked at, notified or not.

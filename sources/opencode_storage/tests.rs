@@ -231,7 +231,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
     assert!(out.events.is_empty(), "{} events re-emitted", out.events.len());
 
     // Live: a message committed with its change-feed row arrives.
-    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000", data.display()));
+    // A poll slower than the test: only a notification can deliver in time.
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 600000", data.display()));
     let db = data.join("opencode.db");
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -244,10 +245,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
         )
         .unwrap();
     });
-    let started = std::time::Instant::now();
-    let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !e.is_empty()).await;
+    let out = testing::run_source(&c, dir.path(), Duration::from_secs(20), |e| !e.is_empty()).await;
     writer.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "the notification, not the 5 s poll, delivered it");
     match &out.events[..] {
         [e] => match &e.payload {
             Payload::Message(m) => assert_eq!((m.id.as_str(), m.tokens.input, m.fork_copy), ("msg_live", 4242, false)),
@@ -338,7 +337,8 @@ async fn databases_without_a_change_feed_are_followed_by_their_rows() {
     std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
     // As OpenCode 1.2 - 1.13 wrote it: no `event` table.
     Connection::open(&db).unwrap().execute_batch("DROP TABLE event; PRAGMA journal_mode = WAL;").unwrap();
-    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 5000", data.display()));
+    // A poll slower than the test: only notifications can deliver in time.
+    let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 600000", data.display()));
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| kinds(e).1 >= 15).await;
     assert_eq!(kinds(&out.events).1, 15);
 
@@ -356,11 +356,9 @@ async fn databases_without_a_change_feed_are_followed_by_their_rows() {
              json_remove(json_set(data, '$.tokens.input', 0, '$.time.created', 1795277999999), '$.time.completed')
            FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
     );
-    let started = std::time::Instant::now();
     let out =
-        testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| !inputs_of(e, "msg_rows").is_empty()).await;
+        testing::run_source(&c, dir.path(), Duration::from_secs(20), |e| !inputs_of(e, "msg_rows").is_empty()).await;
     writer.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(4), "the notification, not the 5 s poll, delivered it");
     assert_eq!(inputs_of(&out.events, "msg_rows"), [0], "in progress");
     assert_eq!(kinds(&out.events).1, 1, "nothing else again");
 
