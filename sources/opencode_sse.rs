@@ -22,7 +22,7 @@ use crate::component::{ComponentFuture, Context, Output, SourceConfig, SourceCon
 use crate::config::{FieldError, FieldPath};
 use crate::event::{Event, LiveEvent, Payload};
 
-use super::process_scan::Scanner;
+use crate::process::Scanner;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -257,21 +257,13 @@ fn port_of(url: &str) -> u16 {
 }
 
 /// The session an OpenCode event is about.
-pub fn session_of(properties: &Value) -> Option<String> {
-    let p = properties;
-    [&p["sessionID"], &p["info"]["sessionID"], &p["part"]["sessionID"]]
-        .into_iter()
-        .find_map(|v| v.as_str().map(str::to_string))
-        .or_else(|| p["info"]["id"].as_str().filter(|id| id.starts_with("ses_")).map(str::to_string))
-}
-
 impl Instance {
     fn event(&self, event_type: &str, properties: Value) -> Event {
         let live = LiveEvent {
             instance: self.url.clone(),
             port: port_of(&self.url),
             event_type: event_type.to_string(),
-            session_id: session_of(&properties),
+            session_id: LiveEvent::session_of(&properties),
             properties,
         };
         Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Live(Box::new(live)))
@@ -368,9 +360,9 @@ mod tests {
     #[test]
     fn events_name_their_session() {
         let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        assert_eq!(session_of(&j(r#"{"sessionID":"ses_a","status":{}}"#)).as_deref(), Some("ses_a"));
-        assert_eq!(session_of(&j(r#"{"part":{"sessionID":"ses_b"}}"#)).as_deref(), Some("ses_b"));
-        assert_eq!(session_of(&j(r#"{"info":{"id":"ses_c"}}"#)).as_deref(), Some("ses_c"));
-        assert_eq!(session_of(&j(r#"{"info":{"id":"msg_x"}}"#)), None);
+        assert_eq!(LiveEvent::session_of(&j(r#"{"sessionID":"ses_a","status":{}}"#)).as_deref(), Some("ses_a"));
+        assert_eq!(LiveEvent::session_of(&j(r#"{"part":{"sessionID":"ses_b"}}"#)).as_deref(), Some("ses_b"));
+        assert_eq!(LiveEvent::session_of(&j(r#"{"info":{"id":"ses_c"}}"#)).as_deref(), Some("ses_c"));
+        assert_eq!(LiveEvent::session_of(&j(r#"{"info":{"id":"msg_x"}}"#)), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod jq;
 pub mod logfile;
 pub mod memory;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod runtime;
 pub mod template;

@@ -114,18 +114,16 @@ fn monitor_follows(version: &str) {
     oc.run("The first session, before ocpipe starts");
     let out_dir = oc.dir.path().join("out");
     let state = oc.dir.path().join("ocpipe-state");
+    // Killed when dropped: a failing assertion leaves no pipeline running.
     let start_ocpipe = || {
-        let mut c = std::process::Command::new(bin());
-        c.args(["run", "pipelines/monitor.toml"])
-            .current_dir(root())
-            .env("OCPIPE_OUT", &out_dir)
-            .env("OCPIPE_DATA_DIR", &state)
-            .env("OCPIPE_HTTP", "127.0.0.1:0")
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in oc.env() {
-            c.env(k, v);
-        }
-        c.spawn().unwrap()
+        let mut env: Vec<(&str, String)> = vec![
+            ("OCPIPE_OUT", out_dir.display().to_string()),
+            ("OCPIPE_DATA_DIR", state.display().to_string()),
+            ("OCPIPE_HTTP", "127.0.0.1:0".to_string()),
+        ];
+        let isolated = oc.env();
+        env.extend(isolated.iter().map(|(k, v)| (k.as_str(), v.display().to_string())));
+        Running::start("pipelines/monitor.toml", &env)
     };
     let db = out_dir.join("monitor.db");
     let child = start_ocpipe();
@@ -153,12 +151,7 @@ fn monitor_follows(version: &str) {
     wait("the rollup", &|| rollup_all(&db).0 == 900 + 1500);
     let messages = rollup_all(&db).1;
 
-    let stop = |child: std::process::Child| {
-        unsafe { kill(child.id() as i32, 15) };
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stderr)
-    };
+    let stop = |run: Running| run.stop_with_log();
     let log = stop(child);
     let sent = |log: &str| -> u64 {
         let line = log
@@ -215,8 +208,4 @@ fn the_monitor_pipeline_follows_opencode_1_2_by_rows() {
 #[test]
 fn the_monitor_pipeline_follows_opencode_1_1_json_storage() {
     monitor_follows("1.1.65");
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }

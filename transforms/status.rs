@@ -278,7 +278,7 @@ mod tests {
                     instance: "http://127.0.0.1:4096".into(),
                     port: 4096,
                     event_type: v["type"].as_str().unwrap().into(),
-                    session_id: crate::sources::opencode_sse::session_of(&properties),
+                    session_id: crate::event::LiveEvent::session_of(&properties),
                     properties,
                 }
             })
@@ -321,7 +321,7 @@ mod tests {
             instance: "i".into(),
             port: 1,
             event_type: ty.into(),
-            session_id: crate::sources::opencode_sse::session_of(&props),
+            session_id: crate::event::LiveEvent::session_of(&props),
             properties: props,
         };
         m.map(&ev("session.status", serde_json::json!({"sessionID": "ses_a", "status": {"type": "busy"}})));

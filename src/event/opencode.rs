@@ -179,6 +179,17 @@ pub struct LiveEvent {
     pub properties: serde_json::Value,
 }
 
+impl LiveEvent {
+    /// The session an OpenCode event is about, wherever its kind of event keeps it.
+    pub fn session_of(properties: &serde_json::Value) -> Option<String> {
+        let p = properties;
+        [&p["sessionID"], &p["info"]["sessionID"], &p["part"]["sessionID"]]
+            .into_iter()
+            .find_map(|v| v.as_str().map(str::to_string))
+            .or_else(|| p["info"]["id"].as_str().filter(|id| id.starts_with("ses_")).map(str::to_string))
+    }
+}
+
 /// A running OpenCode process, as the process scan sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -397,19 +397,22 @@ pub struct Running {
 }
 
 impl Running {
+    /// From the project's root (the caller's `env` names its data directory).
     pub fn start(pipeline: &str, env: &[(&str, String)]) -> Running {
-        Self::start_in(&root(), pipeline, env)
+        Self::spawn(&root(), pipeline, env)
     }
 
     /// In `dir` (relative paths of the pipeline are relative to it; its state in `dir/state`
     /// unless `env` says otherwise).
     pub fn start_in(dir: &Path, pipeline: &str, env: &[(&str, String)]) -> Running {
+        let state = dir.join("state").display().to_string();
+        let env: Vec<(&str, String)> = std::iter::once(("OCPIPE_DATA_DIR", state)).chain(env.iter().cloned()).collect();
+        Self::spawn(dir, pipeline, &env)
+    }
+
+    fn spawn(dir: &Path, pipeline: &str, env: &[(&str, String)]) -> Running {
         let mut c = Command::new(bin());
-        c.args(["run", pipeline])
-            .current_dir(dir)
-            .env("OCPIPE_DATA_DIR", dir.join("state"))
-            .env_remove("OCPIPE_TOKEN")
-            .stderr(Stdio::piped());
+        c.args(["run", pipeline]).current_dir(dir).env_remove("OCPIPE_TOKEN").stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -445,6 +448,14 @@ impl Running {
             assert!(start.elapsed() < limit, "still running after {limit:?}: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM; it must exit cleanly. Its whole log.
+    pub fn stop_with_log(self) -> String {
+        signal(self.child.id(), 15);
+        let (status, log) = self.finish(Duration::from_secs(120));
+        assert!(status.success(), "{log}");
+        log
     }
 
     /// SIGTERM, and it must exit cleanly.
