@@ -83,12 +83,15 @@ fn stamps(loc: &Location) -> Vec<FileStamp> {
 }
 
 pub fn index_path(loc: &Location) -> PathBuf {
-    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => crate::component::home_dir().join(".cache"),
-    };
+    let dir = loc.index_dir.clone().unwrap_or_else(|| {
+        match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            Some(d) => PathBuf::from(d),
+            None => crate::component::home_dir().join(".cache"),
+        }
+        .join("ocpipe")
+    });
     let key = format!("{:?}|{:?}", loc.dbs, loc.storage);
-    cache.join("ocpipe").join(format!("stats-{:016x}.idx", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
+    dir.join(format!("stats-{:016x}.idx", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
 }
 
 /// The catalog for `loc`, from the index when possible; the index is refreshed. When nothing

@@ -26,6 +26,8 @@ pub struct Location {
     pub dbs: Vec<PathBuf>,
     /// The legacy `storage/` directory, when it exists.
     pub storage: Option<PathBuf>,
+    /// Where the stats index is kept (default: `$XDG_CACHE_HOME/ocpipe`, else `~/.cache/ocpipe`).
+    pub index_dir: Option<PathBuf>,
 }
 
 impl Location {
@@ -53,7 +55,7 @@ impl Location {
             dbs
         };
         let storage = Some(data_dir.join("storage")).filter(|s| s.is_dir());
-        Location { data_dir, dbs, storage }
+        Location { data_dir, dbs, storage, index_dir: None }
     }
 
     /// Why nothing was found, for a data dir that yields nothing.

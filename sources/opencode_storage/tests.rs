@@ -152,10 +152,8 @@ fn the_warm_index_answers_without_reading_and_catches_up_with_new_rows() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("opencode.db");
     std::fs::copy(fixture("v1.18.33-fork/opencode.db"), &db).unwrap();
-    let loc = Location::find(None, Some(&db));
-    let cache = dir.path().join("cache");
-    // SAFETY: only this test in this binary reads or writes XDG_CACHE_HOME.
-    unsafe { std::env::set_var("XDG_CACHE_HOME", &cache) };
+    // The index in the test's own folder (no process-wide XDG_CACHE_HOME to race with).
+    let loc = Location { index_dir: Some(dir.path().join("cache")), ..Location::find(None, Some(&db)) };
     let first = index::load_or_build(&loc);
     assert!(index::index_path(&loc).exists());
     let again = index::load_or_build(&loc);

@@ -84,6 +84,18 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Says `line` where `cargo test` shows it, even for a passing test (whose own output it
+/// hides): straight to the terminal's standard error.
+pub fn loud(line: &str) {
+    use std::io::Write;
+    match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+        Ok(mut tty) => {
+            let _ = writeln!(tty, "\n{line}");
+        }
+        Err(_) => eprintln!("\n{line}"),
+    }
+}
+
 /// A program a test needs. Missing: a loud skip locally, a failure under CI (`CI=true`).
 pub fn require(program: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
@@ -98,7 +110,7 @@ pub fn require(program: &str) -> Option<PathBuf> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg} (CI=true: a missing program is a failure)");
         }
-        eprintln!("\n*** SKIPPED: {msg} ***\n");
+        loud(&format!("*** SKIPPED: {msg} ***"));
     }
     found
 }
@@ -628,7 +640,7 @@ pub fn require_that(what: &str, ok: bool) -> Option<()> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg} (CI=true: a missing program is a failure)");
         }
-        eprintln!("\n*** SKIPPED: {msg} ***\n");
+        loud(&format!("*** SKIPPED: {msg} ***"));
         return None;
     }
     Some(())
