@@ -488,28 +488,25 @@ pub trait Visitor {
 
 /// Reads every generation at `loc`, calling `v` for each distinct session and message.
 pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
-    let mut report = ReadReport::default();
-    let mut seen_sessions: HashSet<String> = HashSet::new();
+    let mut r = Reading::default();
     // Dedupe messages only when more than one generation could hold the same one.
     let sources = loc.dbs.len() + usize::from(loc.storage.is_some());
-    let mut seen: Option<FxHashSet<u64>> = None;
-    let mut projects: HashMap<String, String> = HashMap::new();
 
     for db in &loc.dbs {
         let conn = match check(db) {
             Ok(c) => c,
             Err(e) => {
-                report.unreadable.push(e);
+                r.report.unreadable.push(e);
                 continue;
             }
         };
         // Newer runners' rows, when there are any, may repeat v1 messages.
         let v2 = has_rows(&conn, "session_message");
         if sources > 1 || v2 {
-            seen.get_or_insert_with(FxHashSet::default);
+            r.seen.get_or_insert_with(FxHashSet::default);
         }
-        if let Err(e) = read_db(&conn, db, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, v2) {
-            report.unreadable.push(match e.sqlite_error_code() {
+        if let Err(e) = read_db(&conn, db, v, &mut r, v2) {
+            r.report.unreadable.push(match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(
                     format!("{} is locked by another process (waited {} s): {e}", db.display(), BUSY_WAIT.as_secs()),
                 ),
@@ -522,11 +519,11 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
     }
     if let Some(storage) = &loc.storage {
         if sources > 1 {
-            seen.get_or_insert_with(FxHashSet::default);
+            r.seen.get_or_insert_with(FxHashSet::default);
         }
-        read_json(storage, v, &mut report, &mut seen, &mut seen_sessions, &mut projects, JsonSelect::All);
+        read_json(storage, v, &mut r, JsonSelect::All);
     }
-    report
+    r.report
 }
 
 /// Which files of the JSON storage to read.
@@ -567,26 +564,29 @@ impl JsonSelect<'_> {
 
 /// Reads the JSON storage files `select` names (projects are always read: sessions need them).
 pub fn read_json_changed(storage: &Path, select: JsonSelect<'_>, v: &mut dyn Visitor) -> ReadReport {
-    let mut report = ReadReport::default();
-    read_json(storage, v, &mut report, &mut None, &mut HashSet::new(), &mut HashMap::new(), select);
-    report
+    let mut r = Reading::default();
+    read_json(storage, v, &mut r, select);
+    r.report
 }
 
 fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_db(
-    conn: &Connection,
-    db: &Path,
-    v: &mut dyn Visitor,
-    report: &mut ReadReport,
-    seen: &mut Option<FxHashSet<u64>>,
-    seen_sessions: &mut HashSet<String>,
-    projects: &mut HashMap<String, String>,
-    v2: bool,
-) -> rusqlite::Result<()> {
+/// What one read carries from generation to generation.
+#[derive(Default)]
+struct Reading {
+    report: ReadReport,
+    /// Message ids seen, when more than one generation could hold the same message.
+    seen: Option<FxHashSet<u64>>,
+    seen_sessions: HashSet<String>,
+    /// Project id -> worktree.
+    projects: HashMap<String, String>,
+}
+
+/// Reads one database; `v2`: its `session_message` rows too.
+fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v2: bool) -> rusqlite::Result<()> {
+    let Reading { report, seen, seen_sessions, projects } = r;
     if !["session", "message", "session_message"].iter().any(|t| has_table(conn, t)) {
         report.warnings.push(format!(
             "{}: unknown schema: no session or message table (is it an OpenCode database?)",
@@ -745,15 +745,8 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn read_json(
-    storage: &Path,
-    v: &mut dyn Visitor,
-    report: &mut ReadReport,
-    seen: &mut Option<FxHashSet<u64>>,
-    seen_sessions: &mut HashSet<String>,
-    projects: &mut HashMap<String, String>,
-    select: JsonSelect<'_>,
-) {
+fn read_json(storage: &Path, v: &mut dyn Visitor, r: &mut Reading, select: JsonSelect<'_>) {
+    let Reading { report, seen, seen_sessions, projects } = r;
     let bad = |report: &mut ReadReport, p: &Path, e: &dyn std::fmt::Display| {
         report.warnings.push(format!("{}: not valid JSON ({e}); skipped", p.display()));
     };
