@@ -26,13 +26,13 @@ impl Store {
 
     /// Reads the file again before a change, so hand edits made since are kept, not erased.
     /// A file that does not parse is not overwritten: the change is refused until it is fixed.
-    fn reload(&mut self) -> Result<(), Response> {
+    fn reload(&mut self) -> Result<(), Refused> {
         match Targets::load(&self.path) {
             Ok(t) => {
                 self.targets = t;
                 Ok(())
             }
-            Err(e) => Err(failure(
+            Err(e) => Err(Refused(
                 StatusCode::CONFLICT,
                 format!("{e}; fix or remove the file (it was edited by hand), then try again"),
             )),
@@ -63,13 +63,22 @@ fn rejected(e: axum::extract::rejection::JsonRejection) -> Response {
 type IdParam = Result<UrlPath<u64>, axum::extract::rejection::PathRejection>;
 
 /// The id in the URL; one that is not a number is a 400 in the envelope.
-fn id_of(id: IdParam) -> Result<u64, Response> {
+fn id_of(id: IdParam) -> Result<u64, Refused> {
     id.map(|UrlPath(id)| id)
-        .map_err(|e| failure(StatusCode::BAD_REQUEST, format!("the target id must be a number: {}", e.body_text())))
+        .map_err(|e| Refused(StatusCode::BAD_REQUEST, format!("the target id must be a number: {}", e.body_text())))
+}
+
+/// A request refused before it reached its target, answered in the envelope.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        failure(self.0, self.1)
+    }
 }
 
 /// The store, read again from its file (hand edits since are kept).
-fn fresh(s: &Shared) -> Result<std::sync::MutexGuard<'_, Store>, Response> {
+fn fresh(s: &Shared) -> Result<std::sync::MutexGuard<'_, Store>, Refused> {
     let mut store = s.targets.lock().unwrap_or_else(|e| e.into_inner());
     store.reload()?;
     Ok(store)
@@ -166,7 +175,7 @@ macro_rules! crud {
         async fn list(State(s): State<Arc<Shared>>) -> Response {
             let store = match fresh(&s) {
                 Ok(store) => store,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let kind = stringify!($list);
             let items: Vec<Value> =
@@ -176,11 +185,11 @@ macro_rules! crud {
         async fn one(State(s): State<Arc<Shared>>, id: IdParam) -> Response {
             let id = match id_of(id) {
                 Ok(id) => id,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let store = match fresh(&s) {
                 Ok(store) => store,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             match store.targets.$list.iter().find(|t| t.id == id) {
                 Some(t) => super::envelope(with_link(&store.path, stringify!($list), json!(t))).into_response(),
@@ -197,7 +206,7 @@ macro_rules! crud {
             };
             let mut store = match fresh(&s) {
                 Ok(store) => store,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let id = store.targets.$list.iter().map(|t| t.id).max().unwrap_or(0) + 1;
             match input.apply(id, None) {
@@ -215,7 +224,7 @@ macro_rules! crud {
         ) -> Response {
             let id = match id_of(id) {
                 Ok(id) => id,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let input = match body {
                 Ok(Json(b)) => b,
@@ -223,7 +232,7 @@ macro_rules! crud {
             };
             let mut store = match fresh(&s) {
                 Ok(store) => store,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let Some(pos) = store.targets.$list.iter().position(|t| t.id == id) else {
                 return failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list)));
@@ -239,11 +248,11 @@ macro_rules! crud {
         async fn delete(State(s): State<Arc<Shared>>, id: IdParam) -> Response {
             let id = match id_of(id) {
                 Ok(id) => id,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let mut store = match fresh(&s) {
                 Ok(store) => store,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             };
             let before = store.targets.$list.len();
             store.targets.$list.retain(|t| t.id != id);
