@@ -175,6 +175,18 @@ fn qos(q: u8) -> QoS {
 }
 
 impl SinkConfig for MqttConfig {
+    fn references(&self) -> Vec<crate::component::Reference> {
+        // The targets added through the status API live with the `websocket` sink named here.
+        self.targets_from
+            .iter()
+            .map(|id| crate::component::Reference {
+                field: FieldPath::key("targets_from"),
+                id: id.clone(),
+                type_name: "websocket",
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.broker.is_empty() && self.targets_from.is_none() {

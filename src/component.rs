@@ -40,8 +40,21 @@ pub trait TransformConfig: Send + Sync + std::fmt::Debug {
     fn build(&self, cx: &Context) -> anyhow::Result<Transform>;
 }
 
+/// An option that names another component of the pipeline (e.g. `targets_from = "page"`):
+/// the loader checks that it exists and is of the type named, located at the option.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub field: crate::config::FieldPath,
+    pub id: String,
+    pub type_name: &'static str,
+}
+
 pub trait SinkConfig: Send + Sync + std::fmt::Debug {
     fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+    /// The other components this one's options name.
+    fn references(&self) -> Vec<Reference> {
         Vec::new()
     }
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>>;

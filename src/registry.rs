@@ -61,6 +61,14 @@ impl AnyConfig {
             AnyConfig::Sink(c) => c.validate(),
         }
     }
+
+    /// The other components its options name (sinks only, so far).
+    pub fn references(&self) -> Vec<crate::component::Reference> {
+        match self {
+            AnyConfig::Sink(c) => c.references(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What a component tells the host about itself.

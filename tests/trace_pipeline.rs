@@ -54,6 +54,34 @@ fn checked_in_pipelines_validate() {
 }
 
 #[test]
+fn options_naming_another_component_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "\
+[sources.procs]
+type = \"process_scan\"
+
+[sinks.mqtt]
+type = \"mqtt\"
+inputs = [\"procs\"]
+targets_from = \"pag\"
+
+[sinks.light]
+type = \"ble\"
+inputs = [\"procs\"]
+targets_from = \"procs\"
+";
+    std::fs::write(dir.path().join("refs.toml"), cfg).unwrap();
+    let out = ocpipe(dir.path(), &["validate", "refs.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error: no component `pag` (`targets_from` names it)"), "{err}");
+    assert!(err.contains("--> refs.toml:7:16 (sinks.mqtt.targets_from)"), "{err}");
+    assert!(err.contains("error: `procs` is a `process_scan` source, not a `websocket`"), "{err}");
+    assert!(err.contains("--> refs.toml:12:16 (sinks.light.targets_from)"), "{err}");
+    assert!(err.contains("2 errors in the configuration"), "{err}");
+}
+
+#[test]
 fn config_errors_come_all_at_once_with_locations() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = "\

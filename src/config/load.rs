@@ -228,6 +228,29 @@ fn load_texts(
         };
         l.error_at(p.file, &path, at_key, e.message, e.help);
     }
+    // Options that name another component: it must exist and be of the type they need.
+    for p in &pending {
+        for r in p.config.as_ref().map(AnyConfig::references).unwrap_or_default() {
+            let path = locate(p).join(&r.field);
+            match pending.iter().find(|q| q.id == r.id) {
+                None => l.error_at(
+                    p.file,
+                    &path,
+                    false,
+                    format!("no component `{}` (`{}` names it)", r.id, r.field),
+                    Some(format!("name the id of a `{}` component of this pipeline", r.type_name)),
+                ),
+                Some(q) if q.type_name != r.type_name => l.error_at(
+                    p.file,
+                    &path,
+                    false,
+                    format!("`{}` is a `{}` {}, not a `{}`", r.id, q.type_name, q.kind, r.type_name),
+                    Some(format!("name the id of a `{}` component of this pipeline", r.type_name)),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
     let mut warnings = Vec::new();
     for i in checked.unused {
         let p = &pending[i];
