@@ -118,15 +118,7 @@ pub fn encode(format: Format, mode: &str) -> Vec<u8> {
 
 impl SinkConfig for BleConfig {
     fn references(&self) -> Vec<crate::component::Reference> {
-        // The targets added through the status API live with the `websocket` sink named here.
-        self.targets_from
-            .iter()
-            .map(|id| crate::component::Reference {
-                field: FieldPath::key("targets_from"),
-                id: id.clone(),
-                type_name: "websocket",
-            })
-            .collect()
+        push_targets::references(self.targets_from.as_deref())
     }
 
     fn validate(&self) -> Vec<FieldError> {

@@ -176,15 +176,7 @@ fn qos(q: u8) -> QoS {
 
 impl SinkConfig for MqttConfig {
     fn references(&self) -> Vec<crate::component::Reference> {
-        // The targets added through the status API live with the `websocket` sink named here.
-        self.targets_from
-            .iter()
-            .map(|id| crate::component::Reference {
-                field: FieldPath::key("targets_from"),
-                id: id.clone(),
-                type_name: "websocket",
-            })
-            .collect()
+        push_targets::references(self.targets_from.as_deref())
     }
 
     fn validate(&self) -> Vec<FieldError> {

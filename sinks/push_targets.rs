@@ -99,6 +99,19 @@ impl Targets {
     }
 }
 
+/// What `targets_from` names: the `websocket` sink whose status API keeps the targets (the
+/// loader checks it exists).
+pub fn references(targets_from: Option<&str>) -> Vec<crate::component::Reference> {
+    targets_from
+        .map(|id| crate::component::Reference {
+            field: crate::config::FieldPath::key("targets_from"),
+            id: id.to_string(),
+            type_name: "websocket",
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The file name inside the websocket sink's data directory.
 pub const FILE_NAME: &str = "push-targets.toml";
 

@@ -2,7 +2,7 @@
 //!
 //! After a backfill (100k messages read, indexed and sent) the allocator keeps the freed heap
 //! for reuse; a process that then idles all day would hold it for nothing. [`trim`] asks glibc
-//! to return what it can to the system.
+//! to return what it can to the system; the runtime calls it every few seconds.
 
 /// Allocator settings for a long-running process with a few busy threads: two arenas instead
 /// of eight per core, so memory freed on one thread is not stranded in another's arena.
@@ -20,7 +20,5 @@ pub fn trim() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
-        let m = libc::mallinfo2();
-        tracing::debug!(in_use = m.uordblks, free = m.fordblks, mmapped = m.hblkhd, "heap after trim");
     }
 }

@@ -34,7 +34,7 @@ impl ComponentMetrics {
         self.dropped.fetch_add(n, Ordering::Relaxed);
     }
     pub fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors(1);
     }
     pub fn errors(&self, n: u64) {
         self.errors.fetch_add(n, Ordering::Relaxed);

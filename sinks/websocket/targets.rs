@@ -119,7 +119,7 @@ pub struct BleInput {
 impl MqttInput {
     fn apply(self, id: u64, old: Option<&Mqtt>) -> Result<Mqtt, String> {
         let broker = self.broker.or(old.map(|o| o.broker.clone())).ok_or("broker is required")?;
-        Mqtt {
+        let m = Mqtt {
             id,
             broker,
             client_id: self.client_id.or(old.map(|o| o.client_id.clone())).unwrap_or_else(|| "opencode-monitor".into()),
@@ -132,30 +132,16 @@ impl MqttInput {
             },
             topic: self.topic.or(old.map(|o| o.topic.clone())).unwrap_or_else(|| "opencode/status".into()),
             enabled: self.enabled.or(old.map(|o| o.enabled)).unwrap_or(true),
-        }
-        .checked()
-    }
-}
-
-trait Checked: Sized {
-    fn checked(self) -> Result<Self, String>;
-}
-
-impl Checked for Mqtt {
-    fn checked(self) -> Result<Self, String> {
-        self.validate().map(|_| self)
-    }
-}
-
-impl Checked for Ble {
-    fn checked(self) -> Result<Self, String> {
-        self.validate().map(|_| self)
+        };
+        // What the mqtt sink would refuse, the API refuses.
+        m.validate()?;
+        Ok(m)
     }
 }
 
 impl BleInput {
     fn apply(self, id: u64, old: Option<&Ble>) -> Result<Ble, String> {
-        Ble {
+        let b = Ble {
             id,
             device_name: self.device_name.or(old.map(|o| o.device_name.clone())).unwrap_or_else(|| "AI-Light".into()),
             service_uuid: self
@@ -164,8 +150,9 @@ impl BleInput {
                 .unwrap_or_else(|| DEFAULT_SERVICE_UUID.into()),
             char_uuid: self.char_uuid.or(old.map(|o| o.char_uuid.clone())).unwrap_or_else(|| DEFAULT_CHAR_UUID.into()),
             enabled: self.enabled.or(old.map(|o| o.enabled)).unwrap_or(true),
-        }
-        .checked()
+        };
+        b.validate()?;
+        Ok(b)
     }
 }
 

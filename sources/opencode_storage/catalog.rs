@@ -84,8 +84,7 @@ pub struct CMessage {
 
 impl CMessage {
     pub fn tokens(&self) -> Tokens {
-        let [input, output, reasoning, cache_read, cache_write] = self.tokens.map(u64::from);
-        Tokens { input, output, reasoning, cache_read, cache_write }
+        Tokens::from_packed(self.tokens)
     }
 }
 

@@ -396,7 +396,6 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
 }
 
 pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMessage<'_>) -> CMessage {
-    let sat = |v: u64| v.min(u32::MAX as u64) as u32;
     let t = m.tokens();
     CMessage {
         session: names.id_in(0, session),
@@ -404,7 +403,7 @@ pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMes
         model: names.id_in(2, m.model_name().unwrap_or("")),
         agent: names.id_in(3, m.agent.as_deref().unwrap_or("")),
         created: m.created().unwrap_or(row_created),
-        tokens: [sat(t.input), sat(t.output), sat(t.reasoning), sat(t.cache_read), sat(t.cache_write)],
+        tokens: t.packed(),
         cost: m.cost(),
         flags: if m.role.as_deref() == Some("assistant") { ASSISTANT } else { 0 },
     }

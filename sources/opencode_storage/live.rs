@@ -15,7 +15,7 @@ use super::feed::{Feed, RowMarks};
 use super::store::{self, JsonSelect, Location, RawMessage};
 use crate::checkpoint::CheckpointFile;
 use crate::component::{Context, Output};
-use crate::event::{BatchTracker, Event, MessageInfo, Payload, SessionInfo, Tokens};
+use crate::event::{BatchTracker, Event, MessageInfo, Payload, SessionInfo};
 use crate::watch::{Changes, Watch};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,14 +72,6 @@ fn fork_key(created: i64, provider: &str, model: &str, agent: &str, t: [u32; 5],
     xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
-fn sat(v: u64) -> u32 {
-    v.min(u32::MAX as u64) as u32
-}
-
-fn token_array(t: &Tokens) -> [u32; 5] {
-    [sat(t.input), sat(t.output), sat(t.reasoning), sat(t.cache_read), sat(t.cache_write)]
-}
-
 impl ForkKeys {
     pub fn from_catalog(cat: &Catalog) -> ForkKeys {
         let n = |i: u32| cat.names.name(i);
@@ -106,7 +98,7 @@ impl ForkKeys {
             m.provider_id.as_deref().unwrap_or(""),
             m.model_id.as_deref().unwrap_or(""),
             m.agent.as_deref().unwrap_or(""),
-            token_array(&m.tokens),
+            m.tokens.packed(),
             m.role == "assistant",
         );
         let session = xxhash_rust::xxh3::xxh3_64(m.session_id.as_bytes());
@@ -177,7 +169,6 @@ const RECHECKS: [u64; 5] = [5, 10, 20, 40, 80];
 const SENT_MAX: usize = 200_000;
 
 impl Sent {
-    /// Whether `ev` differs from what was last sent under its id (and remembers it).
     /// Forgets what was recorded for `ev`'s id (it was not sent after all).
     fn forget(&mut self, ev: &Event) {
         if let Some(id) = ev.meta.id.as_deref() {
@@ -204,6 +195,7 @@ impl Sent {
         self.recent.iter().map(|(_, k, v)| (*k, *v)).collect()
     }
 
+    /// Whether `ev` differs from what was last sent under its id (and remembers it).
     pub fn is_new(&mut self, ev: &Event) -> bool {
         let Some(id) = ev.meta.id.as_deref() else {
             return true;

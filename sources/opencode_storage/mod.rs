@@ -255,8 +255,6 @@ async fn backfill(
     if let Some(sent) = sent {
         follower.set_sent(sent);
     }
-    // The catalog and the events of the backfill are gone: give their memory back.
-    crate::memory::trim();
     Ok(out)
 }
 

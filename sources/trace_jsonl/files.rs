@@ -193,7 +193,7 @@ impl Reader {
             // With live notifications, only the files they name are looked at; otherwise (and
             // on each slow poll) every file is.
             let only = (!changes.rescan && watch.as_ref().is_some_and(Watch::is_live)).then_some(&changes.paths);
-            let new_files = only.is_none_or(|paths| paths.iter().any(|p| !self.tracks(p)));
+            let new_files = only.is_none_or(|paths| self.names_a_new_file(paths));
             if new_files {
                 self.scan();
             }
@@ -251,8 +251,10 @@ impl Reader {
         Watch::new(&self.cx.id, vec![(dir, notify::RecursiveMode::NonRecursive)], filter)
     }
 
-    fn tracks(&self, path: &Path) -> bool {
-        self.files.values().any(|t| t.path == path)
+    /// Whether any of `paths` is not a file being followed (a new file, or a rename).
+    fn names_a_new_file(&self, paths: &std::collections::HashSet<PathBuf>) -> bool {
+        let tracked: std::collections::HashSet<&Path> = self.files.values().map(|t| t.path.as_path()).collect();
+        paths.iter().any(|p| !tracked.contains(p.as_path()))
     }
 
     fn candidates(&mut self) -> Vec<PathBuf> {

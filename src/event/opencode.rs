@@ -30,6 +30,17 @@ pub fn cost_in_range(c: Option<f64>) -> f64 {
 }
 
 impl Tokens {
+    /// The five counts packed as u32 (each at most [`TOKEN_MAX`]), for compact per-message
+    /// state: input, output, reasoning, cache read, cache write.
+    pub fn packed(&self) -> [u32; 5] {
+        [self.input, self.output, self.reasoning, self.cache_read, self.cache_write].map(|v| v.min(TOKEN_MAX) as u32)
+    }
+
+    pub fn from_packed(t: [u32; 5]) -> Tokens {
+        let [input, output, reasoning, cache_read, cache_write] = t.map(u64::from);
+        Tokens { input, output, reasoning, cache_read, cache_write }
+    }
+
     /// All kinds together (sums saturate: they never wrap).
     pub fn total(&self) -> u64 {
         [self.input, self.output, self.reasoning, self.cache_read, self.cache_write]

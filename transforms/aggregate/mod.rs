@@ -117,21 +117,6 @@ struct Contribution {
 /// How many groupings there are (`GroupBy`'s variants).
 const GROUPINGS: usize = 6;
 
-fn pack(t: &Tokens) -> [u32; 5] {
-    let n = |v: u64| v.min(u32::MAX as u64) as u32;
-    [n(t.input), n(t.output), n(t.reasoning), n(t.cache_read), n(t.cache_write)]
-}
-
-fn unpack(t: &[u32; 5]) -> Tokens {
-    Tokens {
-        input: t[0].into(),
-        output: t[1].into(),
-        reasoning: t[2].into(),
-        cache_read: t[3].into(),
-        cache_write: t[4].into(),
-    }
-}
-
 #[derive(Debug, Default, Clone)]
 struct Acc {
     usage: Usage,
@@ -246,7 +231,7 @@ impl Rollups {
         let c = Contribution {
             keys,
             session,
-            tokens: pack(&m.tokens),
+            tokens: m.tokens.packed(),
             cost: m.cost,
             assistant: m.role == "assistant",
             fork_copy: m.fork_copy && !self.include_fork_copies,
@@ -263,13 +248,13 @@ impl Rollups {
                 acc.fork_copy_messages =
                     if add { acc.fork_copy_messages + 1 } else { acc.fork_copy_messages.saturating_sub(1) };
             } else if add {
-                acc.usage.add_message(&unpack(&c.tokens), c.cost, c.assistant);
+                acc.usage.add_message(&Tokens::from_packed(c.tokens), c.cost, c.assistant);
                 *acc.sessions.entry(c.session).or_default() += 1;
             } else {
                 let u = &mut acc.usage;
                 u.messages = u.messages.saturating_sub(1);
                 u.responses = u.responses.saturating_sub(u64::from(c.assistant));
-                u.tokens.sub(&unpack(&c.tokens));
+                u.tokens.sub(&Tokens::from_packed(c.tokens));
                 u.total = u.tokens.total();
                 u.cost -= c.cost;
                 if let Some(n) = acc.sessions.get_mut(&c.session) {
