@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::Payload;
+use crate::event::{DataType, Payload};
+use crate::metrics::DropReason;
 use crate::sinks::push_targets::{self, Connection, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Overlay};
 
 /// The light modes, in the order of their byte values.
@@ -117,6 +118,9 @@ pub fn encode(format: Format, mode: &str) -> Vec<u8> {
 }
 
 impl SinkConfig for BleConfig {
+    fn input(&self) -> DataType {
+        DataType::STATUS
+    }
     fn references(&self) -> Vec<crate::component::Reference> {
         push_targets::references(self.targets_from.as_deref())
     }
@@ -259,7 +263,7 @@ impl BleSink {
                             let mode = self.cfg.modes.get(&s.code).map_or(s.mode.as_str(), String::as_str);
                             self.show(encode(self.cfg.format, mode));
                         }
-                        _ => self.cx.metrics.dropped(1),
+                        _ => self.cx.metrics.dropped(DropReason::Intentional, 1),
                     },
                     None => break,
                 },
@@ -274,7 +278,7 @@ impl BleSink {
 
     fn show(&mut self, bytes: Vec<u8>) {
         if self.lights.is_empty() {
-            self.cx.metrics.dropped(1);
+            self.cx.metrics.dropped(DropReason::Intentional, 1);
             return;
         }
         for light in self.lights.values_mut() {
@@ -283,7 +287,7 @@ impl BleSink {
             }
             light.last = Some(bytes.clone());
             if light.queue.push(bytes.clone()) {
-                self.cx.metrics.dropped(1);
+                self.cx.metrics.dropped(DropReason::Full, 1);
             }
         }
         self.cx.metrics.sent(1);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig, create_private_dir};
 use crate::config::{FieldError, FieldPath};
-use crate::event::Event;
+use crate::event::{DataType, Event};
 use crate::template::PathTemplate;
 
 /// Appends events as JSON lines. Files are created with mode 0600 (directories 0700) and are
@@ -61,6 +61,9 @@ impl JsonlConfig {
 }
 
 impl SinkConfig for JsonlConfig {
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if let Err(e) = self.template() {

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath, WhenFull};
-use crate::event::{Event, Payload, StatusInfo};
+use crate::event::{DataType, Event, Payload, StatusInfo};
 use crate::jq::{self, Jq};
+use crate::metrics::DropReason;
 use crate::sinks::push_targets::{self, Connection, Overlay};
 use crate::template::TopicTemplate;
 
@@ -175,6 +176,10 @@ fn qos(q: u8) -> QoS {
 }
 
 impl SinkConfig for MqttConfig {
+    /// Statuses by default; any event with a `payload` expression.
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
     fn references(&self) -> Vec<crate::component::Reference> {
         push_targets::references(self.targets_from.as_deref())
     }
@@ -457,7 +462,7 @@ impl MqttSink {
                     WhenFull::Block => b.client.publish(topic, q, retain, body).await.is_ok(),
                 };
                 if !sent {
-                    self.cx.metrics.dropped(1);
+                    self.cx.metrics.dropped(DropReason::Full, 1);
                     tracing::debug!(component = &*self.cx.id, broker = %b.target.broker, "backlog full: status dropped");
                 } else {
                     queued = true;
@@ -467,7 +472,7 @@ impl MqttSink {
         if queued {
             self.cx.metrics.sent(1);
         } else if self.brokers.is_empty() {
-            self.cx.metrics.dropped(1);
+            self.cx.metrics.dropped(DropReason::Intentional, 1);
         }
     }
 
@@ -593,7 +598,7 @@ async fn close(b: Broker, cfg: &MqttConfig, cx: &Context) {
         }
     };
     if lost > 0 {
-        cx.metrics.dropped(lost as u64);
+        cx.metrics.dropped(DropReason::Error, lost as u64);
         tracing::warn!(component = &*cx.id, broker = %b.target.broker, "{lost} messages not delivered: the broker was unreachable at shutdown");
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig, create_private_dir};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, Payload, TraceKind};
+use crate::event::{DataType, Event, Payload, TraceKind};
 
 /// Stores events in an SQLite database (WAL mode), one table per event kind, each with the
 /// event's JSON view in `raw` beside the columns. Rows are keyed by the event's natural id, so
@@ -110,6 +110,9 @@ PRAGMA user_version = 2;
 ";
 
 impl SinkConfig for SqliteConfig {
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.path.trim().is_empty() {

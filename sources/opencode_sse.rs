@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{ComponentFuture, Context, Output, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, LiveEvent, Payload};
+use crate::event::{DataType, Event, LiveEvent, Payload};
 
 use crate::process::Scanner;
 
@@ -102,6 +102,9 @@ fn parse_range(s: &str) -> Option<(u16, u16)> {
 }
 
 impl SourceConfig for OpencodeSseConfig {
+    fn outputs(&self) -> DataType {
+        DataType::LIVE
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.urls.is_empty() && self.ports.is_empty() && self.scan.is_none() && !self.discover {

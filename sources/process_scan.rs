@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, Payload, ProcessInfo};
+use crate::event::{DataType, Event, Payload, ProcessInfo};
 use crate::process::Scanner;
 
 /// Finds OpenCode processes and reports them as they start, change and exit.
@@ -54,6 +54,9 @@ crate::register_component!(
 );
 
 impl SourceConfig for ProcessScanConfig {
+    fn outputs(&self) -> DataType {
+        DataType::PROCESS
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         for (i, p) in self.cmdline_patterns.iter().enumerate() {

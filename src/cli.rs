@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::component::{create_private_dir, expand_home, home_dir};
 use crate::config::{self, Report};
 use crate::control;
-use crate::registry;
+use crate::registry::{self, Kind};
 use crate::runtime::{RunOptions, Topology};
 
 #[derive(Parser, Debug)]
@@ -100,7 +100,7 @@ pub fn main() -> ExitCode {
         Command::Run { files, data_dir } => run(files, data_dir),
         Command::Validate { files } => validate(files),
         Command::List { json } => list(json),
-        Command::Doc { out } => match crate::registry::write_docs(&out) {
+        Command::Doc { out } => match crate::docs::write_docs(&out) {
             Ok(n) => {
                 println!("wrote {n} reference pages to {}", out.display());
                 ExitCode::SUCCESS
@@ -212,7 +212,7 @@ fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
         for (id, kind, t, m) in &summary.metrics {
             tracing::info!(
                 component = %id, kind = %kind, r#type = t,
-                received = m.received, sent = m.sent, dropped = m.dropped, errors = m.errors,
+                received = m.received, sent = m.sent, dropped_full = m.dropped.full, dropped_intentional = m.dropped.intentional, dropped_error = m.dropped.error, errors = m.errors,
                 "final counters"
             );
         }
@@ -259,8 +259,10 @@ fn list(json: bool) -> ExitCode {
         let items: Vec<_> = regs
             .iter()
             .map(|r| {
+                let (takes, gives) = r.data_types();
                 serde_json::json!({
                     "kind": r.kind, "type": r.type_name, "description": r.description,
+                    "takes": takes.map(|t| t.to_string()), "gives": (r.kind != Kind::Sink).then(|| gives.to_string()),
                     "example": r.example, "schema": (r.schema)(),
                 })
             })
@@ -269,7 +271,18 @@ fn list(json: bool) -> ExitCode {
     } else {
         let width = regs.iter().map(|r| r.type_name.len()).max().unwrap_or(0);
         for r in regs {
-            let _ = writeln!(out, "{:<9} {:<width$}  {}", r.kind, r.type_name, r.description);
+            let (takes, gives) = r.data_types();
+            let flow = match (takes, r.kind) {
+                (None, _) => format!("gives {gives}"),
+                (Some(t), Kind::Sink) => format!("takes {t}"),
+                (Some(t), _) if t == gives => format!("takes {t}, gives what it takes"),
+                (Some(t), _) => format!("takes {t}, gives {gives}"),
+            };
+            let _ = writeln!(
+                out,
+                "{:<9} {:<width$}  {}\n{:<9} {:<width$}  ({flow})",
+                r.kind, r.type_name, r.description, "", ""
+            );
         }
     }
     ExitCode::SUCCESS
@@ -308,14 +321,22 @@ fn top(data_dir: Option<PathBuf>, once: bool) -> ExitCode {
         }
         print!("\x1b[2J\x1b[H");
         println!(
-            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>8}",
-            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROPPED", "ERRORS"
+            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}",
+            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROP:FULL", "DROP:INTENT", "DROP:ERROR", "ERRORS"
         );
         for r in rows {
             let c = r.counters;
             println!(
-                "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>8}",
-                r.id, r.kind, r.type_name, c.received, c.sent, c.dropped, c.errors
+                "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}",
+                r.id,
+                r.kind,
+                r.type_name,
+                c.received,
+                c.sent,
+                c.dropped.full,
+                c.dropped.intentional,
+                c.dropped.error,
+                c.errors
             );
         }
         std::thread::sleep(std::time::Duration::from_secs(1));

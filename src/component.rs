@@ -20,8 +20,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FieldError, WhenFull};
-use crate::event::Event;
-use crate::metrics::ComponentMetrics;
+use crate::event::{DataType, Event};
+use crate::metrics::{ComponentMetrics, DropReason};
 
 pub type RunResult = anyhow::Result<()>;
 pub type ComponentFuture = BoxFuture<'static, RunResult>;
@@ -30,6 +30,8 @@ pub trait SourceConfig: Send + Sync + std::fmt::Debug {
     fn validate(&self) -> Vec<FieldError> {
         Vec::new()
     }
+    /// The kinds of events it emits.
+    fn outputs(&self) -> DataType;
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentFuture>;
 }
 
@@ -37,6 +39,10 @@ pub trait TransformConfig: Send + Sync + std::fmt::Debug {
     fn validate(&self) -> Vec<FieldError> {
         Vec::new()
     }
+    /// The kinds of events it uses; the host hands it nothing else.
+    fn input(&self) -> DataType;
+    /// The kinds it emits when fed `input` (what its inputs emit, narrowed to [`input`](Self::input)).
+    fn outputs(&self, input: DataType) -> DataType;
     fn build(&self, cx: &Context) -> anyhow::Result<Transform>;
 }
 
@@ -53,6 +59,8 @@ pub trait SinkConfig: Send + Sync + std::fmt::Debug {
     fn validate(&self) -> Vec<FieldError> {
         Vec::new()
     }
+    /// The kinds of events it uses; the host hands it nothing else.
+    fn input(&self) -> DataType;
     /// The other components this one's options name.
     fn references(&self) -> Vec<Reference> {
         Vec::new()
@@ -219,6 +227,8 @@ pub struct Target {
     pub when_full: WhenFull,
     /// The consumer's counters: its buffer's drops count there.
     pub metrics: Arc<ComponentMetrics>,
+    /// The kinds of events the consumer takes: it is handed nothing else.
+    pub accepts: DataType,
 }
 
 /// Observers of a component's output (`ocpipe tap`). Each has its own small buffer and misses
@@ -268,18 +278,22 @@ impl Output {
         Output { targets, metrics, tap }
     }
 
-    /// Sends to every consumer. A `block` consumer with a full buffer makes this wait (and so
-    /// slows this component); a `drop_newest` consumer with a full buffer loses the event.
+    /// Sends to every consumer that takes events of this kind. A `block` consumer with a full
+    /// buffer makes this wait (and so slows this component); a `drop_newest` consumer with a
+    /// full buffer loses the event.
     pub async fn send(&mut self, event: Event) {
         self.metrics.sent(1);
         self.tap.publish(&event);
-        let Some((last, rest)) = self.targets.split_last() else {
+        let kind = DataType::of(&event.payload);
+        let mut takers = self.targets.iter().filter(|t| t.accepts.contains(kind));
+        let Some(mut current) = takers.next() else {
             return;
         };
-        for target in rest {
-            deliver(target, event.clone()).await;
+        for next in takers {
+            deliver(current, event.clone()).await;
+            current = next;
         }
-        deliver(last, event).await;
+        deliver(current, event).await;
     }
 
     pub async fn send_all(&mut self, events: impl IntoIterator<Item = Event>) {
@@ -300,7 +314,7 @@ async fn deliver(target: &Target, event: Event) {
         }
         WhenFull::DropNewest => {
             if let Err(TrySendError::Full(_)) = target.tx.try_send(event) {
-                target.metrics.dropped(1);
+                target.metrics.dropped(DropReason::Full, 1);
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod control;
+pub mod docs;
 pub mod event;
 pub mod jq;
 pub mod logfile;

@@ -1,5 +1,5 @@
 //! The counters every component has. The host counts what crosses component boundaries
-//! (received, sent, buffer drops); components add intentional drops and errors.
+//! (received, sent, drops at a full buffer); components add intentional drops and errors.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,8 +9,33 @@ use serde::Serialize;
 pub struct ComponentMetrics {
     received: AtomicU64,
     sent: AtomicU64,
-    dropped: AtomicU64,
+    dropped: [AtomicU64; 3],
     errors: AtomicU64,
+}
+
+/// Why an event was discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A full `drop_newest` buffer or backlog had no room.
+    Full,
+    /// On purpose: a filter said no, or there was nothing to do with it (no target configured).
+    Intentional,
+    /// It could not be handled or delivered (an expression failed, a broker never took it).
+    Error,
+}
+
+/// Drops by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Dropped {
+    pub full: u64,
+    pub intentional: u64,
+    pub error: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.full + self.intentional + self.error
+    }
 }
 
 /// A point-in-time copy of a component's counters.
@@ -18,7 +43,7 @@ pub struct ComponentMetrics {
 pub struct MetricsSnapshot {
     pub received: u64,
     pub sent: u64,
-    pub dropped: u64,
+    pub dropped: Dropped,
     pub errors: u64,
 }
 
@@ -29,9 +54,9 @@ impl ComponentMetrics {
     pub fn sent(&self, n: u64) {
         self.sent.fetch_add(n, Ordering::Relaxed);
     }
-    /// Events discarded: on purpose (a filter) or by a full `drop_newest` buffer.
-    pub fn dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
+    /// Events discarded, and why.
+    pub fn dropped(&self, why: DropReason, n: u64) {
+        self.dropped[why as usize].fetch_add(n, Ordering::Relaxed);
     }
     pub fn error(&self) {
         self.errors(1);
@@ -40,10 +65,15 @@ impl ComponentMetrics {
         self.errors.fetch_add(n, Ordering::Relaxed);
     }
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let dropped = |why: DropReason| self.dropped[why as usize].load(Ordering::Relaxed);
         MetricsSnapshot {
             received: self.received.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
+            dropped: Dropped {
+                full: dropped(DropReason::Full),
+                intentional: dropped(DropReason::Intentional),
+                error: dropped(DropReason::Error),
+            },
             errors: self.errors.load(Ordering::Relaxed),
         }
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{Context, Input, Output, SourceContext, TapPoint, Target, Transform};
 use crate::config::{Pipeline, TRANSFORM_BUFFER, WhenFull};
+use crate::event::DataType;
 use crate::metrics::{ComponentMetrics, MetricsSnapshot};
 use crate::registry::{AnyConfig, Kind};
 
@@ -118,6 +119,7 @@ impl Topology {
                     tx: senders[&c.id].clone(),
                     when_full: if c.kind == Kind::Sink { c.buffer.when_full } else { WhenFull::Block },
                     metrics: contexts[&c.id].metrics.clone(),
+                    accepts: c.config.input().unwrap_or(DataType::ANY),
                 })
                 .collect();
             let h = handles.get(&producer.id).expect("handle for every component");

@@ -17,7 +17,7 @@ use crate::component::{
     Context, Input, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform, TransformConfig,
 };
 use crate::config::{FieldError, WhenFull};
-use crate::event::Event;
+use crate::event::{DataType, Event};
 use crate::metrics::{ComponentMetrics, MetricsSnapshot};
 use crate::registry::{self, AnyConfig, Kind};
 
@@ -40,7 +40,7 @@ pub fn context(id: &str, dir: &Path) -> Context {
 /// An output that collects into a channel, counting on the component's own metrics.
 fn capture(metrics: &Arc<ComponentMetrics>) -> (Output, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1_000_000);
-    let target = Target { tx, when_full: WhenFull::Block, metrics: Arc::default() };
+    let target = Target { tx, when_full: WhenFull::Block, metrics: Arc::default(), accepts: DataType::ANY };
     (Output::new(vec![target], metrics.clone(), Arc::new(TapPoint::default())), rx)
 }
 
@@ -100,7 +100,7 @@ pub async fn run_transform(cfg: &dyn TransformConfig, events: Vec<Event>, dir: &
     let metrics = cx.metrics.snapshot();
     assert_eq!(metrics.received, n, "transform must count every event received");
     assert_eq!(metrics.sent, got.len() as u64, "transform must count every event sent");
-    assert!(metrics.dropped <= n, "a transform cannot drop more than it received");
+    assert!(metrics.dropped.total() <= n, "a transform cannot drop more than it received");
     Outcome { events: got, metrics, per_event }
 }
 

@@ -8,29 +8,39 @@ use std::time::Duration;
 
 use ocpipe::component::*;
 use ocpipe::config;
-use ocpipe::event::{Event, Payload};
+use ocpipe::event::{DataType, Event, Payload};
 use ocpipe::runtime::{RunOptions, Summary, Topology};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-/// Emits `count` JSON events (or, with `count = 0`, one every millisecond until shut down).
+/// Emits `count` JSON events (or, with `count = 0`, one every millisecond until shut down);
+/// with `mixed`, every odd one is a process event instead.
 #[derive(Debug, Deserialize, JsonSchema)]
 struct GenConfig {
     count: u64,
+    #[serde(default)]
+    mixed: bool,
 }
 
 ocpipe::register_component!(source GenConfig, "test_gen", "test: numbered events", "count = 10\n");
 
 impl SourceConfig for GenConfig {
+    fn outputs(&self) -> DataType {
+        if self.mixed { DataType::JSON | DataType::PROCESS } else { DataType::JSON }
+    }
     fn build(&self, sc: SourceContext) -> anyhow::Result<ComponentFuture> {
-        let count = self.count;
+        let (count, mixed) = (self.count, self.mixed);
         Ok(Box::pin(async move {
             let SourceContext { cx, mut out, shutdown } = sc;
             let mut n = 0u64;
             while (count == 0 || n < count) && !shutdown.is_cancelled() {
-                out.send(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Json(serde_json::json!({ "n": n }))))
-                    .await;
+                let payload = if mixed && n % 2 == 1 {
+                    Payload::Process(Box::default())
+                } else {
+                    Payload::Json(serde_json::json!({ "n": n }))
+                };
+                out.send(Event::new(cx.id.clone(), chrono::Utc::now(), payload)).await;
                 n += 1;
                 if count == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -62,6 +72,9 @@ ocpipe::register_component!(sink RecordConfig, "test_record", "test: records wha
 struct Record(String, u64, bool);
 
 impl SinkConfig for RecordConfig {
+    fn input(&self) -> DataType {
+        DataType::JSON
+    }
     fn build(&self, _cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(Record(self.key.clone(), self.delay_ms, self.hang)))
     }
@@ -152,8 +165,36 @@ key = "fanin"
     assert!(s.ok());
     assert_eq!(seen("fanin").len(), 250);
     let t = s.get("keep_even").unwrap();
-    assert_eq!((t.received, t.sent, t.dropped), (500, 250, 250));
+    assert_eq!((t.received, t.sent, t.dropped.intentional), (500, 250, 250));
     assert_eq!(s.get("out").unwrap().received, 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_consumer_is_handed_only_the_kinds_it_takes() {
+    let s = run(
+        r#"
+[sources.gen]
+type = "test_gen"
+count = 100
+mixed = true
+[sinks.numbers]
+type = "test_record"
+inputs = ["gen"]
+key = "json_only"
+[sinks.all]
+type = "jsonl"
+inputs = ["gen"]
+path = "out/{_kind}.jsonl"
+"#,
+        None,
+    )
+    .await;
+    assert!(s.ok(), "{s:?}");
+    assert_eq!(s.get("gen").unwrap().sent, 100);
+    // `test_record` takes JSON only: the 50 process events never reach it (nor count there).
+    assert_eq!(seen("json_only"), (0..100).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(s.get("numbers").unwrap().received, 50);
+    assert_eq!(s.get("all").unwrap().received, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +216,7 @@ buffer = { max_events = 10, when_full = "block" }
     .await;
     assert!(blocking.ok());
     assert_eq!(seen("slow_block").len(), 200);
-    assert_eq!(blocking.get("slow").unwrap().dropped, 0);
+    assert_eq!(blocking.get("slow").unwrap().dropped.total(), 0);
 
     let dropping = run(
         r#"
@@ -198,8 +239,9 @@ key = "fast_beside_drop"
     .await;
     assert!(dropping.ok());
     let slow = dropping.get("slow").unwrap();
-    assert!(slow.dropped > 0, "a full drop_newest buffer drops");
-    assert_eq!(slow.received + slow.dropped, 200);
+    assert!(slow.dropped.full > 0, "a full drop_newest buffer drops");
+    assert_eq!(slow.dropped.total(), slow.dropped.full, "and says why");
+    assert_eq!(slow.received + slow.dropped.full, 200);
     assert_eq!(seen("slow_drop").len() as u64, slow.received);
     // The other consumer is not slowed into losing anything.
     assert_eq!(seen("fast_beside_drop").len(), 200);

@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use crate::component::{Context, FunctionTransform, Transform, TransformConfig};
 use crate::config::FieldError;
-use crate::event::Event;
+use crate::event::{DataType, Event};
 use crate::jq::{self, Jq};
+use crate::metrics::DropReason;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct FilterConfig {
@@ -29,6 +30,12 @@ crate::register_component!(
 );
 
 impl TransformConfig for FilterConfig {
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
+    fn outputs(&self, input: DataType) -> DataType {
+        input
+    }
     fn validate(&self) -> Vec<FieldError> {
         jq::check("condition", &self.condition, "conditions are jq expressions, e.g. '.kind == \"request\"'")
     }
@@ -48,9 +55,9 @@ impl FunctionTransform for Filter {
     fn transform(&mut self, event: Event, out: &mut Vec<Event>) {
         match self.program.holds(&event) {
             Ok(true) => out.push(event),
-            Ok(false) => self.cx.metrics.dropped(1),
+            Ok(false) => self.cx.metrics.dropped(DropReason::Intentional, 1),
             Err(e) => {
-                self.cx.metrics.dropped(1);
+                self.cx.metrics.dropped(DropReason::Error, 1);
                 self.cx.error(format_args!("condition failed on a {} event: {e}", event.kind()));
             }
         }
@@ -92,7 +99,7 @@ mod tests {
         let kept: Vec<_> = out.events.iter().map(|e| e.to_json()["status"].clone()).collect();
         // jq orders strings after numbers, so "x" >= 400 holds as in jq itself.
         assert_eq!(kept, [serde_json::json!(500), serde_json::json!(404), serde_json::json!("x")]);
-        assert_eq!(out.metrics.dropped, 1);
+        assert_eq!(out.metrics.dropped.intentional, 1);
         assert_eq!(out.metrics.errors, 0);
     }
 
@@ -102,6 +109,6 @@ mod tests {
         let cfg: FilterConfig = toml::from_str(r#"condition = '.a | error("boom")'"#).unwrap();
         let out = testing::run_transform(&cfg, vec![ev(serde_json::json!({"a": 1}))], dir.path()).await;
         assert!(out.events.is_empty());
-        assert_eq!((out.metrics.dropped, out.metrics.errors), (1, 1));
+        assert_eq!((out.metrics.dropped.error, out.metrics.errors), (1, 1));
     }
 }

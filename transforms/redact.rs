@@ -19,7 +19,7 @@ use sha2::Sha256;
 
 use crate::component::{Context, FunctionTransform, Transform, TransformConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, Payload, TraceRecord};
+use crate::event::{DataType, Event, Payload, TraceRecord};
 
 /// Header names always redacted when `default_headers` is on.
 pub const DEFAULT_HEADERS: &[&str] =
@@ -96,6 +96,12 @@ impl RedactConfig {
 }
 
 impl TransformConfig for RedactConfig {
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
+    fn outputs(&self, input: DataType) -> DataType {
+        input
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         for (i, p) in self.patterns.iter().enumerate() {

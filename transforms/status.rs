@@ -22,7 +22,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig};
-use crate::event::{Event, LiveEvent, Payload, StatusInfo};
+use crate::event::{DataType, Event, LiveEvent, Payload, StatusInfo};
+use crate::metrics::DropReason;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct StatusConfig {
@@ -41,6 +42,12 @@ crate::register_component!(
 );
 
 impl TransformConfig for StatusConfig {
+    fn input(&self) -> DataType {
+        DataType::LIVE
+    }
+    fn outputs(&self, _: DataType) -> DataType {
+        DataType::STATUS
+    }
     fn build(&self, cx: &Context) -> anyhow::Result<Transform> {
         Ok(Transform::Task(Box::new(StatusTask {
             mapper: Mapper::default(),
@@ -226,7 +233,7 @@ impl TaskTransform for StatusTask {
                     ev = input.recv() => {
                         let Some(ev) = ev else { break };
                         let Payload::Live(live) = &ev.payload else {
-                            self.cx.metrics.dropped(1);
+                            self.cx.metrics.dropped(DropReason::Intentional, 1);
                             continue;
                         };
                         for s in self.mapper.map(live) {

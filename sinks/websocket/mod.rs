@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Payload, ProcessInfo, StatusInfo};
+use crate::event::{DataType, Payload, ProcessInfo, StatusInfo};
+use crate::metrics::DropReason;
 
 /// Serves `/` (a live status page: a card per instance and session, no external assets),
 /// `/ws` (every status as JSON: `{port, status, code, timestamp}` plus `sessionID`, `title`,
@@ -71,6 +72,9 @@ crate::register_component!(
 );
 
 impl SinkConfig for WebsocketConfig {
+    fn input(&self) -> DataType {
+        DataType::STATUS | DataType::PROCESS
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.address.parse::<std::net::SocketAddr>().is_err() {
@@ -186,7 +190,7 @@ impl Sink for WebsocketSink {
                             procs.insert(p.pid, (**p).clone());
                         }
                     }
-                    _ => cx.metrics.dropped(1),
+                    _ => cx.metrics.dropped(DropReason::Intentional, 1),
                 }
             }
             stop.cancel();

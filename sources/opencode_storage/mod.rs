@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, Payload};
+use crate::event::{DataType, Event, Payload};
 
 pub use catalog::Catalog;
 pub use stats::{StatsArgs, stats};
@@ -96,6 +96,9 @@ impl OpencodeStorageConfig {
 }
 
 impl SourceConfig for OpencodeStorageConfig {
+    fn outputs(&self) -> DataType {
+        DataType::OPENCODE
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.poll_interval_ms < 10 {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
+use crate::event::DataType;
 
 /// Reads tracer JSONL files: a directory (its `*.jsonl`) or a glob.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -80,6 +81,9 @@ crate::register_component!(
 );
 
 impl SourceConfig for TraceJsonlConfig {
+    fn outputs(&self) -> DataType {
+        DataType::TRACE
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.path.trim().is_empty() {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::diagnostic::{Diagnostic, Report, SourceFiles};
 use super::interpolate::interpolate_value;
 use super::topology::{self, Node};
+use super::wiring::{self, Wired};
 use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
 use crate::registry::{self, AnyConfig, Kind};
 
@@ -45,11 +46,54 @@ struct Pending {
     config: Option<AnyConfig>,
 }
 
+impl Pending {
+    /// Where the component's table is: `sinks.out`.
+    fn path(&self) -> FieldPath {
+        FieldPath::key(self.kind.table()).child(&self.id)
+    }
+}
+
+/// Everything gathered while loading; each step adds what it finds to `diags`.
 struct Loader<'e> {
     files: SourceFiles,
     docs: HashMap<usize, toml_edit::Document<String>>,
     diags: Vec<Diagnostic>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    pending: Vec<Pending>,
+    /// Where each id was first defined (ids are unique across kinds and files).
+    first_seen: HashMap<String, usize>,
+    data_dir: Option<(PathBuf, usize)>,
+    shutdown_timeout: Duration,
+}
+
+fn load_texts(
+    inputs: Vec<(String, Result<String, String>)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Pipeline, Report), Report> {
+    let mut l = Loader {
+        files: SourceFiles::default(),
+        docs: HashMap::new(),
+        diags: Vec::new(),
+        env,
+        pending: Vec::new(),
+        first_seen: HashMap::new(),
+        data_dir: None,
+        shutdown_timeout: Duration::from_secs(60),
+    };
+    if inputs.is_empty() {
+        l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
+    }
+    for (name, text) in inputs {
+        match text {
+            Ok(text) => l.read_file(name, text),
+            Err(msg) => l.diags.push(Diagnostic::error(msg).help("check the path")),
+        }
+    }
+    let checked = l.check_graph();
+    l.check_references();
+    l.check_wiring(&checked.matched);
+    l.warn_unused(&checked.unused);
+    l.finish(checked.inputs)
 }
 
 impl Loader<'_> {
@@ -70,126 +114,41 @@ impl Loader<'_> {
             self.error_at(file, &base.join(&e.path), e.at_key, e.message, e.help);
         }
     }
-}
 
-fn load_texts(
-    inputs: Vec<(String, Result<String, String>)>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Pipeline, Report), Report> {
-    let mut l = Loader { files: SourceFiles::default(), docs: HashMap::new(), diags: Vec::new(), env };
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut first_seen: HashMap<String, (usize, FieldPath)> = HashMap::new();
-    let mut data_dir: Option<(PathBuf, usize)> = None;
-    let mut shutdown_timeout = Duration::from_secs(60);
-
-    if inputs.is_empty() {
-        l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
+    fn has_errors(&self) -> bool {
+        self.diags.iter().any(|d| d.severity == super::Severity::Error)
     }
-    for (name, text) in inputs {
-        let text = match text {
-            Ok(t) => t,
-            Err(msg) => {
-                l.diags.push(Diagnostic::error(msg).help("check the path"));
-                continue;
-            }
-        };
-        let file = l.files.add(name, text.clone());
+
+    /// Parses one file (twice: `toml_edit` for spans, `toml` for values) and takes in its keys.
+    fn read_file(&mut self, name: String, text: String) {
+        let file = self.files.add(name, text.clone());
         let doc = match toml_edit::Document::parse(text.clone()) {
             Ok(d) => d,
             Err(e) => {
-                l.diags.push(
+                self.diags.push(
                     Diagnostic::error(format!("invalid TOML: {}", e.message().trim()))
                         .at(file, e.span())
                         .help("fix the syntax; see https://toml.io"),
                 );
-                continue;
+                return;
             }
         };
-        l.docs.insert(file, doc);
+        self.docs.insert(file, doc);
         let table: toml::Table = match toml::from_str(&text) {
             Ok(t) => t,
             Err(e) => {
-                l.diags.push(Diagnostic::error(format!("invalid TOML: {}", e.message())).at(file, e.span()));
-                continue;
+                self.diags.push(Diagnostic::error(format!("invalid TOML: {}", e.message())).at(file, e.span()));
+                return;
             }
         };
-
         for (key, value) in table {
             let path = FieldPath::key(&key);
             match (key.as_str(), Kind::from_table(&key)) {
-                (_, Some(kind)) => {
-                    let toml::Value::Table(components) = value else {
-                        l.error_at(
-                            file,
-                            &path,
-                            false,
-                            format!("`{key}` must be a table of components"),
-                            Some(format!("write `[{key}.ID]` sections")),
-                        );
-                        continue;
-                    };
-                    for (id, body) in components {
-                        let cpath = path.clone().child(&id);
-                        if let Some((prev_file, _)) = first_seen.get(&id) {
-                            let prev = l.files.name(*prev_file).to_string();
-                            l.error_at(
-                                file,
-                                &cpath,
-                                true,
-                                format!("component id `{id}` is defined twice"),
-                                Some(format!(
-                                    "it is also defined in {prev}; ids are shared by sources, transforms and sinks"
-                                )),
-                            );
-                            continue;
-                        }
-                        first_seen.insert(id.clone(), (file, cpath.clone()));
-                        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                            l.error_at(
-                                file,
-                                &cpath,
-                                true,
-                                format!("component id `{id}` is not valid"),
-                                Some("ids use letters, digits, `_` and `-`".into()),
-                            );
-                        }
-                        if let Some(p) = component(&mut l, file, kind, id, body, &cpath) {
-                            pending.push(p);
-                        }
-                    }
-                }
-                ("data_dir", _) => match value {
-                    toml::Value::String(s) => {
-                        let mut v = toml::Value::String(s);
-                        let mut errs = Vec::new();
-                        interpolate_value(&mut v, &FieldPath::default(), l.env, &mut errs);
-                        l.field_errors(file, &path, errs);
-                        let dir = PathBuf::from(v.as_str().unwrap_or_default());
-                        if let Some((prev, prev_file)) = &data_dir
-                            && *prev != dir
-                        {
-                            let prev_name = l.files.name(*prev_file).to_string();
-                            l.error_at(
-                                file,
-                                &path,
-                                false,
-                                format!("data_dir differs from the one in {prev_name} ({})", prev.display()),
-                                Some("set it in one file only".into()),
-                            );
-                        }
-                        data_dir = Some((dir, file));
-                    }
-                    _ => l.error_at(
-                        file,
-                        &path,
-                        false,
-                        "`data_dir` must be a string".into(),
-                        Some("e.g. data_dir = \"~/.local/state/ocpipe\"".into()),
-                    ),
-                },
+                (_, Some(kind)) => self.components(file, kind, &path, value),
+                ("data_dir", _) => self.data_dir(file, &path, value),
                 ("shutdown_timeout_secs", _) => match value.as_integer() {
-                    Some(n) if n > 0 => shutdown_timeout = Duration::from_secs(n as u64),
-                    _ => l.error_at(
+                    Some(n) if n > 0 => self.shutdown_timeout = Duration::from_secs(n as u64),
+                    _ => self.error_at(
                         file,
                         &path,
                         false,
@@ -203,88 +162,190 @@ fn load_texts(
                         Some(c) => format!("did you mean `{c}`?"),
                         None => format!("top-level keys are: {}", TOP_LEVEL.join(", ")),
                     };
-                    l.error_at(file, &path, true, format!("unknown top-level key `{key}`"), Some(help));
+                    self.error_at(file, &path, true, format!("unknown top-level key `{key}`"), Some(help));
                 }
             }
         }
     }
 
-    // Graph checks.
-    let nodes: Vec<Node<'_>> = pending.iter().map(|p| Node { id: &p.id, kind: p.kind, inputs: &p.inputs }).collect();
-    if nodes.is_empty() && !l.diags.iter().any(|d| d.severity == super::Severity::Error) {
-        l.diags.push(
-            Diagnostic::error("the configuration defines no components")
-                .help("add `[sources.ID]` and `[sinks.ID]` tables; `ocpipe list` shows the types"),
-        );
-    }
-    let checked = topology::check(&nodes);
-    let locate = |p: &Pending| FieldPath::key(p.kind.table()).child(&p.id);
-    for e in checked.errors {
-        let p = &pending[e.component];
-        let (path, at_key) = match e.input {
-            Some(i) => (locate(p).child("inputs").index(i), false),
-            None if e.message.starts_with("cycle") => (locate(p).child("inputs"), false),
-            None => (locate(p), true),
+    /// A `[sources]`, `[transforms]` or `[sinks]` table: each id once, then its component.
+    fn components(&mut self, file: usize, kind: Kind, path: &FieldPath, value: toml::Value) {
+        let key = kind.table();
+        let toml::Value::Table(components) = value else {
+            self.error_at(
+                file,
+                path,
+                false,
+                format!("`{key}` must be a table of components"),
+                Some(format!("write `[{key}.ID]` sections")),
+            );
+            return;
         };
-        l.error_at(p.file, &path, at_key, e.message, e.help);
-    }
-    // Options that name another component: it must exist and be of the type they need.
-    for p in &pending {
-        for r in p.config.as_ref().map(AnyConfig::references).unwrap_or_default() {
-            let path = locate(p).join(&r.field);
-            match pending.iter().find(|q| q.id == r.id) {
-                None => l.error_at(
-                    p.file,
-                    &path,
-                    false,
-                    format!("no component `{}` (`{}` names it)", r.id, r.field),
-                    Some(format!("name the id of a `{}` component of this pipeline", r.type_name)),
-                ),
-                Some(q) if q.type_name != r.type_name => l.error_at(
-                    p.file,
-                    &path,
-                    false,
-                    format!("`{}` is a `{}` {}, not a `{}`", r.id, q.type_name, q.kind, r.type_name),
-                    Some(format!("name the id of a `{}` component of this pipeline", r.type_name)),
-                ),
-                Some(_) => {}
+        for (id, body) in components {
+            let cpath = path.clone().child(&id);
+            if let Some(prev_file) = self.first_seen.get(&id) {
+                let prev = self.files.name(*prev_file).to_string();
+                self.error_at(
+                    file,
+                    &cpath,
+                    true,
+                    format!("component id `{id}` is defined twice"),
+                    Some(format!("it is also defined in {prev}; ids are shared by sources, transforms and sinks")),
+                );
+                continue;
+            }
+            self.first_seen.insert(id.clone(), file);
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.error_at(
+                    file,
+                    &cpath,
+                    true,
+                    format!("component id `{id}` is not valid"),
+                    Some("ids use letters, digits, `_` and `-`".into()),
+                );
+            }
+            if let Some(p) = component(self, file, kind, id, body, &cpath) {
+                self.pending.push(p);
             }
         }
     }
-    let mut warnings = Vec::new();
-    for i in checked.unused {
-        let p = &pending[i];
-        let span = l.docs.get(&p.file).and_then(|d| spans::find(d, &locate(p), true));
-        warnings.push(
-            Diagnostic::warning(format!("nothing reads the output of {} `{}`", p.kind, p.id))
-                .at(p.file, span)
-                .path(locate(p))
-                .help("add it to some component's `inputs`, or remove it"),
-        );
-    }
-    // Warnings only matter once the errors are fixed (an unknown input also orphans its source).
-    if !l.diags.iter().any(|d| d.severity == super::Severity::Error) {
-        l.diags.extend(warnings);
+
+    fn data_dir(&mut self, file: usize, path: &FieldPath, value: toml::Value) {
+        let toml::Value::String(s) = value else {
+            self.error_at(
+                file,
+                path,
+                false,
+                "`data_dir` must be a string".into(),
+                Some("e.g. data_dir = \"~/.local/state/ocpipe\"".into()),
+            );
+            return;
+        };
+        let mut v = toml::Value::String(s);
+        let mut errs = Vec::new();
+        interpolate_value(&mut v, &FieldPath::default(), self.env, &mut errs);
+        self.field_errors(file, path, errs);
+        let dir = PathBuf::from(v.as_str().unwrap_or_default());
+        if let Some((prev, prev_file)) = &self.data_dir
+            && *prev != dir
+        {
+            let message =
+                format!("data_dir differs from the one in {} ({})", self.files.name(*prev_file), prev.display());
+            self.error_at(file, path, false, message, Some("set it in one file only".into()));
+        }
+        self.data_dir = Some((dir, file));
     }
 
-    let report = Report { diagnostics: l.diags, files: l.files };
-    if report.has_errors() {
-        return Err(report);
+    /// Inputs that name nothing, sinks used as inputs, cycles, a pipeline without a source.
+    fn check_graph(&mut self) -> topology::Checked {
+        let nodes: Vec<Node<'_>> =
+            self.pending.iter().map(|p| Node { id: &p.id, kind: p.kind, inputs: &p.inputs }).collect();
+        if nodes.is_empty() && !self.has_errors() {
+            self.diags.push(
+                Diagnostic::error("the configuration defines no components")
+                    .help("add `[sources.ID]` and `[sinks.ID]` tables; `ocpipe list` shows the types"),
+            );
+        }
+        let mut checked = topology::check(&nodes);
+        self.graph_errors(std::mem::take(&mut checked.errors));
+        checked
     }
-    let components = pending
-        .into_iter()
-        .zip(checked.inputs)
-        .map(|(p, inputs)| ComponentDef {
-            id: p.id,
-            kind: p.kind,
-            type_name: p.type_name,
-            inputs,
-            buffer: p.buffer,
-            config: p.config.expect("no errors means every component parsed"),
-        })
-        .collect();
-    let pipeline = Pipeline { data_dir: data_dir.map(|(d, _)| d), shutdown_timeout, components };
-    Ok((pipeline, Report { diagnostics: report.diagnostics, files: report.files }))
+
+    fn graph_errors(&mut self, errors: Vec<topology::GraphError>) {
+        for e in errors {
+            let p = &self.pending[e.component];
+            let (path, at_key) = match e.input {
+                Some(i) => (p.path().child("inputs").index(i), false),
+                None if e.message.starts_with("cycle") => (p.path().child("inputs"), false),
+                None => (p.path(), true),
+            };
+            self.error_at(p.file, &path, at_key, e.message, e.help);
+        }
+    }
+
+    /// Options that name another component: it must exist and be of the type they need.
+    fn check_references(&mut self) {
+        let mut errors = Vec::new();
+        for p in &self.pending {
+            for r in p.config.as_ref().map(AnyConfig::references).unwrap_or_default() {
+                let path = p.path().join(&r.field);
+                let help = Some(format!("name the id of a `{}` component of this pipeline", r.type_name));
+                match self.pending.iter().find(|q| q.id == r.id) {
+                    None => {
+                        errors.push((p.file, path, format!("no component `{}` (`{}` names it)", r.id, r.field), help))
+                    }
+                    Some(q) if q.type_name != r.type_name => errors.push((
+                        p.file,
+                        path,
+                        format!("`{}` is a `{}` {}, not a `{}`", r.id, q.type_name, q.kind, r.type_name),
+                        help,
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (file, path, message, help) in errors {
+            self.error_at(file, &path, false, message, help);
+        }
+    }
+
+    /// Inputs that can never carry a kind of event their reader takes.
+    fn check_wiring(&mut self, matched: &[Vec<Vec<usize>>]) {
+        let nodes: Vec<Wired<'_>> = self
+            .pending
+            .iter()
+            .map(|p| Wired {
+                id: &p.id,
+                kind: p.kind,
+                type_name: p.type_name,
+                inputs: &p.inputs,
+                config: p.config.as_ref(),
+            })
+            .collect();
+        let errors = wiring::check(&nodes, matched);
+        self.graph_errors(errors);
+    }
+
+    /// Components nobody reads (only once the errors are fixed: an unknown input also orphans
+    /// its source).
+    fn warn_unused(&mut self, unused: &[usize]) {
+        if self.has_errors() {
+            return;
+        }
+        for &i in unused {
+            let p = &self.pending[i];
+            let span = self.docs.get(&p.file).and_then(|d| spans::find(d, &p.path(), true));
+            self.diags.push(
+                Diagnostic::warning(format!("nothing reads the output of {} `{}`", p.kind, p.id))
+                    .at(p.file, span)
+                    .path(p.path())
+                    .help("add it to some component's `inputs`, or remove it"),
+            );
+        }
+    }
+
+    fn finish(self, inputs: Vec<Vec<String>>) -> Result<(Pipeline, Report), Report> {
+        let report = Report { diagnostics: self.diags, files: self.files };
+        if report.has_errors() {
+            return Err(report);
+        }
+        let components = self
+            .pending
+            .into_iter()
+            .zip(inputs)
+            .map(|(p, inputs)| ComponentDef {
+                id: p.id,
+                kind: p.kind,
+                type_name: p.type_name,
+                inputs,
+                buffer: p.buffer,
+                config: p.config.expect("no errors means every component parsed"),
+            })
+            .collect();
+        let pipeline =
+            Pipeline { data_dir: self.data_dir.map(|(d, _)| d), shutdown_timeout: self.shutdown_timeout, components };
+        Ok((pipeline, report))
+    }
 }
 
 /// Parses one `[kind.id]` table: the shared options, then the component's own config.
@@ -464,5 +525,30 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in {err}");
         }
+    }
+
+    #[test]
+    fn inputs_that_can_never_carry_what_their_reader_takes_are_located_with_both_kinds() {
+        let cfg = "[sources.traces]\ntype = \"trace_jsonl\"\npath = \"x\"\n\
+                   [sources.sse]\ntype = \"opencode_sse\"\ndiscover = true\n\
+                   [transforms.only]\ntype = \"filter\"\ninputs = [\"traces\"]\ncondition = \"true\"\n\
+                   [transforms.st]\ntype = \"status\"\ninputs = [\"sse\", \"only\"]\n\
+                   [sinks.page]\ntype = \"websocket\"\ninputs = [\"st\", \"traces\"]\n\
+                   [sinks.all]\ntype = \"jsonl\"\ninputs = [\"*\"]\npath = \"o/x.jsonl\"\n";
+        let err = load(&[("p.toml", cfg)], &no_env).unwrap_err().to_string();
+        // The filter passes on what it is fed (traces), so `status` cannot use it.
+        assert!(
+            err.contains("transform `st` (status) takes live, but `only` (filter) gives trace: this input can never carry anything it takes"),
+            "{err}"
+        );
+        assert!(err.contains("p.toml:13:18 (transforms.st.inputs[1])"), "{err}");
+        assert!(err.contains("read from one that gives live: `sse`"), "{err}");
+        assert!(
+            err.contains("sink `page` (websocket) takes process, status, but `traces` (trace_jsonl) gives trace"),
+            "{err}"
+        );
+        assert!(err.contains("p.toml:16:17 (sinks.page.inputs[1])"), "{err}");
+        // Exactly those two: `sse` feeds `st` well, `st` feeds the page, a glob into `jsonl` is fine.
+        assert_eq!(err.matches("error:").count(), 2, "{err}");
     }
 }

@@ -8,6 +8,7 @@ mod interpolate;
 mod load;
 mod spans;
 mod topology;
+mod wiring;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -23,6 +23,8 @@ pub struct GraphError {
 pub struct Checked {
     /// Resolved input ids per component.
     pub inputs: Vec<Vec<String>>,
+    /// Per component, per `inputs` entry: the indexes of the components it matched.
+    pub matched: Vec<Vec<Vec<usize>>>,
     pub errors: Vec<GraphError>,
     /// Components whose output nobody reads.
     pub unused: Vec<usize>,
@@ -32,10 +34,13 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
     let mut errors = Vec::new();
     let producers: Vec<&str> = nodes.iter().filter(|n| n.kind != Kind::Sink).map(|n| n.id).collect();
     let kind_of: HashMap<&str, Kind> = nodes.iter().map(|n| (n.id, n.kind)).collect();
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
     let mut resolved = Vec::with_capacity(nodes.len());
+    let mut matched_by_entry = Vec::with_capacity(nodes.len());
 
     for (ci, node) in nodes.iter().enumerate() {
         let mut ids: Vec<String> = Vec::new();
+        let mut entries: Vec<Vec<usize>> = vec![Vec::new(); node.inputs.len()];
         if node.kind != Kind::Source && node.inputs.is_empty() {
             errors.push(GraphError {
                 component: ci,
@@ -89,6 +94,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
                     help: Some(help),
                 });
             }
+            entries[ii] = matched.iter().map(|m| index[m]).collect();
             for m in matched {
                 if !ids.iter().any(|x| x == m) {
                     ids.push(m.to_string());
@@ -96,10 +102,10 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
             }
         }
         resolved.push(ids);
+        matched_by_entry.push(entries);
     }
 
     // Cycles: depth-first search over the input edges.
-    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
     let mut state = vec![0u8; nodes.len()]; // 0 new, 1 on stack, 2 done
     let mut stack: Vec<usize> = Vec::new();
     let mut seen_cycles: BTreeSet<Vec<usize>> = BTreeSet::new();
@@ -166,7 +172,7 @@ pub fn check(nodes: &[Node<'_>]) -> Checked {
         .filter(|(_, n)| n.kind != Kind::Sink && !consumed.contains(n.id))
         .map(|(i, _)| i)
         .collect();
-    Checked { inputs: resolved, errors, unused }
+    Checked { inputs: resolved, matched: matched_by_entry, errors, unused }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! also has a JSON view (`Event::to_json`, `Event::write_json`) that expressions, redaction and
 //! generic sinks use.
 
+mod data_type;
 mod finalizer;
 mod opencode;
 mod trace;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub use data_type::DataType;
 pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
 pub use opencode::{
     COST_MAX, LiveEvent, MessageInfo, PartInfo, ProcessInfo, Rollup, SessionInfo, StatusInfo, TOKEN_MAX, Tokens,

@@ -17,7 +17,8 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Event, Finalizer, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
+use crate::event::{DataType, Event, Finalizer, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
+use crate::metrics::DropReason;
 pub use crate::usage::{GroupBy, RangeName, Usage, Window, local_day, parse_date, project_key};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -60,6 +61,12 @@ crate::register_component!(
 );
 
 impl TransformConfig for AggregateConfig {
+    fn input(&self) -> DataType {
+        DataType::SESSION | DataType::MESSAGE
+    }
+    fn outputs(&self, _: DataType) -> DataType {
+        DataType::ROLLUP
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         for (name, v) in [("since", &self.since), ("until", &self.until)] {
@@ -354,7 +361,7 @@ impl Aggregator {
             }
             // Nothing to sum: discarded on purpose.
             _ => {
-                self.cx.metrics.dropped(1);
+                self.cx.metrics.dropped(DropReason::Intentional, 1);
                 return;
             }
         }

@@ -1,0 +1,102 @@
+//! What kinds of events a component takes and gives (Vector's `DataType`). Components declare
+//! them; `validate` rejects an input that can never carry anything its reader uses, and the
+//! runtime hands each consumer only the kinds it declared.
+
+use std::fmt;
+
+use super::Payload;
+
+bitflags::bitflags! {
+    /// A set of payload kinds: one bit per [`Payload`] variant.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct DataType: u16 {
+        /// LLM API trace records.
+        const TRACE = 1 << 0;
+        /// OpenCode sessions.
+        const SESSION = 1 << 1;
+        /// OpenCode messages.
+        const MESSAGE = 1 << 2;
+        /// OpenCode parts (tool calls, step finishes).
+        const PART = 1 << 3;
+        /// Token usage rollups.
+        const ROLLUP = 1 << 4;
+        /// Events of a running OpenCode server.
+        const LIVE = 1 << 5;
+        /// OpenCode processes.
+        const PROCESS = 1 << 6;
+        /// Session and instance statuses.
+        const STATUS = 1 << 7;
+        /// Untyped JSON documents.
+        const JSON = 1 << 8;
+        /// OpenCode's stored records: sessions, messages and parts.
+        const OPENCODE = Self::SESSION.bits() | Self::MESSAGE.bits() | Self::PART.bits();
+        /// Anything (generic sinks and pass-through transforms).
+        const ANY = (1 << 9) - 1;
+    }
+}
+
+/// Names for messages, in bit order.
+const NAMES: [(DataType, &str); 9] = [
+    (DataType::TRACE, "trace"),
+    (DataType::SESSION, "session"),
+    (DataType::MESSAGE, "message"),
+    (DataType::PART, "part"),
+    (DataType::ROLLUP, "rollup"),
+    (DataType::LIVE, "live"),
+    (DataType::PROCESS, "process"),
+    (DataType::STATUS, "status"),
+    (DataType::JSON, "json"),
+];
+
+impl DataType {
+    /// The kind of one payload.
+    pub fn of(payload: &Payload) -> DataType {
+        match payload {
+            Payload::Trace(_) => DataType::TRACE,
+            Payload::Session(_) => DataType::SESSION,
+            Payload::Message(_) => DataType::MESSAGE,
+            Payload::Part(_) => DataType::PART,
+            Payload::Rollup(_) => DataType::ROLLUP,
+            Payload::Live(_) => DataType::LIVE,
+            Payload::Process(_) => DataType::PROCESS,
+            Payload::Status(_) => DataType::STATUS,
+            Payload::Json(_) => DataType::JSON,
+        }
+    }
+
+    /// Whether an event of this payload is one of these kinds.
+    pub fn admits(self, payload: &Payload) -> bool {
+        self.contains(DataType::of(payload))
+    }
+}
+
+impl fmt::Display for DataType {
+    /// `any`, `nothing`, or the kinds joined: `session, message, part`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == DataType::ANY {
+            return f.write_str("any kind");
+        }
+        if self.is_empty() {
+            return f.write_str("nothing");
+        }
+        let names: Vec<&str> = NAMES.iter().filter(|(t, _)| self.contains(*t)).map(|(_, n)| *n).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_payload_kind_has_one_named_bit() {
+        let all = NAMES.iter().fold(DataType::empty(), |acc, (t, _)| {
+            assert_eq!(t.bits().count_ones(), 1);
+            assert!(!acc.intersects(*t));
+            acc | *t
+        });
+        assert_eq!(all, DataType::ANY);
+        assert_eq!((DataType::OPENCODE | DataType::STATUS).to_string(), "session, message, part, status");
+        assert_eq!(DataType::ANY.to_string(), "any kind");
+    }
+}
