@@ -18,7 +18,7 @@ use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::{DataType, Payload};
 use crate::metrics::DropReason;
-use crate::sinks::push_targets::{self, Connection, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Overlay};
+use crate::sinks::push_targets::{self, Connection, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Overlay, PushTargets};
 
 /// The light modes, in the order of their byte values.
 pub const MODES: [&str; 7] = ["idle", "busy", "thinking", "ai", "success", "alarm", "error"];
@@ -158,8 +158,7 @@ impl SinkConfig for BleConfig {
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
-        let overlay =
-            self.targets_from.as_ref().map(|id| Overlay::new(cx.data_dir_of(id).join(push_targets::FILE_NAME)));
+        let overlay = self.targets_from.as_ref().map(|id| Overlay::new(cx.shared::<PushTargets>(id)));
         Ok(Box::new(BleSink { cfg: self.clone(), overlay, lights: HashMap::new(), cx: cx.clone() }))
     }
 }
@@ -315,8 +314,8 @@ impl BleSink {
 
     fn start(&mut self, key: u64, target: Target) {
         let queue = Arc::new(Queue::default());
-        let overlay = self.overlay.as_ref().filter(|_| key != 0).map(|o| o.path());
-        let connection = Connection::new(overlay, "ble", key);
+        let listed_in = self.overlay.as_ref().filter(|_| key != 0).map(Overlay::shared);
+        let connection = Connection::new(listed_in, "ble", key);
         let stop = CancellationToken::new();
         let driver = Driver {
             target: target.clone(),

@@ -19,7 +19,7 @@ use crate::config::{FieldError, FieldPath, WhenFull};
 use crate::event::{DataType, Event, Payload, StatusInfo};
 use crate::jq::{self, Jq};
 use crate::metrics::DropReason;
-use crate::sinks::push_targets::{self, Connection, Overlay};
+use crate::sinks::push_targets::{self, Connection, Overlay, PushTargets};
 use crate::template::TopicTemplate;
 
 /// One connection per broker: the one in the config and, with `targets_from`, each enabled
@@ -248,8 +248,7 @@ impl SinkConfig for MqttConfig {
             }
             None => None,
         };
-        let overlay =
-            self.targets_from.as_ref().map(|id| Overlay::new(cx.data_dir_of(id).join(push_targets::FILE_NAME)));
+        let overlay = self.targets_from.as_ref().map(|id| Overlay::new(cx.shared::<PushTargets>(id)));
         Ok(Box::new(MqttSink {
             cfg: self.clone(),
             payload,
@@ -399,8 +398,8 @@ impl MqttSink {
             });
         }
         let (client, eventloop) = AsyncClient::new(opts, self.cfg.backlog.max_events);
-        let overlay = self.overlay.as_ref().filter(|_| key != 0).map(|o| o.path());
-        let connection = Connection::new(overlay, "mqtt", key);
+        let listed_in = self.overlay.as_ref().filter(|_| key != 0).map(Overlay::shared);
+        let connection = Connection::new(listed_in, "mqtt", key);
         let stop = CancellationToken::new();
         let driver = Driver {
             label: target.broker.clone(),

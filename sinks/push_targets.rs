@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::component::Context;
+use crate::component::{Context, Shared};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mqtt {
@@ -115,30 +115,65 @@ pub fn references(targets_from: Option<&str>) -> Vec<crate::component::Reference
 /// The file name inside the websocket sink's data directory.
 pub const FILE_NAME: &str = "push-targets.toml";
 
-/// Watches the overlay file: [`Overlay::poll`] returns the new contents after each change.
+/// What a `websocket` sink shares with the `mqtt` and `ble` sinks that name it in
+/// `targets_from`: the file its status API keeps the targets in, and how each target's link is
+/// doing (the sinks report, the API shows). Handed out by the host: `cx.shared::<PushTargets>(id)`.
+#[derive(Debug)]
+pub struct PushTargets {
+    file: PathBuf,
+    links: Mutex<HashMap<(&'static str, u64), LinkState>>,
+}
+
+impl Shared for PushTargets {
+    fn new(dir: PathBuf) -> Self {
+        PushTargets { file: dir.join(FILE_NAME), links: Mutex::default() }
+    }
+}
+
+impl PushTargets {
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The state of target `id` of `kind` (`mqtt` or `ble`), when a sink drives it.
+    pub fn link(&self, kind: &'static str, id: u64) -> Option<LinkState> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&(kind, id)).cloned()
+    }
+
+    fn set_link(&self, kind: &'static str, id: u64, state: Option<LinkState>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(s) => links.insert((kind, id), s),
+            None => links.remove(&(kind, id)),
+        };
+    }
+}
+
+/// Watches the targets file: [`Overlay::poll`] returns the new contents after each change.
 pub struct Overlay {
-    path: PathBuf,
+    shared: Arc<PushTargets>,
     seen: Option<Option<(SystemTime, u64)>>,
 }
 
 impl Overlay {
-    pub fn new(path: PathBuf) -> Overlay {
-        Overlay { path, seen: None }
+    pub fn new(shared: Arc<PushTargets>) -> Overlay {
+        Overlay { shared, seen: None }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn shared(&self) -> &Arc<PushTargets> {
+        &self.shared
     }
 
     /// The targets, when the file changed (or appeared, or went away) since the last call. A
     /// file that does not parse is reported on `cx` and ignored.
     pub fn poll(&mut self, cx: &Context) -> Option<Targets> {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+        let path = self.shared.file();
+        let mtime = std::fs::metadata(path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
         if self.seen == Some(mtime) {
             return None;
         }
         self.seen = Some(mtime);
-        match Targets::load(&self.path) {
+        match Targets::load(path) {
             Ok(t) => Some(t),
             Err(e) => {
                 cx.error(format_args!("push targets not applied: {e}"));
@@ -168,31 +203,26 @@ pub struct LinkState {
     pub detail: String,
 }
 
-type LinkKey = (PathBuf, &'static str, u64);
-
-/// Link states of the targets listed in overlay files, for the status API to show beside them.
-static LINKS: LazyLock<Mutex<HashMap<LinkKey, LinkState>>> = LazyLock::new(Mutex::default);
-
 /// Whether a push target is connected: shared by the task driving it and its sink, and, for a
-/// target from the overlay file, reported to the status API (`kind` is `mqtt` or `ble`).
+/// target from the targets file, reported to the status API (`kind` is `mqtt` or `ble`).
 #[derive(Debug, Clone)]
 pub struct Connection {
     up: Arc<AtomicBool>,
-    link: Option<LinkKey>,
+    link: Option<(Arc<PushTargets>, &'static str, u64)>,
 }
 
 impl Connection {
-    /// `overlay` is the file the target came from (none for the pipeline's own target).
-    pub fn new(overlay: Option<&Path>, kind: &'static str, id: u64) -> Connection {
-        let c = Connection { up: Arc::default(), link: overlay.map(|f| (f.to_path_buf(), kind, id)) };
+    /// `listed_in` is where the target came from (none for the pipeline's own target).
+    pub fn new(listed_in: Option<&Arc<PushTargets>>, kind: &'static str, id: u64) -> Connection {
+        let c = Connection { up: Arc::default(), link: listed_in.map(|t| (t.clone(), kind, id)) };
         c.set(false, &"connecting");
         c
     }
 
     pub fn set(&self, connected: bool, detail: &dyn std::fmt::Display) {
         self.up.store(connected, Ordering::Release);
-        if let Some(key) = &self.link {
-            LINKS.lock().unwrap().insert(key.clone(), LinkState { connected, detail: detail.to_string() });
+        if let Some((targets, kind, id)) = &self.link {
+            targets.set_link(kind, *id, Some(LinkState { connected, detail: detail.to_string() }));
         }
     }
 
@@ -203,15 +233,10 @@ impl Connection {
     /// The driver is done: not connected, and the status API forgets the target.
     pub fn close(&self) {
         self.up.store(false, Ordering::Release);
-        if let Some(key) = &self.link {
-            LINKS.lock().unwrap().remove(key);
+        if let Some((targets, kind, id)) = &self.link {
+            targets.set_link(kind, *id, None);
         }
     }
-}
-
-/// The state of target `id` of `kind` listed in `file`, when a sink drives it.
-pub fn link_state(file: &Path, kind: &'static str, id: u64) -> Option<LinkState> {
-    LINKS.lock().unwrap().get(&(file.to_path_buf(), kind, id)).cloned()
 }
 
 #[cfg(test)]

@@ -10,10 +10,12 @@
 //! registered with [`register_component!`](crate::register_component). `validate` must not touch
 //! files or the network: it runs for `ocpipe validate`.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -89,18 +91,38 @@ pub trait Sink: Send + 'static {
     fn run(self: Box<Self>, input: Input) -> ComponentFuture;
 }
 
-/// What every component gets: its id, its counters, and where its files live.
+/// What every component gets: its id, its counters, where its files live, and what the
+/// pipeline's components share.
 #[derive(Clone, Debug)]
 pub struct Context {
     pub id: Arc<str>,
     pub metrics: Arc<ComponentMetrics>,
     data_root: PathBuf,
     base_dir: PathBuf,
+    resources: Arc<Resources>,
 }
 
 impl Context {
     pub fn new(id: &str, data_root: PathBuf, base_dir: PathBuf) -> Self {
-        Context { id: id.into(), metrics: Arc::default(), data_root, base_dir }
+        Context { id: id.into(), metrics: Arc::default(), data_root, base_dir, resources: Arc::default() }
+    }
+
+    /// The same component, sharing `resources` with the rest of its pipeline.
+    pub fn with_resources(mut self, resources: Arc<Resources>) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// The `T` component `owner` shares with the others of the pipeline (made on first use,
+    /// by whichever asks first): e.g. the push targets of a `websocket` sink, for the `mqtt`
+    /// and `ble` sinks that name it in `targets_from` (the loader checks such names).
+    pub fn shared<T: Shared>(&self, owner: &str) -> Arc<T> {
+        let mut map = self.resources.0.lock().unwrap_or_else(|e| e.into_inner());
+        let any = map
+            .entry((owner.to_string(), TypeId::of::<T>()))
+            .or_insert_with(|| Arc::new(T::new(self.data_root.join(owner))))
+            .clone();
+        any.downcast::<T>().expect("keyed by its type")
     }
 
     /// The component's private state directory (`DATA_DIR/<id>`), created with mode 0700.
@@ -108,12 +130,6 @@ impl Context {
         let dir = self.data_root.join(&*self.id);
         create_private_dir(&dir)?;
         Ok(dir)
-    }
-
-    /// Another component's state directory (not created): for files one component keeps for
-    /// another, such as the websocket sink's push targets.
-    pub fn data_dir_of(&self, id: &str) -> PathBuf {
-        self.data_root.join(id)
     }
 
     /// Resolves a configured path: `~/` is the home directory, relative paths are relative to
@@ -127,6 +143,24 @@ impl Context {
     pub fn error(&self, what: std::fmt::Arguments<'_>) {
         self.metrics.error();
         tracing::warn!(component = &*self.id, "{what}");
+    }
+}
+
+/// State one component keeps for others of its pipeline, handed out by the host through
+/// [`Context::shared`] so that no component reaches for another's files or a global.
+pub trait Shared: Any + Send + Sync {
+    /// Made once per owner; `dir` is the owner's state directory (not created).
+    fn new(dir: PathBuf) -> Self;
+}
+
+/// What the components of one pipeline share, by owner id and type.
+#[derive(Default)]
+pub struct Resources(Mutex<HashMap<(String, TypeId), Arc<dyn Any + Send + Sync>>>);
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Resources({n})")
     }
 }
 

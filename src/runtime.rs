@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::{Context, Input, Output, SourceContext, TapPoint, Target, Transform};
+use crate::component::{Context, Input, Output, Resources, SourceContext, TapPoint, Target, Transform};
 use crate::config::{Pipeline, TRANSFORM_BUFFER, WhenFull};
 use crate::event::DataType;
 use crate::metrics::{ComponentMetrics, MetricsSnapshot};
@@ -72,27 +72,31 @@ impl Summary {
 }
 
 type Task = futures::future::BoxFuture<'static, anyhow::Result<()>>;
-/// Starts a built source once the run begins (it needs the shutdown token).
-type StartSource = Box<dyn FnOnce(CancellationToken) -> anyhow::Result<Task> + Send>;
 
 /// A built pipeline, ready to run.
 pub struct Topology {
     handles: Handles,
-    sources: Vec<(String, StartSource)>,
+    sources: Vec<(String, Task)>,
     others: Vec<(String, Task)>,
+    /// Cancelled to stop the sources (shutdown, or a component failed).
+    sources_token: CancellationToken,
     shutdown_timeout: Duration,
 }
 
 impl Topology {
-    /// Builds every component. All build errors are reported together.
+    /// Builds every component, sources included, before anything runs. All build errors are
+    /// reported together.
     pub fn build(pipeline: Pipeline, opts: &RunOptions) -> anyhow::Result<Topology> {
+        let sources_token = CancellationToken::new();
         let mut handles = Handles::default();
         let mut contexts: HashMap<String, Context> = HashMap::new();
         let mut senders: HashMap<String, mpsc::Sender<crate::event::Event>> = HashMap::new();
         let mut inputs: HashMap<String, Input> = HashMap::new();
+        let resources = Arc::new(Resources::default());
 
         for c in &pipeline.components {
-            let cx = Context::new(&c.id, opts.data_dir.clone(), opts.base_dir.clone());
+            let cx =
+                Context::new(&c.id, opts.data_dir.clone(), opts.base_dir.clone()).with_resources(resources.clone());
             handles.components.push(ComponentHandle {
                 id: c.id.clone(),
                 kind: c.kind,
@@ -129,7 +133,7 @@ impl Topology {
         let mut output_of = |id: &str| outputs.remove(id).expect("output for every producer");
 
         let mut errors = Vec::new();
-        let mut sources: Vec<(String, StartSource)> = Vec::new();
+        let mut sources: Vec<(String, Task)> = Vec::new();
         let mut others: Vec<(String, Task)> = Vec::new();
         for c in pipeline.components {
             let cx = contexts[&c.id].clone();
@@ -149,18 +153,18 @@ impl Topology {
                     Err(e) => errors.push(format!("{what}: {e:#}")),
                 },
                 AnyConfig::Source(cfg) => {
-                    let out = output_of(&id);
-                    sources.push((
-                        id,
-                        Box::new(move |shutdown| cfg.build(SourceContext { cx, out, shutdown }).with_context(|| what)),
-                    ));
+                    let sc = SourceContext { cx, out: output_of(&id), shutdown: sources_token.clone() };
+                    match cfg.build(sc) {
+                        Ok(task) => sources.push((id, task)),
+                        Err(e) => errors.push(format!("{what}: {e:#}")),
+                    }
                 }
             }
         }
         if !errors.is_empty() {
             return Err(anyhow!("could not build the pipeline:\n  {}", errors.join("\n  ")));
         }
-        Ok(Topology { handles, sources, others, shutdown_timeout: pipeline.shutdown_timeout })
+        Ok(Topology { handles, sources, others, sources_token, shutdown_timeout: pipeline.shutdown_timeout })
     }
 
     pub fn handles(&self) -> Handles {
@@ -170,7 +174,7 @@ impl Topology {
     /// Runs until every source has finished (or `shutdown` fires) and everything downstream has
     /// drained, or the shutdown deadline passes.
     pub async fn run(self, shutdown: CancellationToken) -> Summary {
-        let sources_token = shutdown.child_token();
+        let sources_token = self.sources_token;
         // Memory freed after a burst (a backfill, a folder of traces) goes back to the system.
         let trimmer = tokio::spawn(async {
             let mut every = tokio::time::interval(TRIM_EVERY);
@@ -184,22 +188,9 @@ impl Topology {
         let mut set: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
         let mut running: Vec<String> = Vec::new();
         let mut failed = Vec::new();
-        for (id, task) in self.others {
+        for (id, task) in self.others.into_iter().chain(self.sources) {
             running.push(id.clone());
             set.spawn(async move { (id, task.await) });
-        }
-        for (id, build) in self.sources {
-            match build(sources_token.clone()) {
-                Ok(task) => {
-                    running.push(id.clone());
-                    set.spawn(async move { (id, task.await) });
-                }
-                Err(e) => {
-                    tracing::error!(component = %id, "failed to start: {e:#}");
-                    failed.push((id, format!("{e:#}")));
-                    sources_token.cancel();
-                }
-            }
         }
 
         let mut timed_out = Vec::new();
@@ -238,6 +229,7 @@ impl Topology {
                     None => break,
                 },
                 _ = shutdown.cancelled(), if deadline.is_none() => {
+                    sources_token.cancel();
                     tracing::info!("shutting down: sources stop, the rest drains (deadline {:?})", self.shutdown_timeout);
                     deadline = Some(tokio::time::Instant::now() + self.shutdown_timeout);
                 }

@@ -78,7 +78,10 @@ targets_from = \"procs\"
     assert!(err.contains("--> refs.toml:7:16 (sinks.mqtt.targets_from)"), "{err}");
     assert!(err.contains("error: `procs` is a `process_scan` source, not a `websocket`"), "{err}");
     assert!(err.contains("--> refs.toml:12:16 (sinks.light.targets_from)"), "{err}");
-    assert!(err.contains("2 errors in the configuration"), "{err}");
+    // And `ble` takes statuses, which a process scan never gives.
+    assert!(err.contains("error: sink `light` (ble) takes status, but `procs` (process_scan) gives process"), "{err}");
+    assert!(err.contains("--> refs.toml:11:11 (sinks.light.inputs[0])"), "{err}");
+    assert!(err.contains("3 errors in the configuration"), "{err}");
 }
 
 #[test]

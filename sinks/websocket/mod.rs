@@ -108,13 +108,15 @@ impl SinkConfig for WebsocketConfig {
                 self.address
             );
         }
-        let targets_path = cx.data_dir()?.join(crate::sinks::push_targets::FILE_NAME);
+        // Its state directory holds the targets file the API writes.
+        cx.data_dir()?;
+        let push_targets = cx.shared::<crate::sinks::push_targets::PushTargets>(&cx.id);
         let (tx, _) = broadcast::channel(self.client_buffer.max(16));
         let shared = Arc::new(Shared {
             board: RwLock::default(),
             processes: RwLock::default(),
             tx,
-            targets: Mutex::new(targets::Store::load(&targets_path)?),
+            targets: Mutex::new(targets::Store::load(push_targets)?),
         });
         let guard = Arc::new(guard::Guard {
             token,

@@ -1,6 +1,6 @@
 //! The push-target API (`/api/mqtt`, `/api/ble`), kept in an overlay file beside the pipeline.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
@@ -12,22 +12,28 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Shared, failure};
-use crate::sinks::push_targets::{self, Ble, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Mqtt, Targets};
+use crate::sinks::push_targets::{Ble, DEFAULT_CHAR_UUID, DEFAULT_SERVICE_UUID, Mqtt, PushTargets, Targets};
 
 pub struct Store {
-    path: PathBuf,
+    /// The file, and the links the sinks driving its targets report.
+    shared: Arc<PushTargets>,
     pub targets: Targets,
 }
 
 impl Store {
-    pub fn load(path: &Path) -> anyhow::Result<Store> {
-        Ok(Store { path: path.to_path_buf(), targets: Targets::load(path)? })
+    pub fn load(shared: Arc<PushTargets>) -> anyhow::Result<Store> {
+        let targets = Targets::load(shared.file())?;
+        Ok(Store { shared, targets })
+    }
+
+    fn path(&self) -> &Path {
+        self.shared.file()
     }
 
     /// Reads the file again before a change, so hand edits made since are kept, not erased.
     /// A file that does not parse is not overwritten: the change is refused until it is fixed.
     fn reload(&mut self) -> Result<(), Refused> {
-        match Targets::load(&self.path) {
+        match Targets::load(self.path()) {
             Ok(t) => {
                 self.targets = t;
                 Ok(())
@@ -47,11 +53,11 @@ impl Store {
             "# Push targets managed through the status API (/api/mqtt, /api/ble). Edits here are\n# picked up and kept (the API reads this file before each change).\n{}",
             toml::to_string(&self.targets).map_err(std::io::Error::other)?
         );
-        let tmp = self.path.with_extension("toml.tmp");
+        let tmp = self.path().with_extension("toml.tmp");
         let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(tmp, &self.path)
+        std::fs::rename(tmp, self.path())
     }
 }
 
@@ -166,7 +172,7 @@ macro_rules! crud {
             };
             let kind = stringify!($list);
             let items: Vec<Value> =
-                store.targets.$list.iter().map(|t| with_link(&store.path, kind, json!(t))).collect();
+                store.targets.$list.iter().map(|t| with_link(&store.shared, kind, json!(t))).collect();
             super::envelope(json!(items)).into_response()
         }
         async fn one(State(s): State<Arc<Shared>>, id: IdParam) -> Response {
@@ -179,7 +185,7 @@ macro_rules! crud {
                 Err(r) => return r.into_response(),
             };
             match store.targets.$list.iter().find(|t| t.id == id) {
-                Some(t) => super::envelope(with_link(&store.path, stringify!($list), json!(t))).into_response(),
+                Some(t) => super::envelope(with_link(&store.shared, stringify!($list), json!(t))).into_response(),
                 None => failure(StatusCode::NOT_FOUND, format!("no {} target {id}", stringify!($list))),
             }
         }
@@ -256,10 +262,10 @@ macro_rules! crud {
 }
 
 /// Adds how the target's link is doing (`connected`, `state`), as the sink driving it reports.
-fn with_link(file: &Path, kind: &'static str, target: Value) -> Value {
+fn with_link(shared: &PushTargets, kind: &'static str, target: Value) -> Value {
     let mut target = public(target);
     let id = target["id"].as_u64().unwrap_or(0);
-    let link = push_targets::link_state(file, kind, id);
+    let link = shared.link(kind, id);
     target["connected"] = json!(link.as_ref().is_some_and(|l| l.connected));
     target["state"] = json!(match link {
         Some(l) => l.detail,
@@ -273,7 +279,7 @@ fn saved(store: &Store, message: &str, data: Value) -> Response {
     match store.save() {
         Ok(()) if data.is_null() => Json(json!({ "code": 0, "message": message })).into_response(),
         Ok(()) => Json(json!({ "code": 0, "message": message, "data": data })).into_response(),
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, format!("saving {}: {e}", store.path.display())),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, format!("saving {}: {e}", store.path().display())),
     }
 }
 

@@ -16,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{StartAt, TraceJsonlConfig};
 use crate::checkpoint::CheckpointFile;
-use crate::component::{Context, Output, SourceContext};
+use crate::component::{Context, SourceContext};
 use crate::event::{Event, Finalizer, Payload, Status, TraceRecord};
 use crate::watch::{Changes, Watch};
 
 /// Bytes of the first line that identify a file.
 const FINGERPRINT_BYTES: usize = 1024;
-/// Bytes read from one file before others get a turn (and acks are handled).
-const READ_BUDGET: usize = 8 * 1024 * 1024;
+/// Bytes read from one file before others get a turn.
+const READ_BUDGET: usize = 1024 * 1024;
+/// Bytes read in one round from all files together (their events are held until sent); the
+/// next round starts after the last file this one read, so every file gets its turn.
+const ROUND_BUDGET: usize = 4 * 1024 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Checkpoint entries of files not seen for this long are forgotten.
 const FORGET_AFTER_SECS: i64 = 30 * 24 * 3600;
@@ -150,6 +153,8 @@ pub struct Reader {
     dirty: bool,
     first_scan: bool,
     warned_missing: bool,
+    /// Where the last round stopped for lack of budget.
+    resume_after: Option<PathBuf>,
     cx: Context,
 }
 
@@ -179,35 +184,49 @@ impl Reader {
             dirty: false,
             first_scan: true,
             warned_missing: false,
+            resume_after: None,
             cx: cx.clone(),
         })
     }
 
-    pub async fn run(mut self, sc: SourceContext, follow: bool, poll: Duration) -> anyhow::Result<()> {
+    /// The async side only waits (notifications, the slow poll, acknowledgements) and sends;
+    /// listing, reading and checkpoint writes run in rounds on a blocking thread.
+    pub async fn run(self, sc: SourceContext, follow: bool, poll: Duration) -> anyhow::Result<()> {
         let SourceContext { cx: _, mut out, shutdown } = sc;
         let mut watch = follow.then(|| self.watch());
+        let mut me = self;
         let mut last_flush = Instant::now();
         // The first round looks at everything.
         let mut changes = Changes { rescan: true, ..Default::default() };
         loop {
             // With live notifications, only the files they name are looked at; otherwise (and
             // on each slow poll) every file is.
-            let only = (!changes.rescan && watch.as_ref().is_some_and(Watch::is_live)).then_some(&changes.paths);
-            let new_files = only.is_none_or(|paths| self.names_a_new_file(paths));
-            if new_files {
-                self.scan();
-            }
-            let more = self.read_all(&mut out, &shutdown, only).await;
-            self.drain_acks();
-            if last_flush.elapsed() >= CHECKPOINT_EVERY {
-                self.save();
+            let live = !changes.rescan && watch.as_ref().is_some_and(Watch::is_live);
+            let only = live.then(|| std::mem::take(&mut changes.paths));
+            let new_files = only.as_ref().is_none_or(|paths| me.names_a_new_file(paths));
+            let flush = last_flush.elapsed() >= CHECKPOINT_EVERY;
+            let stop = shutdown.clone();
+            let (back, events, more) = tokio::task::spawn_blocking(move || {
+                if new_files {
+                    me.scan();
+                }
+                let (events, more) = me.read_all(&stop, only.as_ref());
+                me.drain_acks();
+                if flush {
+                    me.save();
+                }
+                (me, events, more)
+            })
+            .await?;
+            me = back;
+            if flush {
                 last_flush = Instant::now();
             }
+            out.send_all(events).await;
             if shutdown.is_cancelled() || (!follow && !more) {
                 break;
             }
             if more {
-                tokio::task::yield_now().await;
                 // What is left to read is in files already named: look at them all again.
                 changes = Changes { rescan: true, ..Default::default() };
                 continue;
@@ -219,7 +238,7 @@ impl Reader {
                 _ = shutdown.cancelled() => break,
                 _ = async { watch.as_ref().expect("follow").changed().await }, if watch.is_some() => false,
                 _ = tokio::time::sleep(wait) => true,
-                Some(ack) = self.ack_rx.recv() => { self.on_ack(ack); false }
+                Some(ack) = me.ack_rx.recv() => { me.on_ack(ack); false }
             };
             changes = watch.as_mut().map(Watch::take).unwrap_or_default();
             // Acks only: nothing to read unless a notification came with them.
@@ -227,14 +246,14 @@ impl Reader {
         }
         // Let everything downstream drain, then record what was delivered.
         drop(out);
-        while self.pending() > 0 {
-            match self.ack_rx.recv().await {
-                Some(ack) => self.on_ack(ack),
+        while me.pending() > 0 {
+            match me.ack_rx.recv().await {
+                Some(ack) => me.on_ack(ack),
                 None => break,
             }
-            self.drain_acks();
+            me.drain_acks();
         }
-        self.save();
+        tokio::task::spawn_blocking(move || me.save()).await?;
         Ok(())
     }
 
@@ -372,22 +391,32 @@ impl Reader {
         }
     }
 
-    /// Reads the files (all, or `only` those) up to their budget. Returns whether any file has
-    /// more to read now.
-    async fn read_all(
+    /// Reads the files (all, or `only` those), each up to its budget and all together up to
+    /// the round's. Returns the events and whether any file has more to read now.
+    fn read_all(
         &mut self,
-        out: &mut Output,
         shutdown: &CancellationToken,
         only: Option<&std::collections::HashSet<PathBuf>>,
-    ) -> bool {
+    ) -> (Vec<Event>, bool) {
+        let mut events = Vec::new();
+        let mut round_left = ROUND_BUDGET;
         let mut keys: Vec<FileId> =
             self.files.iter().filter(|(_, t)| only.is_none_or(|o| o.contains(&t.path))).map(|(k, _)| *k).collect();
         keys.sort_by(|a, b| self.files[a].path.cmp(&self.files[b].path));
+        if let Some(after) = self.resume_after.take() {
+            let first = keys.partition_point(|k| self.files[k].path <= after);
+            keys.rotate_left(first);
+        }
         let mut more = false;
         for id in keys {
             if shutdown.is_cancelled() {
-                return false;
+                return (events, false);
             }
+            if round_left == 0 {
+                // The rest waits for the next round, after these are sent.
+                return (events, true);
+            }
+            self.resume_after = Some(self.files[&id].path.clone());
             let t = &self.files[&id];
             let meta = match &t.reader {
                 Some(r) => r.get_ref().metadata(),
@@ -434,7 +463,8 @@ impl Reader {
                 }
             }
             t.last_read = Instant::now();
-            let (lines, eof) = match read_lines(t, self.max_line, READ_BUDGET) {
+            let before = t.read_pos;
+            let (lines, eof) = match read_lines(t, self.max_line, READ_BUDGET.min(round_left)) {
                 Ok(x) => x,
                 Err(e) => {
                     let msg = format!("reading {}: {e}", t.path.display());
@@ -445,9 +475,10 @@ impl Reader {
             };
             t.eof = eof;
             more |= !eof;
+            round_left = round_left.saturating_sub((t.read_pos - before) as usize);
             let (path, instance) = (t.path.clone(), t.instance);
             for line in lines {
-                self.emit(id, instance, &path, line, out).await;
+                self.emit(id, instance, &path, line, &mut events);
             }
             self.drain_acks();
             // Read to its end: closed (its buffer freed) until a change names it again.
@@ -464,10 +495,10 @@ impl Reader {
                 }
             }
         }
-        more
+        (events, more)
     }
 
-    async fn emit(&mut self, fp: FileId, instance: u64, path: &Path, line: Line, out: &mut Output) {
+    fn emit(&mut self, fp: FileId, instance: u64, path: &Path, line: Line, events: &mut Vec<Event>) {
         let t = self.files.get_mut(&fp).expect("tracked");
         match line {
             Line::TooLong { line, end } => {
@@ -499,7 +530,7 @@ impl Reader {
                         let event = event.with_id(id).with_finalizer(Finalizer::new(move |status| {
                             let _ = ack.send((fp, instance, seq, status));
                         }));
-                        out.send(event).await;
+                        events.push(event);
                     }
                     Err(e) => {
                         t.acks.push(end, line, true);

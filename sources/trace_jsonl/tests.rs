@@ -191,3 +191,29 @@ fn config_errors_point_at_fields() {
     let paths: Vec<_> = errs.iter().map(|e| e.path.to_string()).collect();
     assert_eq!(paths, ["path", "exclude[0]", "poll_interval_ms"]);
 }
+
+#[tokio::test]
+async fn a_big_file_does_not_keep_the_others_waiting() {
+    let traces = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // 12 MB in `a` (three rounds' worth), one record in `b`.
+    let pad = "x".repeat(10_000);
+    let big: String = (0..1200)
+        .map(|i| record("ses_a", i, "request").replace("{\"n\"", &format!("{{\"pad\":\"{pad}\",\"n\"")))
+        .collect();
+    append(&traces.path().join("a.jsonl"), &big);
+    append(&traces.path().join("b.jsonl"), &record("ses_b", 1, "request"));
+    let out = read_once(traces.path(), state.path()).await;
+    assert_eq!(out.events.len(), 1201);
+    let order: Vec<String> = out
+        .events
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::Trace(t) => t.session_id.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let b = order.iter().position(|s| s == "ses_b").unwrap();
+    // One turn of `a` (1 MB, about 100 records) before `b`, not all of it.
+    assert!(b <= 150, "`b` waited for `a`: read after {b} of its records");
+}
