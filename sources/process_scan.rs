@@ -115,6 +115,7 @@ impl SourceConfig for ProcessScanConfig {
                     out.send(Event::new(cx.id.clone(), chrono::Utc::now(), Payload::Process(Box::new(p))).with_id(id))
                         .await;
                 }
+                cx.metrics.set_caught_up();
             }
             Ok(())
         }))

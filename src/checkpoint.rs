@@ -62,6 +62,12 @@ impl CheckpointFile {
         }
     }
 
+    /// [`store`](Self::store) on a blocking thread (it writes and fsyncs), for async loops.
+    pub async fn store_async<T: Serialize + Send + 'static>(&self, data: T) -> io::Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.store(&data)).await.map_err(io::Error::other)?
+    }
+
     pub fn store<T: Serialize>(&self, data: &T) -> io::Result<()> {
         let bytes = serde_json::to_vec(&Envelope { version: VERSION, data }).map_err(io::Error::other)?;
         let tmp = self.tmp();

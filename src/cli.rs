@@ -292,14 +292,27 @@ fn tap(component: String, data_dir: Option<PathBuf>, limit: Option<u64>) -> Exit
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut seen = 0u64;
+    let mut refused = None;
+    let mut first = true;
     let result = rt.block_on(control::request(&data_dir, &control::Request::Tap(component), |line| {
+        // The first line says whether the tap is in place (`tapping`) or why not (`error`).
+        if std::mem::take(&mut first) {
+            let answer: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            if let Some(id) = answer["tapping"].as_str() {
+                eprintln!("tapping `{id}`: every event it sends from now on (Ctrl-C stops)");
+                return true;
+            }
+            refused = Some(answer["error"].as_str().unwrap_or(line).to_string());
+            return false;
+        }
         println!("{line}");
         seen += 1;
         limit.is_none_or(|l| seen < l)
     }));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format_args!("{e:#}")),
+    match (result, refused) {
+        (Err(e), _) => fail(format_args!("{e:#}")),
+        (Ok(()), Some(why)) => fail(format_args!("{why}")),
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
 }
 
@@ -321,13 +334,18 @@ fn top(data_dir: Option<PathBuf>, once: bool) -> ExitCode {
         }
         print!("\x1b[2J\x1b[H");
         println!(
-            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}",
-            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROP:FULL", "DROP:INTENT", "DROP:ERROR", "ERRORS"
+            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}  {}",
+            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROP:FULL", "DROP:INTENT", "DROP:ERROR", "ERRORS", "STATE"
         );
         for r in rows {
             let c = r.counters;
+            let state = match (r.kind.as_str(), c.caught_up) {
+                ("source", true) => "following",
+                ("source", false) => "reading",
+                _ => "",
+            };
             println!(
-                "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}",
+                "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}  {state}",
                 r.id,
                 r.kind,
                 r.type_name,

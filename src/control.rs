@@ -108,6 +108,8 @@ async fn client(stream: UnixStream, handles: Handles, stop: CancellationToken) -
                 return Ok(());
             };
             let mut rx = h.tap.subscribe(TAP_BUFFER);
+            // The handshake: from here on, every event the component sends is seen.
+            write.write_all(format!("{}\n", serde_json::json!({ "tapping": id })).as_bytes()).await?;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,

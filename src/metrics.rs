@@ -1,7 +1,7 @@
 //! The counters every component has. The host counts what crosses component boundaries
 //! (received, sent, drops at a full buffer); components add intentional drops and errors.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -11,6 +11,7 @@ pub struct ComponentMetrics {
     sent: AtomicU64,
     dropped: [AtomicU64; 3],
     errors: AtomicU64,
+    caught_up: AtomicBool,
 }
 
 /// Why an event was discarded.
@@ -45,6 +46,8 @@ pub struct MetricsSnapshot {
     pub sent: u64,
     pub dropped: Dropped,
     pub errors: u64,
+    /// A source has read what was there when it started and now follows what comes.
+    pub caught_up: bool,
 }
 
 impl ComponentMetrics {
@@ -64,6 +67,14 @@ impl ComponentMetrics {
     pub fn errors(&self, n: u64) {
         self.errors.fetch_add(n, Ordering::Relaxed);
     }
+    /// A source says it has read what was there when it started and now follows changes
+    /// (`ocpipe top` shows it; tests wait for it before they write).
+    pub fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
     pub fn snapshot(&self) -> MetricsSnapshot {
         let dropped = |why: DropReason| self.dropped[why as usize].load(Ordering::Relaxed);
         MetricsSnapshot {
@@ -75,6 +86,7 @@ impl ComponentMetrics {
                 error: dropped(DropReason::Error),
             },
             errors: self.errors.load(Ordering::Relaxed),
+            caught_up: self.caught_up(),
         }
     }
 }

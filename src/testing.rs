@@ -122,17 +122,40 @@ pub async fn run_sink(cfg: &dyn SinkConfig, events: Vec<Event>, dir: &Path) -> M
 /// Runs a source until `done` says so (given what it emitted so far) or `max` passes, shuts it
 /// down, and checks that it stops in time and counted what it sent.
 pub async fn run_source(cfg: &dyn SourceConfig, dir: &Path, max: Duration, done: impl Fn(&[Event]) -> bool) -> Outcome {
+    run_source_live(cfg, dir, max, || {}, done).await
+}
+
+/// Like [`run_source`], calling `caught_up` once the source says it has read what was there
+/// and follows changes: a test writes its changes then, so that they arrive live.
+pub async fn run_source_live(
+    cfg: &dyn SourceConfig,
+    dir: &Path,
+    max: Duration,
+    caught_up: impl FnOnce(),
+    done: impl Fn(&[Event]) -> bool,
+) -> Outcome {
     let cx = context("source_under_test", dir);
     let (out, mut rx) = capture(&cx.metrics);
     let shutdown = CancellationToken::new();
     let fut = cfg.build(SourceContext { cx: cx.clone(), out, shutdown: shutdown.clone() }).expect("source builds");
     let handle = tokio::spawn(fut);
     let mut got = Vec::new();
+    let mut caught_up = Some(caught_up);
     let until = tokio::time::Instant::now() + max;
     while !done(&got) && tokio::time::Instant::now() < until {
-        match tokio::time::timeout_at(until, rx.recv()).await {
+        if caught_up.is_some() && cx.metrics.caught_up() {
+            caught_up.take().expect("checked")();
+        }
+        // Short waits while the source has not caught up, so that the moment is not missed.
+        let wait = if caught_up.is_some() {
+            (tokio::time::Instant::now() + Duration::from_millis(10)).min(until)
+        } else {
+            until
+        };
+        match tokio::time::timeout_at(wait, rx.recv()).await {
             Ok(Some(e)) => got.push(delivered(e)),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) => {}
         }
     }
     shutdown.cancel();

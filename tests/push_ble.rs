@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ocpipe::event::{Event, Payload, StatusInfo};
+use ocpipe::sinks::push_targets::PushTargets;
 
 fn status(code: &str, mode: &str) -> Event {
     let s = StatusInfo {
@@ -116,7 +117,9 @@ async fn lights_added_through_the_status_api_are_driven() {
          char_uuid = \"b8b7e002-7a6b-4f4f-9a8b-11c0ffee0001\"\nenabled = true\n",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Ready once the sink drives the light the file lists (its link is reported to the page).
+    let targets = fed.cx.shared::<PushTargets>("page");
+    until(Duration::from_secs(10), || targets.link("ble", 1).map(|_| ())).await;
     fed.tx.send(status("error", "error")).await.unwrap();
     until(Duration::from_secs(20), || (light.writes().len() > before).then_some(())).await;
     assert_eq!(light.writes().last().map(Vec::as_slice), Some(&b"error"[..]));

@@ -25,7 +25,8 @@ use common::*;
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-/// `mosquitto_sub -v` on `topic`, lines collected in the background.
+/// `mosquitto_sub -v` on `topic`, lines collected in the background; returns once it is
+/// subscribed (a probe published to the topic came through; probe lines are not kept).
 fn mosquitto_sub(port: u16, topic: &str) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v", "-t", topic])
@@ -35,13 +36,33 @@ fn mosquitto_sub(port: u16, topic: &str) -> (std::process::Child, Arc<Mutex<Vec<
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let out = child.stdout.take().unwrap();
+    let (ready, probed) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
+            if line.ends_with(PROBE) {
+                let _ = ready.send(());
+            } else {
+                sink.lock().unwrap().push(line);
+            }
         }
     });
+    let probe_topic = topic.replace('#', "probe");
+    let start = Instant::now();
+    loop {
+        let published = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", &probe_topic, "-m", PROBE])
+            .status()
+            .unwrap();
+        assert!(published.success(), "mosquitto_pub works");
+        if probed.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "mosquitto_sub never subscribed to {topic}");
+    }
     (child, lines)
 }
+
+const PROBE: &str = "__ocpipe_test_subscribed__";
 
 /// The JSON messages received on `topic`.
 fn messages(lines: &Arc<Mutex<Vec<String>>>, topic: &str) -> Vec<Value> {
@@ -167,9 +188,12 @@ type Received = Arc<Mutex<Vec<(String, String, Instant)>>>;
 
 /// A subscriber with a persistent session that reconnects by itself: what the broker queued for
 /// it while it was away arrives once it is back. Records (topic, payload, when).
-fn subscriber(port: u16, topic: &str) -> Received {
+/// Subscribes to `topic` and returns once the broker acknowledged the subscription (SUBACK).
+async fn subscriber(port: u16, topic: &str) -> Received {
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
+    let (subscribed, suback) = tokio::sync::oneshot::channel::<()>();
+    let mut subscribed = Some(subscribed);
     let mut opts = MqttOptions::new("test-subscriber", "127.0.0.1", port);
     opts.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 100);
@@ -179,6 +203,11 @@ fn subscriber(port: u16, topic: &str) -> Received {
             match el.poll().await {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client.subscribe(&topic, QoS::AtLeastOnce).await;
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = subscribed.take() {
+                        let _ = s.send(());
+                    }
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push((
                     p.topic.clone(),
@@ -190,6 +219,10 @@ fn subscriber(port: u16, topic: &str) -> Received {
             }
         }
     });
+    tokio::time::timeout(Duration::from_secs(10), suback)
+        .await
+        .expect("the broker acknowledges the subscription")
+        .unwrap();
     got
 }
 
@@ -209,8 +242,7 @@ fn seqs(got: &Received, topic: &str) -> Vec<(usize, Instant)> {
 async fn a_30_second_broker_outage_loses_nothing_within_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
-    let got = subscriber(broker.port, "#");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = subscriber(broker.port, "#").await;
     let fed = start_sink(
         dir.path(),
         "mqtt",
@@ -282,8 +314,7 @@ async fn a_30_second_broker_outage_loses_nothing_within_the_backlog() {
 async fn a_full_backlog_drops_the_newest_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut broker) = Mosquitto::start(dir.path()) else { return };
-    let got = subscriber(broker.port, "test/seq");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = subscriber(broker.port, "test/seq").await;
     let fed = start_sink(
         dir.path(),
         "mqtt",
@@ -356,19 +387,18 @@ async fn mqtts_with_a_password_and_a_private_ca() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let body = |password: &str| {
         format!(
             "broker = \"mqtts://127.0.0.1:{port}\"\nusername = \"lamp\"\npassword = \"{password}\"\n\
-             topic = \"lamp/{{port}}\"\navailability_topic = \"\"\ntls = {{ ca_file = \"{}\" }}\n",
+             topic = \"lamp/{{port}}\"\nretain = true\navailability_topic = \"\"\ntls = {{ ca_file = \"{}\" }}\n",
             d.join("ca.pem").display()
         )
     };
     // A wrong password: refused, nothing published, the sink still ends cleanly.
     let wrong = start_sink(d, "mqtt", &body("nope"));
     wrong.tx.send(status(4096, 0)).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Finishing gives the broker two seconds to take it; it never does.
     let m = wrong.finish().await;
     assert_eq!((m.received, m.dropped.error), (1, 1), "not delivered: {m:?}");
 

@@ -304,15 +304,30 @@ fn tap_and_top_watch_a_running_pipeline() {
     let cfg = pipeline(dir.path(), true);
     let mut child = spawn_run(dir.path(), &cfg, Stdio::null());
     wait_for("the control socket", Duration::from_secs(10), || dir.path().join("state/control.sock").exists());
-    let tap = Command::new(bin())
+    let mut tap = Command::new(bin())
         .args(["tap", "redacted", "--limit", "2"])
         .env("OCPIPE_DATA_DIR", dir.path().join("state"))
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The handshake: once `tap` says it is tapping, nothing sent after is missed.
+    let (said, heard) = std::sync::mpsc::channel();
+    let stderr = tap.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    let hello = heard.recv_timeout(Duration::from_secs(10)).expect("`ocpipe tap` says when it is tapping");
+    assert!(hello.starts_with("tapping `redacted`"), "{hello}");
     write_records(&dir.path().join("traces"), 0, 4);
-    let tapped = tap.wait_with_output().unwrap();
+    let (done, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(tap.wait_with_output());
+    });
+    let tapped =
+        got.recv_timeout(Duration::from_secs(20)).expect("`ocpipe tap --limit 2` ends after 2 events").unwrap();
     let lines: Vec<serde_json::Value> =
         text(&tapped.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -323,6 +338,14 @@ fn tap_and_top_watch_a_running_pipeline() {
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&top.stdout).unwrap();
     let traces = rows.iter().find(|r| r["id"] == "traces").unwrap();
     assert_eq!(traces["sent"], 4);
+    assert_eq!(traces["caught_up"], true, "the source says it follows: {traces}");
+    let wrong = ocpipe(dir.path(), &["tap", "redactd"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong.stderr).contains("no component `redactd`; components: traces, redacted"),
+        "{}",
+        text(&wrong.stderr)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

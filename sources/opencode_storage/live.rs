@@ -321,7 +321,7 @@ impl Follower {
                 self.reader().marks = next;
             }
             if let Some(m) = self.tracker.committed()
-                && let Err(e) = checkpoint.store(&m)
+                && let Err(e) = checkpoint.store_async(m).await
             {
                 cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
             }
@@ -329,6 +329,8 @@ impl Follower {
                 break;
             }
             if !more {
+                // Read what there was, watching for more.
+                cx.metrics.set_caught_up();
                 // A writer's last notification comes with its last write, a moment before the
                 // commit is visible (SQLite then updates its `-shm` through a memory map, which
                 // notifies nobody): look again a few times shortly after, then only on the poll.
@@ -374,7 +376,7 @@ impl Follower {
             }
         }
         if let Some(m) = last.or_else(|| self.tracker.committed())
-            && let Err(e) = checkpoint.store(&m)
+            && let Err(e) = checkpoint.store_async(m).await
         {
             cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display()));
         }

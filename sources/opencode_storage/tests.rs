@@ -232,8 +232,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
     // A poll slower than the test: only a notification can deliver in time.
     let c = cfg(&format!("data_dir = \"{}\"\nfollow = true\npoll_interval_ms = 600000", data.display()));
     let db = data.join("opencode.db");
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Written once the source has caught up and follows.
+    let write = move || {
         let conn = Connection::open(db).unwrap();
         conn.execute_batch(
             "INSERT INTO event (id, aggregate_id, seq, type, data)
@@ -242,9 +242,8 @@ async fn backfill_then_checkpoint_then_live_changes() {
                FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
         )
         .unwrap();
-    });
-    let out = testing::run_source(&c, dir.path(), Duration::from_secs(20), |e| !e.is_empty()).await;
-    writer.await.unwrap();
+    };
+    let out = testing::run_source_live(&c, dir.path(), Duration::from_secs(20), write, |e| !e.is_empty()).await;
     match &out.events[..] {
         [e] => match &e.payload {
             Payload::Message(m) => assert_eq!((m.id.as_str(), m.tokens.input, m.fork_copy), ("msg_live", 4242, false)),
@@ -340,43 +339,39 @@ async fn databases_without_a_change_feed_are_followed_by_their_rows() {
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| kinds(e).1 >= 15).await;
     assert_eq!(kinds(&out.events).1, 15);
 
-    // A message inserted in progress: it arrives as it is.
+    // A message inserted in progress (once the source follows): it arrives as it is.
     let write = |sql: &'static str| {
         let db = db.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Connection::open(db).unwrap().execute_batch(sql).unwrap();
-        })
+        move || Connection::open(db).unwrap().execute_batch(sql).unwrap()
     };
-    let writer = write(
+    let insert = write(
         "INSERT INTO message (id, session_id, time_created, time_updated, data)
            SELECT 'msg_rows', session_id, 1795277999999, 1795277999999,
              json_remove(json_set(data, '$.tokens.input', 0, '$.time.created', 1795277999999), '$.time.completed')
            FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;",
     );
-    let out =
-        testing::run_source(&c, dir.path(), Duration::from_secs(20), |e| !inputs_of(e, "msg_rows").is_empty()).await;
-    writer.await.unwrap();
+    let out = testing::run_source_live(&c, dir.path(), Duration::from_secs(20), insert, |e| {
+        !inputs_of(e, "msg_rows").is_empty()
+    })
+    .await;
     assert_eq!(inputs_of(&out.events, "msg_rows"), [0], "in progress");
     assert_eq!(kinds(&out.events).1, 1, "nothing else again");
 
-    // Completed in place (as OpenCode does) while ocpipe restarts, and a new session: the
+    // Completed in place (as OpenCode does) while ocpipe is stopped, and a new session: the
     // message in progress is remembered across the restart and read again.
-    let writer = write(
+    write(
         "UPDATE message SET time_updated = 1795278000999,
            data = json_set(data, '$.tokens.input', 5150, '$.time.completed', 1795278000999) WHERE id = 'msg_rows';
          INSERT INTO session (id, project_id, slug, directory, title, version, time_created, time_updated)
            VALUES ('ses_rows', 'global', 's', '/w', 'Rows', '1.2.27', 1795278000000, 9795278000000);",
-    );
+    )();
     let out = testing::run_source(&c, dir.path(), Duration::from_secs(10), |e| {
         inputs_of(e, "msg_rows").last() == Some(&5150)
             && e.iter().any(|e| matches!(&e.payload, Payload::Session(s) if s.id == "ses_rows"))
     })
     .await;
-    writer.await.unwrap();
-    // (Still in progress when the restart read it first, it may come once more as it was.)
     let seen = inputs_of(&out.events, "msg_rows");
-    assert!(seen == [5150] || seen == [0, 5150], "completed: {seen:?}");
+    assert_eq!(seen, [5150], "completed");
     assert!(
         out.events.iter().any(|e| matches!(&e.payload, Payload::Session(s) if s.id == "ses_rows")),
         "the new session"

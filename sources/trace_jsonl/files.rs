@@ -231,6 +231,7 @@ impl Reader {
                 changes = Changes { rescan: true, ..Default::default() };
                 continue;
             }
+            me.cx.metrics.set_caught_up();
             let live = watch.as_ref().is_some_and(Watch::is_live);
             // Notifications tell of changes; the poll only backs them up.
             let wait = if live { (poll * 20).max(Duration::from_secs(5)) } else { poll };

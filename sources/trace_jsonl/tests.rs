@@ -71,16 +71,21 @@ async fn follows_appends_and_new_files() {
     let state = tempfile::tempdir().unwrap();
     append(&traces.path().join("a.jsonl"), &record("ses_a", 1, "request"));
     let dir = traces.path().to_path_buf();
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        append(&dir.join("a.jsonl"), &record("ses_a", 1, "response"));
-        append(&dir.join("b.jsonl"), &record("ses_b", 7, "request")[..40]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        append(&dir.join("b.jsonl"), &record("ses_b", 7, "request")[40..]);
-    });
-    let out =
-        testing::run_source(&cfg(traces.path(), true), state.path(), Duration::from_secs(10), |e| e.len() >= 3).await;
-    writer.await.unwrap();
+    let writer = std::sync::Mutex::new(None);
+    // Once it follows: an append, a new file with half a line, later the rest of the line.
+    let write = || {
+        *writer.lock().unwrap() = Some(std::thread::spawn(move || {
+            append(&dir.join("a.jsonl"), &record("ses_a", 1, "response"));
+            append(&dir.join("b.jsonl"), &record("ses_b", 7, "request")[..40]);
+            std::thread::sleep(Duration::from_millis(200));
+            append(&dir.join("b.jsonl"), &record("ses_b", 7, "request")[40..]);
+        }));
+    };
+    let out = testing::run_source_live(&cfg(traces.path(), true), state.path(), Duration::from_secs(10), write, |e| {
+        e.len() >= 3
+    })
+    .await;
+    writer.lock().unwrap().take().expect("it caught up").join().unwrap();
     assert_eq!(ids(&out.events), ["ses_a/1/request", "ses_a/1/response", "ses_b/7/request"]);
 }
 
@@ -131,14 +136,13 @@ async fn many_files_with_few_open_files_lose_nothing() {
     let mut c = cfg(traces.path(), true);
     c.max_open_files = 3;
     let dir = traces.path().to_path_buf();
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once it follows (and has closed the files it read to their end).
+    let write = move || {
         for i in 0..40 {
             append(&dir.join(format!("{i:02}.jsonl")), &record(&format!("ses_{i:02}"), 1, "response"));
         }
-    });
-    let out = testing::run_source(&c, state.path(), Duration::from_secs(10), |e| e.len() >= 80).await;
-    writer.await.unwrap();
+    };
+    let out = testing::run_source_live(&c, state.path(), Duration::from_secs(10), write, |e| e.len() >= 80).await;
     assert_eq!(out.events.len(), 80, "every file read, before and after it was closed");
     assert!(read_once(traces.path(), state.path()).await.events.is_empty(), "checkpoints for all of them");
 }

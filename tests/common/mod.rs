@@ -599,6 +599,8 @@ pub struct Fed {
     pub tx: mpsc::Sender<Event>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics: Arc<ocpipe::metrics::ComponentMetrics>,
+    /// The sink's context: what it shares with other components (e.g. push-target links).
+    pub cx: ocpipe::component::Context,
 }
 
 pub fn start_sink(dir: &std::path::Path, type_name: &str, body: &str) -> Fed {
@@ -607,7 +609,7 @@ pub fn start_sink(dir: &std::path::Path, type_name: &str, body: &str) -> Fed {
     let sink = cfg.build(&cx).unwrap();
     let (tx, rx) = mpsc::channel(100_000);
     let task = tokio::spawn(sink.run(Input::new(rx, cx.metrics.clone())));
-    Fed { tx, task, metrics: cx.metrics.clone() }
+    Fed { tx, task, metrics: cx.metrics.clone(), cx }
 }
 
 impl Fed {
