@@ -106,8 +106,12 @@ CREATE INDEX IF NOT EXISTS opencode_message_created ON opencode_message(time_cre
 CREATE INDEX IF NOT EXISTS trace_request_session ON trace_request(session_id, timestamp);
 CREATE INDEX IF NOT EXISTS trace_response_session ON trace_response(session_id, timestamp);
 CREATE INDEX IF NOT EXISTS trace_error_session ON trace_error(session_id, timestamp);
-PRAGMA user_version = 2;
 ";
+
+/// The schema version this build writes (`PRAGMA user_version`). Version 1 had the trace
+/// tables only; 2 added the OpenCode and rollup tables, so `SCHEMA` (all `IF NOT EXISTS`)
+/// brings 0 or 1 up to 2.
+const SCHEMA_VERSION: i64 = 2;
 
 impl SinkConfig for SqliteConfig {
     fn input(&self) -> DataType {
@@ -131,7 +135,8 @@ impl SinkConfig for SqliteConfig {
     }
 }
 
-/// Opens (creating with mode 0600) and migrates the database.
+/// Opens (creating with mode 0600) and migrates the database; refuses one written by a newer
+/// ocpipe (after a downgrade) rather than writing into tables it does not know.
 pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
     use anyhow::Context as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -145,7 +150,16 @@ pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
         .with_context(|| format!("creating {}", path.display()))?;
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "{} has schema version {version}, written by a newer ocpipe (this one writes {SCHEMA_VERSION}): \
+             run that version, or set `path` to another file",
+            path.display()
+        );
+    }
     conn.execute_batch(SCHEMA).with_context(|| format!("preparing tables in {}", path.display()))?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
 }
 
@@ -469,5 +483,34 @@ mod tests {
         assert_eq!((status, model.as_str()), (200, "m"));
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn older_databases_are_brought_up_and_newer_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Version 1: the trace tables only, with a row.
+        let old = dir.path().join("v1.db");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE trace_request (event_id TEXT PRIMARY KEY, session_id TEXT, trace_id TEXT, timestamp TEXT,
+               method TEXT, url TEXT, source TEXT, raw TEXT NOT NULL);
+             INSERT INTO trace_request VALUES ('e1', 's', 't', 'now', 'POST', 'u', 'src', '{}');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open(&old).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let kept: i64 = conn.query_row("SELECT count(*) FROM trace_request", [], |r| r.get(0)).unwrap();
+        let rollups: i64 = conn.query_row("SELECT count(*) FROM rollup", [], |r| r.get(0)).unwrap();
+        assert_eq!((v, kept, rollups), (SCHEMA_VERSION, 1, 0));
+
+        // Written by a newer ocpipe: refused, untouched.
+        let newer = dir.path().join("v9.db");
+        Connection::open(&newer).unwrap().execute_batch("PRAGMA user_version = 9;").unwrap();
+        let err = open(&newer).unwrap_err().to_string();
+        assert!(err.contains("schema version 9, written by a newer ocpipe (this one writes 2)"), "{err}");
+        let v: i64 = Connection::open(&newer).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 9);
     }
 }
