@@ -334,8 +334,8 @@ fn top(data_dir: Option<PathBuf>, once: bool) -> ExitCode {
         }
         print!("\x1b[2J\x1b[H");
         println!(
-            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}  {}",
-            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROP:FULL", "DROP:INTENT", "DROP:ERROR", "ERRORS", "STATE"
+            "{:<20} {:<10} {:<14} {:>12} {:>12} {:>10} {:>11} {:>10} {:>8}  STATE",
+            "ID", "KIND", "TYPE", "RECEIVED", "SENT", "DROP:FULL", "DROP:INTENT", "DROP:ERROR", "ERRORS"
         );
         for r in rows {
             let c = r.counters;
