@@ -1,6 +1,8 @@
 //! Sinks: one module each, self-registered with `register_component!`.
 
 pub mod ble;
+pub mod capture_dir;
+pub mod html_report;
 pub mod jsonl;
 pub mod mqtt;
 pub mod push_targets;

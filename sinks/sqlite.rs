@@ -380,7 +380,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
                 ],
             )?;
         }
-        Payload::Json(_) | Payload::Live(_) | Payload::Process(_) | Payload::Status(_) => {
+        Payload::Json(_) | Payload::Live(_) | Payload::Process(_) | Payload::Status(_) | Payload::Capture(_) => {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)",
             )?

@@ -1,6 +1,7 @@
 //! Sources: one module each. A module registers itself with `register_component!`; this list
 //! is the only place that names it.
 
+pub mod docker_capture;
 pub mod opencode_sse;
 pub mod opencode_storage;
 pub mod process_scan;

@@ -4,6 +4,7 @@
 //! top-level `sources/`, `transforms/` and `sinks/` folders and register themselves with
 //! [`register_component!`]. See ARCHITECTURE.md.
 
+pub mod capture;
 pub mod checkpoint;
 pub mod cli;
 pub mod component;

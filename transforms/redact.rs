@@ -357,6 +357,15 @@ impl FunctionTransform for Redactor {
                     }
                 }
             }
+            Payload::Capture(c) => {
+                // Logs, commands and native events may hold secrets: the JSON view, redacted.
+                if let Ok(mut v) = serde_json::to_value(&**c) {
+                    self.redact_value(&mut v);
+                    if let Ok(back) = serde_json::from_value(v) {
+                        **c = back;
+                    }
+                }
+            }
             Payload::Part(_) | Payload::Rollup(_) | Payload::Status(_) => {}
         }
         out.push(event);

@@ -28,15 +28,17 @@ bitflags::bitflags! {
         const STATUS = 1 << 7;
         /// Untyped JSON documents.
         const JSON = 1 << 8;
+        /// Steps of capture runs.
+        const CAPTURE = 1 << 9;
         /// OpenCode's stored records: sessions, messages and parts.
         const OPENCODE = Self::SESSION.bits() | Self::MESSAGE.bits() | Self::PART.bits();
         /// Anything (generic sinks and pass-through transforms).
-        const ANY = (1 << 9) - 1;
+        const ANY = (1 << 10) - 1;
     }
 }
 
 /// Names for messages, in bit order.
-const NAMES: [(DataType, &str); 9] = [
+const NAMES: [(DataType, &str); 10] = [
     (DataType::TRACE, "trace"),
     (DataType::SESSION, "session"),
     (DataType::MESSAGE, "message"),
@@ -46,6 +48,7 @@ const NAMES: [(DataType, &str); 9] = [
     (DataType::PROCESS, "process"),
     (DataType::STATUS, "status"),
     (DataType::JSON, "json"),
+    (DataType::CAPTURE, "capture"),
 ];
 
 impl DataType {
@@ -61,6 +64,7 @@ impl DataType {
             Payload::Process(_) => DataType::PROCESS,
             Payload::Status(_) => DataType::STATUS,
             Payload::Json(_) => DataType::JSON,
+            Payload::Capture(_) => DataType::CAPTURE,
         }
     }
 

@@ -62,6 +62,8 @@ pub enum Payload {
     Process(Box<ProcessInfo>),
     /// A session's or instance's status, from the `status` transform.
     Status(Box<StatusInfo>),
+    /// A step of a capture run (started, observed, a native OpenCode event, finished).
+    Capture(Box<crate::capture::CaptureEvent>),
     /// An untyped JSON document (tests, generic sources).
     Json(Value),
 }
@@ -92,6 +94,12 @@ impl Event {
             Payload::Live(_) => "opencode.live",
             Payload::Process(_) => "process",
             Payload::Status(_) => "status",
+            Payload::Capture(c) => match &c.step {
+                crate::capture::Step::Started { .. } => "capture.started",
+                crate::capture::Step::Observed { .. } => "capture.observed",
+                crate::capture::Step::Native { .. } => "capture.native",
+                crate::capture::Step::Finished(_) => "capture.finished",
+            },
             Payload::Json(_) => "json",
         }
     }
@@ -107,6 +115,7 @@ impl Event {
             Payload::Live(e) => serde_json::to_value(e).expect("serializes"),
             Payload::Process(p) => serde_json::to_value(p).expect("serializes"),
             Payload::Status(s) => serde_json::to_value(s).expect("serializes"),
+            Payload::Capture(c) => serde_json::to_value(c).expect("serializes"),
             Payload::Json(v) => v.clone(),
         }
     }
@@ -122,6 +131,7 @@ impl Event {
             Payload::Live(e) => serde_json::to_writer(&mut *out, e),
             Payload::Process(p) => serde_json::to_writer(&mut *out, p),
             Payload::Status(s) => serde_json::to_writer(&mut *out, s),
+            Payload::Capture(c) => serde_json::to_writer(&mut *out, c),
             Payload::Json(v) => serde_json::to_writer(&mut *out, v),
         };
         result.expect("writing JSON into memory cannot fail");

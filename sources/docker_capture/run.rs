@@ -1,0 +1,487 @@
+//! One capture run: its directory and workspace, one container, the supervision while it runs,
+//! and everything collected when it ends. Whatever the agent does, the run ends with a
+//! `Finished` event that holds the evidence.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{EventsOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions, TopOptions};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::observe::{self, Observer};
+use super::workspace;
+use crate::capture::{CaptureEvent, Finished, Logs, RunMeta, Snapshot, Step, Task, layout};
+use crate::component::{Context, Output};
+use crate::event::{Event, Payload};
+
+/// What every run of one source shares.
+pub struct Settings {
+    pub docker: Docker,
+    pub image: String,
+    pub opencode_bin: Option<PathBuf>,
+    pub opencode_config: Option<PathBuf>,
+    /// `NAME=value` for the container.
+    pub env: Vec<String>,
+    pub network: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub timeout: Duration,
+    pub poll: Duration,
+    pub keep_workspace: bool,
+    pub plugin: bool,
+    pub export_session: bool,
+    pub model: Option<String>,
+    pub project: PathBuf,
+    pub captures: PathBuf,
+}
+
+/// Where OpenCode keeps its data in the container (a folder of the run, so that the export,
+/// run in a second container, reads the same database).
+const DATA_IN_CONTAINER: &str = "/root/.local/share/opencode";
+const DATA_DIR: &str = ".opencode-data";
+
+struct Emitter<'a> {
+    cx: &'a Context,
+    out: &'a mut Output,
+    run_id: String,
+    issue_id: String,
+    dir: PathBuf,
+}
+
+impl Emitter<'_> {
+    async fn send(&mut self, step: Step) {
+        let ev = CaptureEvent {
+            run_id: self.run_id.clone(),
+            issue_id: self.issue_id.clone(),
+            capture_dir: self.dir.clone(),
+            step,
+        };
+        let id = format!("capture:{}:{}", self.run_id, step_name(&ev.step));
+        self.out.send(Event::new(self.cx.id.clone(), Utc::now(), Payload::Capture(Box::new(ev))).with_id(id)).await;
+    }
+}
+
+fn step_name(s: &Step) -> String {
+    match s {
+        Step::Started { .. } => "started".into(),
+        Step::Observed { snapshot } => format!("observed:{}", snapshot.at),
+        Step::Native { event } => {
+            format!("native:{}:{}", event["time"].as_str().unwrap_or(""), event["type"].as_str().unwrap_or(""))
+        }
+        Step::Finished(_) => "finished".into(),
+    }
+}
+
+/// Runs `task` in one container and reports it; returns the run's metadata.
+pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &CancellationToken, out: &mut Output) -> RunMeta {
+    let started = Utc::now();
+    let clock = Instant::now();
+    let mut run_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), task.id);
+    let mut n = 2;
+    while s.captures.join(&run_id).exists() {
+        run_id = format!("{}-{}-{n}", started.format("%Y%m%dT%H%M%SZ"), task.id);
+        n += 1;
+    }
+    let dir = s.captures.join(&run_id);
+    let mut meta = RunMeta {
+        run_id: run_id.clone(),
+        issue_id: task.id.clone(),
+        risk_level: task.risk_level.to_string(),
+        title: task.title.clone(),
+        image: s.image.clone(),
+        network_mode: s.network.clone(),
+        memory_limit_mb: s.memory_mb,
+        cpus: s.cpus,
+        timeout_secs: s.timeout.as_secs(),
+        started_at: started.to_rfc3339(),
+        workspace_kept: s.keep_workspace,
+        supervisor: format!("ocpipe {}", env!("CARGO_PKG_VERSION")),
+        export_status: "not_attempted".into(),
+        ..Default::default()
+    };
+    let mut emit = Emitter { cx, out, run_id, issue_id: task.id.clone(), dir: dir.clone() };
+    let mut observer = Observer::default();
+    let mut logs = Logs::default();
+    let mut fs_diff = json!({"added": [], "modified": [], "deleted": [], "outside_workspace": []});
+
+    match prepare(s, &dir).await {
+        Err(e) => {
+            meta.run_status = "error".into();
+            meta.error = Some(format!("preparing {}: {e}", dir.display()));
+        }
+        Ok(before) => {
+            let mut sup = Supervision {
+                s,
+                task,
+                dir: &dir,
+                meta: &mut meta,
+                observer: &mut observer,
+                logs: &mut logs,
+                emit: &mut emit,
+            };
+            let outside = sup.run(shutdown).await;
+            let (project, ws) = (s.project.clone(), dir.join(layout::WORKSPACE));
+            fs_diff = tokio::task::spawn_blocking(move || {
+                let after = workspace::hash_tree(&ws);
+                workspace::diff(&project, &ws, &before, &after, outside)
+            })
+            .await
+            .unwrap_or_else(|e| json!({"error": e.to_string()}));
+        }
+    }
+    // Native events, the session and its export.
+    let events: Vec<Value> = std::fs::read_to_string(dir.join(layout::EVENTS))
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default();
+    meta.native_event_count = events.len();
+    meta.native_events = match (dir.join(layout::EVENTS).exists(), events.is_empty()) {
+        (false, _) => "missing",
+        (true, true) => "empty",
+        (true, false) => "recorded",
+    }
+    .into();
+    meta.session_id = session_of(&events).or_else(|| session_in_db(&dir.join(DATA_DIR)));
+    let mut export = None;
+    if let (Some(sid), true, false) = (&meta.session_id, s.export_session, meta.run_status == "error") {
+        let (status, value, stdout, stderr) = export_session(s, &dir, sid).await;
+        meta.export_status = status;
+        export = value;
+        logs.export_stdout = stdout;
+        logs.export_stderr = stderr;
+    }
+    // The workspace goes unless kept; OpenCode's data folder always (the export holds it).
+    let (keep, dir2) = (s.keep_workspace, dir.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        if !keep {
+            let _ = std::fs::remove_dir_all(dir2.join(layout::WORKSPACE));
+        }
+        let _ = std::fs::remove_dir_all(dir2.join(DATA_DIR));
+    })
+    .await;
+    meta.finished_at = Utc::now().to_rfc3339();
+    meta.duration_secs = clock.elapsed().as_secs_f64();
+    for event in &events {
+        emit.send(Step::Native { event: event.clone() }).await;
+    }
+    let finished = Finished {
+        meta: meta.clone(),
+        task: task.clone(),
+        process_tree: observer.process_tree(),
+        fs_diff,
+        network: observer.network(&s.network, observer_proc_visible()),
+        logs,
+        export,
+        events,
+    };
+    emit.send(Step::Finished(Box::new(finished))).await;
+    meta
+}
+
+fn observer_proc_visible() -> bool {
+    Path::new("/proc/self/net/tcp").exists()
+}
+
+/// Makes the run's folders, copies the project, injects the plugin; returns the workspace's
+/// files before the run.
+async fn prepare(s: &Settings, dir: &Path) -> std::io::Result<std::collections::BTreeMap<String, (u64, String)>> {
+    let (project, captures, dir, plugin) = (s.project.clone(), s.captures.clone(), dir.to_path_buf(), s.plugin);
+    tokio::task::spawn_blocking(move || {
+        for sub in ["meta", "input", "logs", "observations", "events", "derived", "report", DATA_DIR] {
+            crate::component::create_private_dir(&dir.join(sub))?;
+        }
+        let ws = dir.join(layout::WORKSPACE);
+        workspace::copy_project(&project, &ws, &[captures.clone(), dir.clone()])?;
+        if plugin {
+            workspace::inject_plugin(&ws)?;
+        }
+        Ok(workspace::hash_tree(&ws))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn binds(s: &Settings, dir: &Path) -> Vec<String> {
+    let mut b = vec![
+        format!("{}:/capture", dir.display()),
+        format!("{}:/workspace", dir.join(layout::WORKSPACE).display()),
+        format!("{}:{DATA_IN_CONTAINER}", dir.join(DATA_DIR).display()),
+    ];
+    if let Some(c) = &s.opencode_config {
+        b.push(format!("{}:/root/.config/opencode:ro", c.display()));
+    }
+    if let Some(bin) = &s.opencode_bin {
+        b.push(format!("{}:/usr/local/bin/opencode:ro", bin.display()));
+    }
+    b
+}
+
+fn container_body(s: &Settings, dir: &Path, env: Vec<String>, cmd: Vec<String>, network: &str) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(s.image.clone()),
+        cmd: Some(cmd),
+        env: Some(env),
+        working_dir: Some("/workspace".into()),
+        host_config: Some(HostConfig {
+            binds: Some(binds(s, dir)),
+            memory: Some((s.memory_mb * 1024 * 1024) as i64),
+            memory_swap: Some((s.memory_mb * 1024 * 1024) as i64),
+            nano_cpus: Some((s.cpus * 1e9) as i64),
+            network_mode: Some(network.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container's part of a run, and what it fills in.
+struct Supervision<'r, 'e> {
+    s: &'r Settings,
+    task: &'r Task,
+    dir: &'r Path,
+    meta: &'r mut RunMeta,
+    observer: &'r mut Observer,
+    logs: &'r mut Logs,
+    emit: &'r mut Emitter<'e>,
+}
+
+impl Supervision<'_, '_> {
+    /// Creates, starts and watches the container, then collects its exit, logs and changes and
+    /// removes it. Returns the container's own changes outside the mounted folders.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Value {
+        let s = self.s;
+        let mut env = s.env.clone();
+        env.extend([
+            format!("MAS_RUN_ID={}", self.meta.run_id),
+            format!("MAS_ISSUE_ID={}", self.task.id),
+            "MAS_CAPTURE_DIR=/capture".to_string(),
+            "HOME=/root".to_string(),
+        ]);
+        let mut cmd = vec!["opencode".to_string(), "run".into(), "--print-logs".into()];
+        if let Some(m) = &s.model {
+            cmd.extend(["--model".to_string(), m.clone()]);
+        }
+        cmd.push(self.task.prompt.clone());
+        let body = container_body(s, self.dir, env, cmd, &s.network);
+        let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
+        {
+            Ok(c) => c.id,
+            Err(e) => {
+                self.meta.run_status = "error".into();
+                self.meta.error = Some(format!("creating the container from {}: {e}", s.image));
+                return json!([]);
+            }
+        };
+        self.meta.container_id = id.clone();
+        let oom_event = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_oom(s.docker.clone(), id.clone(), oom_event.clone()));
+        if let Err(e) = s.docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            self.meta.run_status = "error".into();
+            self.meta.error = Some(format!("starting the container: {e}"));
+        } else {
+            let started = Step::Started {
+                task: self.task.clone(),
+                image: s.image.clone(),
+                started_at: self.meta.started_at.clone(),
+            };
+            self.emit.send(started).await;
+            let outcome = watch(s, &id, self.observer, shutdown, self.emit).await;
+            let state = s
+                .docker
+                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|i| i.state);
+            self.meta.exit_code = state.as_ref().and_then(|st| st.exit_code);
+            let state_oom = state.as_ref().and_then(|st| st.oom_killed).unwrap_or(false);
+            // The engine's `oom` event may come a moment after the exit.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let evidence = [
+                (state_oom, "state"),
+                (self.observer.oom_kills > 0, "cgroup"),
+                (oom_event.load(Ordering::Acquire), "event"),
+            ];
+            self.meta.oom_evidence =
+                evidence.iter().filter(|(seen, _)| *seen).map(|(_, how)| how.to_string()).collect();
+            self.meta.oom_killed = !self.meta.oom_evidence.is_empty();
+            self.meta.timed_out = outcome == Outcome::Timeout;
+            self.meta.run_status = match outcome {
+                Outcome::Interrupted => "interrupted",
+                Outcome::Timeout => "timeout",
+                Outcome::Exited if self.meta.oom_killed => "oom",
+                Outcome::Exited if self.meta.exit_code == Some(0) => "completed",
+                Outcome::Exited => "failed",
+            }
+            .into();
+            *self.logs = container_logs(&s.docker, &id).await;
+        }
+        watcher.abort();
+        let outside = outside_changes(&s.docker, &id).await;
+        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let _ = s.docker.remove_container(&id, Some(remove)).await;
+        outside
+    }
+}
+
+/// Sets `flag` when the engine reports an OOM in the container.
+async fn watch_oom(docker: Docker, id: String, flag: Arc<AtomicBool>) {
+    let filters = HashMap::from([("container".to_string(), vec![id]), ("event".to_string(), vec!["oom".to_string()])]);
+    let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+    while let Some(Ok(_)) = events.next().await {
+        flag.store(true, Ordering::Release);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Exited,
+    Timeout,
+    Interrupted,
+}
+
+/// Polls the running container until it exits, the timeout passes or ocpipe is stopped.
+async fn watch(
+    s: &Settings,
+    id: &str,
+    observer: &mut Observer,
+    shutdown: &CancellationToken,
+    emit: &mut Emitter<'_>,
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + s.timeout;
+    let mut wait = Box::pin(s.docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>));
+    let mut tick = tokio::time::interval(s.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cgroup: Option<PathBuf> = None;
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Outcome::Interrupted,
+            _ = wait.next() => break Outcome::Exited,
+            _ = tokio::time::sleep_until(deadline) => break Outcome::Timeout,
+            _ = tick.tick() => {
+                if let Some(snapshot) = snapshot(&s.docker, id, &mut cgroup).await {
+                    observer.add(&snapshot);
+                    emit.send(Step::Observed { snapshot }).await;
+                }
+            }
+        }
+    };
+    if outcome != Outcome::Exited {
+        let _ = s.docker.kill_container(id, Some(KillContainerOptions { signal: "SIGKILL".into() })).await;
+        let _ = wait.next().await;
+    }
+    outcome
+}
+
+async fn snapshot(docker: &Docker, id: &str, cgroup: &mut Option<PathBuf>) -> Option<Snapshot> {
+    let top = docker.top_processes(id, Some(TopOptions { ps_args: observe::PS_ARGS.into() })).await.ok()?;
+    let processes = observe::parse_top(&top.titles.unwrap_or_default(), &top.processes.unwrap_or_default());
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    if cgroup.is_none() {
+        *cgroup = pids.first().and_then(|p| observe::cgroup_of(*p));
+    }
+    let cg = cgroup.clone();
+    let (connections, (memory_bytes, oom_kills)) = tokio::task::spawn_blocking(move || {
+        (observe::connections(&pids), cg.as_deref().map(observe::memory).unwrap_or((None, None)))
+    })
+    .await
+    .ok()?;
+    Some(Snapshot { at: Utc::now().to_rfc3339(), processes, connections, memory_bytes, oom_kills })
+}
+
+/// Both streams with their times, and each stream alone.
+async fn container_logs(docker: &Docker, id: &str) -> Logs {
+    let opts = LogsOptions { stdout: true, stderr: true, timestamps: true, tail: "all".into(), ..Default::default() };
+    let mut stream = docker.logs(id, Some(opts));
+    let mut logs = Logs::default();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let (name, text) = match &chunk {
+            LogOutput::StdOut { message } => ("stdout", String::from_utf8_lossy(message).into_owned()),
+            LogOutput::StdErr { message } => ("stderr", String::from_utf8_lossy(message).into_owned()),
+            _ => continue,
+        };
+        for line in text.split_inclusive('\n') {
+            let (time, rest) = line.split_once(' ').unwrap_or(("", line));
+            logs.container.push_str(&format!("{time} [{name}] {rest}"));
+            if !rest.ends_with('\n') {
+                logs.container.push('\n');
+            }
+            if name == "stdout" { &mut logs.stdout } else { &mut logs.stderr }.push_str(rest);
+        }
+    }
+    logs
+}
+
+/// The container's own changes outside the folders mounted into it (`docker diff`).
+async fn outside_changes(docker: &Docker, id: &str) -> Value {
+    let Ok(Some(changes)) = docker.container_changes(id).await else { return json!([]) };
+    let mounted = ["/workspace", "/capture", DATA_IN_CONTAINER, "/root/.config/opencode", "/usr/local/bin/opencode"];
+    let list: Vec<Value> = changes
+        .into_iter()
+        .filter(|c| !mounted.iter().any(|m| c.path == *m || c.path.starts_with(&format!("{m}/"))))
+        .map(|c| {
+            let kind = match c.kind as u8 {
+                0 => "modified",
+                1 => "added",
+                _ => "deleted",
+            };
+            json!({"path": c.path, "kind": kind})
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// The session the run made, from the plugin's events.
+fn session_of(events: &[Value]) -> Option<String> {
+    events.iter().find_map(|e| {
+        let p = &e["properties"];
+        p["info"]["id"]
+            .as_str()
+            .filter(|id| id.starts_with("ses_") && e["type"].as_str().is_some_and(|t| t.starts_with("session.")))
+            .or(p["sessionID"].as_str())
+            .map(str::to_string)
+    })
+}
+
+/// The session in OpenCode's own database (when the plugin recorded nothing).
+fn session_in_db(data: &Path) -> Option<String> {
+    let db = data.join("opencode.db");
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT id FROM session WHERE parent_id IS NULL ORDER BY time_created LIMIT 1", [], |r| r.get(0))
+        .ok()
+}
+
+/// `opencode export <session>` in a second container of the same image over the run's data.
+async fn export_session(s: &Settings, dir: &Path, sid: &str) -> (String, Option<Value>, String, String) {
+    let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
+    let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
+    let body = container_body(s, dir, env, cmd, "none");
+    let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
+        Ok(c) => c.id,
+        Err(e) => return (format!("failed: {e}"), None, String::new(), String::new()),
+    };
+    let mut status = String::new();
+    if let Err(e) = s.docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+        status = format!("failed: {e}");
+    } else {
+        let mut wait = Box::pin(s.docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>));
+        if tokio::time::timeout(Duration::from_secs(60), wait.next()).await.is_err() {
+            let _ = s.docker.kill_container(&id, Some(KillContainerOptions { signal: "SIGKILL".into() })).await;
+            status = "failed: timed out after 60 s".into();
+        }
+    }
+    let logs = container_logs(&s.docker, &id).await;
+    let _ = s.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let parsed = logs.stdout.find('{').and_then(|i| serde_json::from_str::<Value>(&logs.stdout[i..]).ok());
+    if status.is_empty() {
+        status = if parsed.is_some() { "exported".into() } else { "failed: no JSON on stdout".into() };
+    }
+    (status, parsed, logs.stdout, logs.stderr)
+}

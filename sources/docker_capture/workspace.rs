@@ -1,0 +1,133 @@
+//! The run's disposable copy of the project, and what the agent changed in it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Where ocpipe's event plugin goes in the copy (left out of the diff: ocpipe put it there).
+pub const PLUGIN_PATH: &str = ".opencode/plugins/ocpipe_capture.js";
+pub const PLUGIN: &str = include_str!("plugin.js");
+/// Text files up to this size get a unified diff.
+const DIFF_MAX_BYTES: u64 = 256 * 1024;
+
+/// Copies `project` into `dest`, leaving out `skip` (the captures folder, when it is inside the
+/// project). Symbolic links are copied as links.
+pub fn copy_project(project: &Path, dest: &Path, skip: &[PathBuf]) -> io::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for entry in std::fs::read_dir(project)? {
+        let entry = entry?;
+        let from = entry.path();
+        if skip.iter().any(|s| from == *s) {
+            continue;
+        }
+        let to = dest.join(entry.file_name());
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            copy_project(&from, &to, skip)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if ty.is_file() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn inject_plugin(workspace: &Path) -> io::Result<()> {
+    let path = workspace.join(PLUGIN_PATH);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(path, PLUGIN)
+}
+
+/// Size and SHA-256 of every file under `root`, by relative path.
+pub fn hash_tree(root: &Path) -> BTreeMap<String, (u64, String)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ty) = e.file_type() else { continue };
+            if ty.is_dir() {
+                stack.push(p);
+            } else if ty.is_file() || ty.is_symlink() {
+                let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+                if rel == PLUGIN_PATH {
+                    continue;
+                }
+                let bytes = if ty.is_symlink() {
+                    std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned().into_bytes()).unwrap_or_default()
+                } else {
+                    std::fs::read(&p).unwrap_or_default()
+                };
+                out.insert(rel, (bytes.len() as u64, hex::encode(Sha256::digest(&bytes))));
+            }
+        }
+    }
+    out
+}
+
+/// `fs_diff.json`: added, modified and deleted files (size and hash, before and after), with a
+/// unified diff for text files under the size cap; `before` is the project itself.
+pub fn diff(
+    project: &Path,
+    workspace: &Path,
+    before: &BTreeMap<String, (u64, String)>,
+    after: &BTreeMap<String, (u64, String)>,
+    outside: Value,
+) -> Value {
+    let mut added = Vec::new();
+    let mut modified = Vec::new();
+    let mut deleted = Vec::new();
+    for (path, (size, hash)) in after {
+        match before.get(path) {
+            None => added.push(json!({
+                "path": path, "size": size, "sha256": hash,
+                "diff": text_diff(None, Some(&workspace.join(path)), path, *size),
+            })),
+            Some((old_size, old_hash)) if old_hash != hash => modified.push(json!({
+                "path": path, "size_before": old_size, "size": size, "sha256_before": old_hash, "sha256": hash,
+                "diff": text_diff(Some(&project.join(path)), Some(&workspace.join(path)), path, *size.max(old_size)),
+            })),
+            Some(_) => {}
+        }
+    }
+    for (path, (size, hash)) in before {
+        if !after.contains_key(path) {
+            deleted.push(json!({
+                "path": path, "size_before": size, "sha256_before": hash,
+                "diff": text_diff(Some(&project.join(path)), None, path, *size),
+            }));
+        }
+    }
+    json!({
+        "workspace": "/workspace",
+        "files_before": before.len(),
+        "files_after": after.len(),
+        "added": added,
+        "modified": modified,
+        "deleted": deleted,
+        "outside_workspace": outside,
+    })
+}
+
+/// A unified diff when both sides are text and small enough; else `null`.
+fn text_diff(before: Option<&Path>, after: Option<&Path>, name: &str, size: u64) -> Value {
+    if size > DIFF_MAX_BYTES {
+        return Value::Null;
+    }
+    let read = |p: Option<&Path>| -> Option<String> {
+        match p {
+            None => Some(String::new()),
+            Some(p) => std::fs::read(p).ok().and_then(|b| String::from_utf8(b).ok()),
+        }
+    };
+    let (Some(old), Some(new)) = (read(before), read(after)) else {
+        return Value::Null;
+    };
+    let diff = similar::TextDiff::from_lines(&old, &new);
+    Value::String(diff.unified_diff().context_radius(3).header(&format!("a/{name}"), &format!("b/{name}")).to_string())
+}
