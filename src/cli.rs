@@ -144,6 +144,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("pipelines/trace.toml", include_str!("../pipelines/trace.toml")),
     ("pipelines/monitor.toml", include_str!("../pipelines/monitor.toml")),
     ("pipelines/status-light.toml", include_str!("../pipelines/status-light.toml")),
+    ("pipelines/capture.toml", include_str!("../pipelines/capture.toml")),
 ];
 
 fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
@@ -154,6 +155,11 @@ fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {
         return config::load_str(&file.display().to_string(), text);
     }
     config::load(files)
+}
+
+/// A pipeline shipped in the binary (`pipelines/NAME.toml`), for commands that run one.
+pub fn embedded_pipeline(path: &str) -> Option<&'static str> {
+    embedded(Path::new(path))
 }
 
 fn embedded(path: &Path) -> Option<&'static str> {
@@ -170,7 +176,13 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
-    let (pipeline, warnings) = match load_files(&files) {
+    run_loaded(load_files(&files), data_dir)
+}
+
+/// Runs a loaded pipeline until its sources end or it is stopped (`ocpipe run`, and commands
+/// that run a pipeline of their own, like `ocpipe capture`).
+pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: Option<PathBuf>) -> ExitCode {
+    let (pipeline, warnings) = match loaded {
         Ok(x) => x,
         Err(report) => {
             eprint!("{report}");

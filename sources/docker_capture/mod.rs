@@ -1,6 +1,7 @@
 //! `docker_capture`: runs OpenCode tasks, one container each, strictly one after another, and
 //! emits what each run did (the seed's capture supervisor). See `run.rs` for one run.
 
+mod command;
 mod observe;
 mod run;
 mod workspace;
@@ -190,9 +191,10 @@ impl SourceConfig for DockerCaptureConfig {
         };
         let settings = self.settings(&cx, project)?;
         let progress = self.progress;
+        let mut settings = settings;
         Ok(Box::pin(async move {
             let SourceContext { cx, mut out, shutdown } = sc;
-            check_engine(&settings).await?;
+            settings.docker = check_engine(&settings).await?;
             let mut bar = Progress::new(progress, tasks.len());
             for (i, task) in tasks.iter().enumerate() {
                 if shutdown.is_cancelled() {
@@ -211,7 +213,7 @@ impl SourceConfig for DockerCaptureConfig {
 impl DockerCaptureConfig {
     fn settings(&self, cx: &Context, project: PathBuf) -> anyhow::Result<run::Settings> {
         let docker = bollard::Docker::connect_with_defaults()
-            .map_err(|e| anyhow::anyhow!("cannot reach Docker ({e}): start dockerd, or set DOCKER_HOST"))?;
+            .map_err(|e| anyhow::anyhow!("no Docker engine answers at {} ({e}): start dockerd, or set DOCKER_HOST", docker_host()))?;
         let opencode_config = match self.opencode_config.as_deref() {
             Some("") => None,
             Some(p) => Some(cx.resolve(p)),
@@ -253,20 +255,26 @@ impl DockerCaptureConfig {
     }
 }
 
-/// The engine answers and has the image: one clear error that says what to do, otherwise.
-async fn check_engine(s: &run::Settings) -> anyhow::Result<()> {
-    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    s.docker
-        .ping()
-        .await
-        .map_err(|e| anyhow::anyhow!("no Docker engine answers at {host} ({e}): start dockerd, or set DOCKER_HOST"))?;
-    s.docker.inspect_image(&s.image).await.map_err(|_| {
+/// The engine answers (in the API version both sides speak) and has the image: one clear error
+/// that says what to do, otherwise.
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+async fn check_engine(s: &run::Settings) -> anyhow::Result<bollard::Docker> {
+    let host = docker_host();
+    let no_engine = |e: bollard::errors::Error| {
+        anyhow::anyhow!("no Docker engine answers at {host} ({e}): start dockerd, or set DOCKER_HOST")
+    };
+    s.docker.ping().await.map_err(no_engine)?;
+    let docker = s.docker.clone().negotiate_version().await.map_err(no_engine)?;
+    docker.inspect_image(&s.image).await.map_err(|_| {
         anyhow::anyhow!(
             "the image `{}` is not in the Docker engine at {host}: build or load it (docker build / docker import), or set image_ref",
             s.image
         )
     })?;
-    Ok(())
+    Ok(docker)
 }
 
 /// Progress of a run of all tasks: a bar on a terminal, plain lines otherwise.

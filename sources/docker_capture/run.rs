@@ -113,14 +113,22 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
     let mut logs = Logs::default();
     let mut fs_diff = json!({"added": [], "modified": [], "deleted": [], "outside_workspace": []});
 
-    match prepare(s, &dir).await {
+    let config = ConfigCopy::new(s.opencode_config.as_deref(), &emit.run_id);
+    let prepared = match config {
+        Ok(c) => prepare(s, &dir).await.map(|b| (b, c)),
+        Err(e) => Err(e),
+    };
+    let mut config = ConfigCopy(None);
+    match prepared {
         Err(e) => {
             meta.run_status = "error".into();
             meta.error = Some(format!("preparing {}: {e}", dir.display()));
         }
-        Ok(before) => {
+        Ok((before, copy)) => {
+            config = copy;
             let mut sup = Supervision {
                 s,
+                config: config.0.as_deref(),
                 task,
                 dir: &dir,
                 meta: &mut meta,
@@ -152,7 +160,7 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
     meta.session_id = session_of(&events).or_else(|| session_in_db(&dir.join(DATA_DIR)));
     let mut export = None;
     if let (Some(sid), true, false) = (&meta.session_id, s.export_session, meta.run_status == "error") {
-        let (status, value, stdout, stderr) = export_session(s, &dir, sid).await;
+        let (status, value, stdout, stderr) = export_session(s, &dir, config.0.as_deref(), sid).await;
         meta.export_status = status;
         export = value;
         logs.export_stdout = stdout;
@@ -209,14 +217,38 @@ async fn prepare(s: &Settings, dir: &Path) -> std::io::Result<std::collections::
     .map_err(std::io::Error::other)?
 }
 
-fn binds(s: &Settings, dir: &Path) -> Vec<String> {
+/// A private copy of the user's OpenCode config directory for one run (OpenCode writes into its
+/// config directory, and the user's own must stay as it is), outside the capture directory, so
+/// credentials in it never land there; removed when the run ends.
+struct ConfigCopy(Option<PathBuf>);
+
+impl ConfigCopy {
+    fn new(from: Option<&Path>, run_id: &str) -> std::io::Result<ConfigCopy> {
+        let Some(from) = from else { return Ok(ConfigCopy(None)) };
+        let to = std::env::temp_dir().join(format!("ocpipe-config-{run_id}-{:08x}", rand::random::<u32>()));
+        crate::component::create_private_dir(&to)?;
+        let copy = ConfigCopy(Some(to.clone()));
+        workspace::copy_project(from, &to, &[])?;
+        Ok(copy)
+    }
+}
+
+impl Drop for ConfigCopy {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn binds(s: &Settings, dir: &Path, config: Option<&Path>) -> Vec<String> {
     let mut b = vec![
         format!("{}:/capture", dir.display()),
         format!("{}:/workspace", dir.join(layout::WORKSPACE).display()),
         format!("{}:{DATA_IN_CONTAINER}", dir.join(DATA_DIR).display()),
     ];
-    if let Some(c) = &s.opencode_config {
-        b.push(format!("{}:/root/.config/opencode:ro", c.display()));
+    if let Some(c) = config {
+        b.push(format!("{}:/root/.config/opencode", c.display()));
     }
     if let Some(bin) = &s.opencode_bin {
         b.push(format!("{}:/usr/local/bin/opencode:ro", bin.display()));
@@ -224,14 +256,24 @@ fn binds(s: &Settings, dir: &Path) -> Vec<String> {
     b
 }
 
-fn container_body(s: &Settings, dir: &Path, env: Vec<String>, cmd: Vec<String>, network: &str) -> ContainerCreateBody {
+/// What a container of a run is made of.
+struct Spec<'a> {
+    dir: &'a Path,
+    config: Option<&'a Path>,
+    env: Vec<String>,
+    cmd: Vec<String>,
+    network: &'a str,
+}
+
+fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
+    let Spec { dir, config, env, cmd, network } = spec;
     ContainerCreateBody {
         image: Some(s.image.clone()),
         cmd: Some(cmd),
         env: Some(env),
         working_dir: Some("/workspace".into()),
         host_config: Some(HostConfig {
-            binds: Some(binds(s, dir)),
+            binds: Some(binds(s, dir, config)),
             memory: Some((s.memory_mb * 1024 * 1024) as i64),
             memory_swap: Some((s.memory_mb * 1024 * 1024) as i64),
             nano_cpus: Some((s.cpus * 1e9) as i64),
@@ -245,6 +287,7 @@ fn container_body(s: &Settings, dir: &Path, env: Vec<String>, cmd: Vec<String>, 
 /// The container's part of a run, and what it fills in.
 struct Supervision<'r, 'e> {
     s: &'r Settings,
+    config: Option<&'r Path>,
     task: &'r Task,
     dir: &'r Path,
     meta: &'r mut RunMeta,
@@ -270,7 +313,7 @@ impl Supervision<'_, '_> {
             cmd.extend(["--model".to_string(), m.clone()]);
         }
         cmd.push(self.task.prompt.clone());
-        let body = container_body(s, self.dir, env, cmd, &s.network);
+        let body = container_body(s, Spec { dir: self.dir, config: self.config, env, cmd, network: &s.network });
         let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
         {
             Ok(c) => c.id,
@@ -459,10 +502,10 @@ fn session_in_db(data: &Path) -> Option<String> {
 }
 
 /// `opencode export <session>` in a second container of the same image over the run's data.
-async fn export_session(s: &Settings, dir: &Path, sid: &str) -> (String, Option<Value>, String, String) {
+async fn export_session(s: &Settings, dir: &Path, config: Option<&Path>, sid: &str) -> (String, Option<Value>, String, String) {
     let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
     let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
-    let body = container_body(s, dir, env, cmd, "none");
+    let body = container_body(s, Spec { dir, config, env, cmd, network: "none" });
     let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
         Ok(c) => c.id,
         Err(e) => return (format!("failed: {e}"), None, String::new(), String::new()),

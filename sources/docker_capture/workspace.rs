@@ -9,6 +9,11 @@ use sha2::{Digest, Sha256};
 
 /// Where ocpipe's event plugin goes in the copy (left out of the diff: ocpipe put it there).
 pub const PLUGIN_PATH: &str = ".opencode/plugins/ocpipe_capture.js";
+/// What OpenCode installs for the plugins of a `.opencode/` folder: not the agent's work, so
+/// not hashed (the folder is large) and, when it was not there before, listed apart.
+const PLUGIN_SETUP_DIR: &str = ".opencode/node_modules";
+const PLUGIN_SETUP_FILES: [&str; 4] =
+    [".opencode/package.json", ".opencode/package-lock.json", ".opencode/bun.lock", ".opencode/.gitignore"];
 pub const PLUGIN: &str = include_str!("plugin.js");
 /// Text files up to this size get a unified diff.
 const DIFF_MAX_BYTES: u64 = 256 * 1024;
@@ -51,10 +56,12 @@ pub fn hash_tree(root: &Path) -> BTreeMap<String, (u64, String)> {
         for e in rd.flatten() {
             let p = e.path();
             let Ok(ty) = e.file_type() else { continue };
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
             if ty.is_dir() {
-                stack.push(p);
+                if rel != PLUGIN_SETUP_DIR {
+                    stack.push(p);
+                }
             } else if ty.is_file() || ty.is_symlink() {
-                let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
                 if rel == PLUGIN_PATH {
                     continue;
                 }
@@ -82,7 +89,12 @@ pub fn diff(
     let mut added = Vec::new();
     let mut modified = Vec::new();
     let mut deleted = Vec::new();
+    let mut plugin_setup = vec![Value::String(format!("{PLUGIN_SETUP_DIR}/ (not hashed)"))];
     for (path, (size, hash)) in after {
+        if !before.contains_key(path) && PLUGIN_SETUP_FILES.contains(&path.as_str()) {
+            plugin_setup.push(Value::String(path.clone()));
+            continue;
+        }
         match before.get(path) {
             None => added.push(json!({
                 "path": path, "size": size, "sha256": hash,
@@ -111,6 +123,7 @@ pub fn diff(
         "modified": modified,
         "deleted": deleted,
         "outside_workspace": outside,
+        "plugin_setup": plugin_setup,
     })
 }
 

@@ -25,22 +25,22 @@ pub fn summarize(run: &Finished) -> Value {
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut tools: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_error: Option<String> = run.meta.error.clone();
-    let mut seen_calls = std::collections::HashSet::new();
+    // Tool calls: each `tool.execute.before` hook is one call; without hooks, each tool part.
+    let hooks = run.events.iter().any(|e| e["type"] == "tool.execute.before");
+    let mut seen_parts = std::collections::HashSet::new();
     for e in &run.events {
         let ty = e["type"].as_str().unwrap_or("?").to_string();
         *by_type.entry(ty.clone()).or_default() += 1;
         let p = &e["properties"];
-        // A tool call: from the hook, or from its part (counted once per call id).
-        let (tool, call) = match ty.as_str() {
-            "tool.execute.before" => (p["tool"].as_str(), p["callID"].as_str()),
-            "message.part.updated" if p["part"]["type"] == "tool" => {
-                (p["part"]["tool"].as_str(), p["part"]["callID"].as_str())
+        let tool = match ty.as_str() {
+            "tool.execute.before" if hooks => p["tool"].as_str(),
+            "message.part.updated" if !hooks && p["part"]["type"] == "tool" => {
+                let id = p["part"]["id"].as_str().unwrap_or_default().to_string();
+                p["part"]["tool"].as_str().filter(|_| seen_parts.insert(id))
             }
-            _ => (None, None),
+            _ => None,
         };
-        if let (Some(tool), Some(call)) = (tool, call)
-            && seen_calls.insert(call.to_string())
-        {
+        if let Some(tool) = tool {
             *tools.entry(tool.to_string()).or_default() += 1;
         }
         if ty == "session.error" && first_error.is_none() {

@@ -726,3 +726,34 @@ impl Drop for BleLight {
         let _ = self.child.wait();
     }
 }
+
+// ---- capture runs: a Docker engine and an image with the real OpenCode ----
+
+/// The capture test image (`fixtures/tools/capture-image.sh`: busybox, bash, the real
+/// OpenCode), built once per test binary in the Docker engine the docker CLI finds
+/// (`DOCKER_HOST`, as `.ci/run` sets it). `None` after a loud skip when there is no engine.
+pub fn capture_image() -> Option<String> {
+    static IMAGE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    require("docker")?;
+    require("busybox")?;
+    let engine = Command::new("docker").arg("version").output().is_ok_and(|o| o.status.success());
+    require_that("a running Docker engine (set DOCKER_HOST; `.ci/run` starts one)", engine)?;
+    let mut image = IMAGE.lock().unwrap_or_else(|e| e.into_inner());
+    if image.is_none() {
+        let out = Command::new("bash").arg(root().join("fixtures/tools/capture-image.sh")).output().unwrap();
+        assert!(out.status.success(), "building the capture image: {}", text(&out.stderr));
+        *image = Some(text(&out.stdout).trim().to_string());
+    }
+    image.clone()
+}
+
+impl OpenCode {
+    /// The OpenCode config directory (its provider is the mock LLM on 127.0.0.1).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config/opencode")
+    }
+    /// What the mock LLM served, one JSON line per request.
+    pub fn served(&self) -> PathBuf {
+        self.dir.path().join("served.jsonl")
+    }
+}
