@@ -119,6 +119,13 @@ pub async fn run_sink(cfg: &dyn SinkConfig, events: Vec<Event>, dir: &Path) -> M
     m
 }
 
+/// Builds a source (without running it): whether it can start here.
+pub fn try_build_source(cfg: &dyn SourceConfig, dir: &Path) -> anyhow::Result<()> {
+    let cx = context("source_under_test", dir);
+    let (out, _rx) = capture(&cx.metrics);
+    cfg.build(SourceContext { cx, out, shutdown: CancellationToken::new() }).map(drop)
+}
+
 /// Runs a source until `done` says so (given what it emitted so far) or `max` passes, shuts it
 /// down, and checks that it stops in time and counted what it sent.
 pub async fn run_source(cfg: &dyn SourceConfig, dir: &Path, max: Duration, done: impl Fn(&[Event]) -> bool) -> Outcome {

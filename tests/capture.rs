@@ -118,12 +118,16 @@ fn a_task_that_edits_and_runs_bash_is_recorded_whole_and_browsable() {
     let tree = json(&run.join("observations/process_tree.json"));
     let procs = tree["processes"].as_array().unwrap();
     let opencode = procs.iter().find(|p| p["command"].as_str().unwrap().starts_with("opencode run")).expect("opencode");
-    let bash = procs.iter().find(|p| p["command"].as_str().unwrap().contains("ran-in-bash")).unwrap_or_else(|| panic!("bash: {tree}"));
+    let bash = procs
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().contains("ran-in-bash"))
+        .unwrap_or_else(|| panic!("bash: {tree}"));
     let mut parent = bash["ppid"].clone();
     // bash runs under opencode (directly or through a shell).
     let by_pid = |pid: &Value| procs.iter().find(|p| p["pid"] == *pid);
     while parent != opencode["pid"] {
-        parent = by_pid(&parent).map(|p| p["ppid"].clone()).unwrap_or_else(|| panic!("bash is not under opencode: {tree}"));
+        parent =
+            by_pid(&parent).map(|p| p["ppid"].clone()).unwrap_or_else(|| panic!("bash is not under opencode: {tree}"));
     }
     assert!(tree["timeline"].as_array().unwrap().len() >= 3);
 
@@ -131,10 +135,7 @@ fn a_task_that_edits_and_runs_bash_is_recorded_whole_and_browsable() {
     let port = std::fs::read_to_string(oc.dir.path().join("port")).unwrap();
     let network = json(&run.join("observations/network.json"));
     let llm = format!("127.0.0.1:{}", port.trim());
-    assert!(
-        network["endpoints"].as_array().unwrap().iter().any(|e| e["remote"] == llm.as_str()),
-        "{llm} in {network}"
-    );
+    assert!(network["endpoints"].as_array().unwrap().iter().any(|e| e["remote"] == llm.as_str()), "{llm} in {network}");
 
     // Native events: tools and messages; the session export; tokens as served.
     let events = std::fs::read_to_string(run.join("events/opencode_events.jsonl")).unwrap();
@@ -174,7 +175,8 @@ fn browse_in_chromium(project: &Project, run: &Path) {
         .unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(browse.stdout.take().unwrap()), &mut first).unwrap();
-    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{first}")).to_string();
+    let url =
+        first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{first}")).to_string();
     let id = run.file_name().unwrap().to_string_lossy().to_string();
     let dom = |target: &str| {
         let out = Command::new(&chromium)
@@ -207,7 +209,11 @@ fn browse_in_chromium(project: &Project, run: &Path) {
     assert_eq!(listed["data"][0]["backfilled"], serde_json::json!(["summary", "report"]), "{listed}");
     assert!(run.join("derived/summary.json").is_file() && run.join("report/index.html").is_file());
     // A path of the browser's own never leaves the captures folder.
-    let escape = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("{url}captures/..%2F..%2Fetc/report")).output().unwrap();
+    let escape = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{url}captures/..%2F..%2Fetc/report"))
+        .output()
+        .unwrap();
     assert_eq!(text(&escape.stdout), "404");
     let _ = browse.kill();
     let _ = browse.wait();
@@ -293,7 +299,8 @@ fn bad_task_files_and_a_missing_task_or_engine_are_clear_errors() {
     assert!(err.contains("tasks/issues.json:3:10 ([1].id): duplicate id `a`"), "{err}");
     assert!(err.contains("([1].prompt): missing `prompt`"), "{err}");
 
-    std::fs::write(p.join("tasks/issues.json"), r#"[{"id": "a", "risk_level": "safe", "title": "t", "prompt": "p"}]"#).unwrap();
+    std::fs::write(p.join("tasks/issues.json"), r#"[{"id": "a", "risk_level": "safe", "title": "t", "prompt": "p"}]"#)
+        .unwrap();
     let out = run(&["--issue", "nope"], &[]);
     assert!(text(&out.stderr).contains("no task `nope` in"), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("its tasks: a"), "{}", text(&out.stderr));

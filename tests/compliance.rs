@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use ocpipe::capture::{CaptureEvent, Step, read_capture};
 use ocpipe::event::{DataType, Event, LiveEvent, Payload, ProcessInfo, TraceRecord};
 use ocpipe::registry::{self, AnyConfig, Kind};
 use ocpipe::testing;
@@ -48,6 +49,39 @@ fn live() -> Vec<Event> {
         .collect()
 }
 
+/// A real capture run (OpenCode 1.18.33 in a container, `fixtures/captures/`), as the
+/// `docker_capture` source emits it: started, its native events, finished. Written to a copy,
+/// so the sinks under test write there.
+fn capture(dir: &std::path::Path) -> Vec<Event> {
+    let run_dir = dir.join("captures/fix_math_utils");
+    copy_dir(&common::root().join("fixtures/captures/fix_math_utils"), &run_dir);
+    let run = read_capture(&run_dir).unwrap();
+    let (run_id, issue_id) = (run.meta.run_id.clone(), run.meta.issue_id.clone());
+    let ev = |step: Step| {
+        let c = CaptureEvent { run_id: run_id.clone(), issue_id: issue_id.clone(), capture_dir: run_dir.clone(), step };
+        event(Payload::Capture(Box::new(c)))
+    };
+    let mut events = vec![ev(Step::Started {
+        task: run.task.clone(),
+        image: run.meta.image.clone(),
+        started_at: run.meta.started_at.clone(),
+    })];
+    events.extend(run.events.iter().map(|e| ev(Step::Native { event: e.clone() })));
+    events.push(ev(Step::Finished(Box::new(run))));
+    events
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 fn parse(kind: Kind, type_name: &str, body: &str) -> AnyConfig {
     testing::parse(kind, type_name, body).unwrap_or_else(|e| panic!("{type_name}: {e:?}"))
 }
@@ -55,7 +89,7 @@ fn parse(kind: Kind, type_name: &str, body: &str) -> AnyConfig {
 /// Samples of every kind of event, each kind made the way a pipeline makes it: OpenCode
 /// records by `opencode_storage` from a real 1.18.33 database, statuses by `status` from the
 /// recorded live stream, rollups by `aggregate` from those records.
-async fn samples() -> Vec<Event> {
+async fn samples(captures: &std::path::Path) -> Vec<Event> {
     let dir = tempfile::tempdir().unwrap();
     let fixture = common::root().join("fixtures/storage/v1.18.33-fork");
     let storage = format!("data_dir = {:?}\nfollow = false\n", fixture.display().to_string());
@@ -89,6 +123,7 @@ async fn samples() -> Vec<Event> {
     all.extend(rollups);
     all.push(event(Payload::Process(Box::new(process))));
     all.push(event(Payload::Json(serde_json::json!({"n": 1, "note": "untyped"}))));
+    all.extend(capture(captures));
     let mut all: Vec<Event> = all
         .into_iter()
         .map(|mut e| {
@@ -108,7 +143,8 @@ fn kinds(events: &[Event]) -> DataType {
 async fn every_registered_component_passes_the_harness() {
     let regs = registry::all();
     assert!(regs.len() >= 5, "components are registered: {}", regs.len());
-    let samples = samples().await;
+    let captures = tempfile::tempdir().unwrap();
+    let samples = samples(captures.path()).await;
     assert_eq!(kinds(&samples), DataType::ANY, "samples of every kind");
     for reg in regs {
         let dir = tempfile::tempdir().unwrap();
@@ -121,6 +157,14 @@ async fn every_registered_component_passes_the_harness() {
         let n = fed.len() as u64;
         match &cfg {
             AnyConfig::Source(c) => {
+                // A source that needs something this machine may not give its example (a task
+                // file, a Docker engine) must refuse to build with an error that says what to do.
+                if let Err(e) = testing::try_build_source(c.as_ref(), dir.path()) {
+                    let msg = format!("{e:#}");
+                    assert!(msg.contains(": ") && msg.len() > 30, "{what}: an unclear build error: {msg}");
+                    eprintln!("compliant: {what} (refuses to build here, clearly: {msg})");
+                    continue;
+                }
                 let out = testing::run_source(c.as_ref(), dir.path(), Duration::from_millis(300), |_| false).await;
                 assert_eq!(out.metrics.errors, 0, "{what}");
                 assert!(

@@ -181,7 +181,7 @@ fn detail(ty: &str, p: &Value) -> String {
         }
         "message.updated" => {
             let i = &p["info"];
-            format!("{} {} {}", s(&i["role"]), s(&i["modelID"]), i["tokens"].to_string())
+            format!("{} {} {}", s(&i["role"]), s(&i["modelID"]), i["tokens"])
         }
         "session.error" => p["error"].to_string(),
         "file.edited" => s(&p["file"]),

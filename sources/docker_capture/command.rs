@@ -17,7 +17,12 @@ fn command() -> clap::Command {
         .about("Runs OpenCode tasks in Docker containers and records what they did (artifacts/captures/)")
         .arg(arg!(--issue <ID> "Run this task of the task file").conflicts_with("all"))
         .arg(Arg::new("all").long("all").action(ArgAction::SetTrue).help("Run every task, one after another"))
-        .arg(Arg::new("keep-workspace").long("keep-workspace").action(ArgAction::SetTrue).help("Keep each run's workspace/"))
+        .arg(
+            Arg::new("keep-workspace")
+                .long("keep-workspace")
+                .action(ArgAction::SetTrue)
+                .help("Keep each run's workspace/"),
+        )
         .arg(arg!(--"image-ref" <IMAGE> "The image to run"))
         .arg(arg!(--"opencode-bin" <PATH> "A host opencode binary, mounted into the container"))
         .arg(arg!(--network <MODE> "none, host, bridge or a network's name"))
@@ -28,7 +33,9 @@ fn command() -> clap::Command {
         .arg(arg!(--"memory-mb" <MB> "Memory limit per container").value_parser(clap::value_parser!(u64)))
         .arg(arg!(--"opencode-config" <DIR> "OpenCode's config directory to mount (default ~/.config/opencode)"))
         .arg(arg!(--pipeline <FILE> "Another capture pipeline file (default pipelines/capture.toml)"))
-        .arg(arg!(--"data-dir" <DIR> "ocpipe's state directory for this run").value_parser(clap::value_parser!(PathBuf)))
+        .arg(
+            arg!(--"data-dir" <DIR> "ocpipe's state directory for this run").value_parser(clap::value_parser!(PathBuf)),
+        )
 }
 
 fn run(m: &clap::ArgMatches) -> ExitCode {
@@ -74,7 +81,9 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
 fn pipeline_text(file: Option<PathBuf>) -> Result<(String, String), String> {
     let file = file.or_else(|| Some(PathBuf::from(PIPELINE)).filter(|p| p.is_file()));
     match file {
-        Some(f) => std::fs::read_to_string(&f).map(|t| (f.display().to_string(), t)).map_err(|e| format!("{}: {e}", f.display())),
+        Some(f) => std::fs::read_to_string(&f)
+            .map(|t| (f.display().to_string(), t))
+            .map_err(|e| format!("{}: {e}", f.display())),
         None => Ok((PIPELINE.to_string(), crate::cli::embedded_pipeline(PIPELINE).expect("embedded").to_string())),
     }
 }

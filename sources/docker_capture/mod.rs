@@ -155,7 +155,7 @@ impl SourceConfig for DockerCaptureConfig {
                 "`memory_mb` must be at least 6 (Docker's minimum)",
             ));
         }
-        if !(self.cpus > 0.0) {
+        if self.cpus.is_nan() || self.cpus <= 0.0 {
             errs.push(FieldError::new(FieldPath::key("cpus"), "`cpus` must be more than 0"));
         }
         if self.timeout_secs == 0 {
@@ -212,8 +212,9 @@ impl SourceConfig for DockerCaptureConfig {
 
 impl DockerCaptureConfig {
     fn settings(&self, cx: &Context, project: PathBuf) -> anyhow::Result<run::Settings> {
-        let docker = bollard::Docker::connect_with_defaults()
-            .map_err(|e| anyhow::anyhow!("no Docker engine answers at {} ({e}): start dockerd, or set DOCKER_HOST", docker_host()))?;
+        let docker = bollard::Docker::connect_with_defaults().map_err(|e| {
+            anyhow::anyhow!("no Docker engine answers at {} ({e}): start dockerd, or set DOCKER_HOST", docker_host())
+        })?;
         let opencode_config = match self.opencode_config.as_deref() {
             Some("") => None,
             Some(p) => Some(cx.resolve(p)),

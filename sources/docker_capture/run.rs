@@ -502,7 +502,12 @@ fn session_in_db(data: &Path) -> Option<String> {
 }
 
 /// `opencode export <session>` in a second container of the same image over the run's data.
-async fn export_session(s: &Settings, dir: &Path, config: Option<&Path>, sid: &str) -> (String, Option<Value>, String, String) {
+async fn export_session(
+    s: &Settings,
+    dir: &Path,
+    config: Option<&Path>,
+    sid: &str,
+) -> (String, Option<Value>, String, String) {
     let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
     let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
     let body = container_body(s, Spec { dir, config, env, cmd, network: "none" });

@@ -25,7 +25,7 @@ pub fn copy_project(project: &Path, dest: &Path, skip: &[PathBuf]) -> io::Result
     for entry in std::fs::read_dir(project)? {
         let entry = entry?;
         let from = entry.path();
-        if skip.iter().any(|s| from == *s) {
+        if skip.contains(&from) {
             continue;
         }
         let to = dest.join(entry.file_name());

@@ -113,3 +113,25 @@ pub fn summarize(run: &Finished) -> Value {
         "first_error": first_error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_run_is_summarised_from_its_export_and_events() {
+        // OpenCode 1.18.33 in a container, served 1000+20, 1100+15, 1200+5 tokens (write, bash, text).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/captures/fix_math_utils");
+        let mut run = crate::capture::read_capture(&dir).unwrap();
+        let s = summarize(&run);
+        assert_eq!((s["tokens"]["input"].as_u64(), s["tokens"]["output"].as_u64()), (Some(3300), Some(40)), "{s}");
+        assert_eq!(s["tokens_from"], "session_export");
+        assert_eq!(s["tools"], json!({"bash": 1, "write": 1}));
+        assert_eq!(s["files_changed"]["modified"], json!(["math_utils.py"]));
+        assert_eq!(s["assistant_messages"], 3);
+        // Without the export, the native events give the same tokens.
+        run.export = None;
+        let s = summarize(&run);
+        assert_eq!((s["tokens"]["total"].as_u64(), s["tokens_from"].as_str()), (Some(3340), Some("native_events")));
+    }
+}

@@ -229,8 +229,8 @@ mod tests {
         let errs = parse_tasks(text, Path::new("/p")).unwrap_err();
         let got: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(got.len(), 4, "{got:#?}");
-        assert!(got[0].starts_with("3:9 ([1].id): duplicate id `fix_math`"), "{got:#?}");
-        assert!(got[1].starts_with("3:41 ([1].risk_level): unknown risk level `hi`"), "{got:#?}");
+        assert!(got[0].starts_with("3:10 ([1].id): duplicate id `fix_math`"), "{got:#?}");
+        assert!(got[1].starts_with("3:36 ([1].risk_level): unknown risk level `hi`"), "{got:#?}");
         assert!(got[2].starts_with("4:3 ([2].prompt): missing `prompt`"), "{got:#?}");
         assert!(got[3].contains("([2].files[0]): `../../etc/passwd` is outside the project"), "{got:#?}");
         let ok = parse_tasks(r#"[{"id": "a", "risk_level": "severe", "title": "t", "prompt": "p"}]"#, Path::new("/p"))
