@@ -311,3 +311,58 @@ fn bad_task_files_and_a_missing_task_or_engine_are_clear_errors() {
     let out = run(&[], &[]);
     assert!(text(&out.stderr).contains("say which task: --issue ID, or --all"));
 }
+
+#[test]
+fn ctrl_c_stops_the_container_and_the_run_ends_interrupted_and_valid() {
+    let Some(image) = capture_image() else { return };
+    let Some(oc) = OpenCode::start(r#"[{"hang": 120}]"#) else { return };
+    let tasks = r#"[
+      {"id": "first", "risk_level": "safe", "title": "Stuck", "prompt": "Wait"},
+      {"id": "second", "risk_level": "safe", "title": "Never started", "prompt": "Nothing"}
+    ]"#;
+    let project = Project::new(tasks, &oc, &image, "");
+    let child = Command::new(bin())
+        .args(["capture", "--all"])
+        .current_dir(project.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once its container runs (capture containers carry the run's id as a label), Ctrl-C.
+    let started = std::time::Instant::now();
+    let running = || {
+        project.runs().first().is_some_and(|r| {
+            let label = format!("label=ocpipe.run_id={}", r.file_name().unwrap().to_string_lossy());
+            let out =
+                Command::new("docker").args(["ps", "-q", "--filter", &label, "--filter", "status=running"]).output();
+            !text(&out.unwrap().stdout).trim().is_empty()
+        })
+    };
+    while !running() {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed().as_secs() < 60, "it stopped promptly");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "the interrupted run is still valid: {stderr}");
+    let runs = project.runs();
+    assert_eq!(runs.len(), 1, "the second task never started: {runs:?}");
+    let meta = json(&runs[0].join("meta/run.json"));
+    assert_eq!(
+        (meta["run_status"].as_str(), meta["capture_valid"].as_bool()),
+        (Some("interrupted"), Some(true)),
+        "{meta}"
+    );
+    assert!(runs[0].join("report/index.html").is_file());
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("id={}", meta["container_id"].as_str().unwrap())])
+        .output()
+        .unwrap();
+    assert_eq!(text(&left.stdout).trim(), "", "the container is gone");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

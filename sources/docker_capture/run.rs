@@ -258,6 +258,8 @@ fn binds(s: &Settings, dir: &Path, config: Option<&Path>) -> Vec<String> {
 
 /// What a container of a run is made of.
 struct Spec<'a> {
+    /// `ocpipe.run_id` (so `docker ps --filter label=ocpipe.run_id` finds capture containers).
+    run_id: &'a str,
     dir: &'a Path,
     config: Option<&'a Path>,
     env: Vec<String>,
@@ -266,12 +268,13 @@ struct Spec<'a> {
 }
 
 fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
-    let Spec { dir, config, env, cmd, network } = spec;
+    let Spec { run_id, dir, config, env, cmd, network } = spec;
     ContainerCreateBody {
         image: Some(s.image.clone()),
         cmd: Some(cmd),
         env: Some(env),
         working_dir: Some("/workspace".into()),
+        labels: Some(HashMap::from([("ocpipe.run_id".to_string(), run_id.to_string())])),
         host_config: Some(HostConfig {
             binds: Some(binds(s, dir, config)),
             memory: Some((s.memory_mb * 1024 * 1024) as i64),
@@ -313,7 +316,10 @@ impl Supervision<'_, '_> {
             cmd.extend(["--model".to_string(), m.clone()]);
         }
         cmd.push(self.task.prompt.clone());
-        let body = container_body(s, Spec { dir: self.dir, config: self.config, env, cmd, network: &s.network });
+        let body = container_body(
+            s,
+            Spec { run_id: &self.meta.run_id, dir: self.dir, config: self.config, env, cmd, network: &s.network },
+        );
         let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
         {
             Ok(c) => c.id,
@@ -510,7 +516,8 @@ async fn export_session(
 ) -> (String, Option<Value>, String, String) {
     let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
     let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
-    let body = container_body(s, Spec { dir, config, env, cmd, network: "none" });
+    let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let body = container_body(s, Spec { run_id: &run_id, dir, config, env, cmd, network: "none" });
     let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
         Ok(c) => c.id,
         Err(e) => return (format!("failed: {e}"), None, String::new(), String::new()),

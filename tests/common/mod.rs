@@ -638,7 +638,7 @@ pub async fn wait_for_async<T>(limit: Duration, mut f: impl FnMut() -> Option<T>
 /// Like [`require`], for a condition other than a program on PATH.
 pub fn require_that(what: &str, ok: bool) -> Option<()> {
     if !ok {
-        let msg = format!("{what} is not installed; this test needs it");
+        let msg = format!("{what} is not available; this test needs it");
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg} (CI=true: a missing program is a failure)");
         }
