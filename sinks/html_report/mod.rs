@@ -98,16 +98,28 @@ pub fn render(run: &Finished) -> anyhow::Result<String> {
         "meta": run.meta,
         "task": run.task,
         "summary": summary,
-        "process_tree": run.process_tree,
+        "process_tree": with_clock_times(&run.process_tree, "processes"),
         "fs_diff": run.fs_diff,
-        "network": run.network,
+        "network": with_clock_times(&run.network, "endpoints"),
         "files_changed": files_changed,
         "status_class": status_class,
         "chart": chart(&run.process_tree),
         "timeline": timeline(&run.events),
+        "strip": strip(run),
         "logs": {"stdout": tail(&run.logs.stdout), "stderr": tail(&run.logs.stderr)},
     });
     Ok(env.get_template("report.html")?.render(ctx)?)
+}
+
+/// The rows of `list` with `first_seen`/`last_seen` as times of day.
+fn with_clock_times(doc: &Value, list: &str) -> Value {
+    let mut tree = doc.clone();
+    for p in tree[list].as_array_mut().into_iter().flatten() {
+        for k in ["first_seen", "last_seen"] {
+            p[k] = json!(clock(p[k].as_str().unwrap_or("")));
+        }
+    }
+    tree
 }
 
 /// Polyline points for processes and RSS over the run (numbers only).
@@ -136,6 +148,32 @@ fn chart(tree: &Value) -> Value {
     })
 }
 
+/// The native events on the run's time axis: one tick each, coloured by family.
+fn strip(run: &Finished) -> Value {
+    let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis() as f64);
+    let (Some(start), Some(end)) = (time(&run.meta.started_at), time(&run.meta.finished_at)) else {
+        return json!([]);
+    };
+    let span = (end - start).max(1.0);
+    let ticks: Vec<Value> = run
+        .events
+        .iter()
+        .filter_map(|e| {
+            let t = time(e["time"].as_str()?)?;
+            let ty = e["type"].as_str().unwrap_or("?");
+            let (row, color) = match ty.split('.').next().unwrap_or("") {
+                "tool" => (0, "#3b82f6"),
+                "permission" => (1, "#dc2626"),
+                "file" | "command" => (2, "#f59e0b"),
+                "session" => (3, "#16a34a"),
+                _ => (4, "#9ca3af"),
+            };
+            Some(json!({"x": format!("{:.1}", ((t - start) / span).clamp(0.0, 1.0) * 896.0 + 2.0), "y": row * 14 + 4, "color": color, "title": ty}))
+        })
+        .collect();
+    Value::Array(ticks)
+}
+
 /// The native events as rows; a run of the same noisy type (or repeated updates of one part)
 /// folds into one row with its count.
 fn timeline(events: &[Value]) -> Vec<Value> {
@@ -154,9 +192,16 @@ fn timeline(events: &[Value]) -> Vec<Value> {
             continue;
         }
         last_key = key;
-        rows.push(json!({"time": e["time"], "type": ty, "detail": detail(ty, p), "folded": 1}));
+        rows.push(
+            json!({"time": clock(e["time"].as_str().unwrap_or("")), "type": ty, "detail": detail(ty, p), "folded": 1}),
+        );
     }
     rows
+}
+
+/// `2026-11-29T15:15:11.371Z` → `15:15:11.371` (the report's day is in its header).
+fn clock(t: &str) -> String {
+    t.get(11..23).unwrap_or(t).trim_end_matches('Z').to_string()
 }
 
 /// One line about an event.
