@@ -109,6 +109,7 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
         ..Default::default()
     };
     let mut emit = Emitter { cx, out, run_id, issue_id: task.id.clone(), dir: dir.clone() };
+    let phase = |what: &str| tracing::debug!(component = &*cx.id, "{what} at {:.3} s", clock.elapsed().as_secs_f64());
     let mut observer = Observer::default();
     let mut logs = Logs::default();
     let mut fs_diff = json!({"added": [], "modified": [], "deleted": [], "outside_workspace": []});
@@ -136,7 +137,9 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
                 logs: &mut logs,
                 emit: &mut emit,
             };
+            phase("prepared");
             let outside = sup.run(shutdown).await;
+            phase("container removed");
             let (project, ws) = (s.project.clone(), dir.join(layout::WORKSPACE));
             fs_diff = tokio::task::spawn_blocking(move || {
                 let after = workspace::hash_tree(&ws);
@@ -158,6 +161,7 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
     }
     .into();
     meta.session_id = session_of(&events).or_else(|| session_in_db(&dir.join(DATA_DIR)));
+    phase("workspace compared");
     let mut export = None;
     if let (Some(sid), true, false) = (&meta.session_id, s.export_session, meta.run_status == "error") {
         let (status, value, stdout, stderr) = export_session(s, &dir, config.0.as_deref(), sid).await;
@@ -166,6 +170,7 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
         logs.export_stdout = stdout;
         logs.export_stderr = stderr;
     }
+    phase("exported");
     // The workspace goes unless kept; OpenCode's data folder always (the export holds it).
     let (keep, dir2) = (s.keep_workspace, dir.clone());
     let _ = tokio::task::spawn_blocking(move || {
@@ -351,8 +356,14 @@ impl Supervision<'_, '_> {
                 .and_then(|i| i.state);
             self.meta.exit_code = state.as_ref().and_then(|st| st.exit_code);
             let state_oom = state.as_ref().and_then(|st| st.oom_killed).unwrap_or(false);
-            // The engine's `oom` event may come a moment after the exit.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A process was killed (137): the engine's `oom` event may come a moment after the
+            // exit, so it gets half a second; a clean exit needs no wait.
+            if self.meta.exit_code == Some(137) && !oom_event.load(Ordering::Acquire) {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+                while !oom_event.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             let evidence = [
                 (state_oom, "state"),
                 (self.observer.oom_kills > 0, "cgroup"),
@@ -370,10 +381,11 @@ impl Supervision<'_, '_> {
                 Outcome::Exited => "failed",
             }
             .into();
-            *self.logs = container_logs(&s.docker, &id).await;
         }
         watcher.abort();
-        let outside = outside_changes(&s.docker, &id).await;
+        // Its logs and its own changes, read together.
+        let (logs, outside) = tokio::join!(container_logs(&s.docker, &id), outside_changes(&s.docker, &id));
+        *self.logs = logs;
         let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
         let _ = s.docker.remove_container(&id, Some(remove)).await;
         outside
