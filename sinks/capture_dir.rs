@@ -94,7 +94,8 @@ pub fn write_run(dir: &Path, run: &Finished) -> std::io::Result<()> {
         write_file(dir, layout::EXPORT, &pretty(export))?;
     }
     let mut meta = run.meta.clone();
-    meta.capture_valid = valid;
+    // An abandoned run's observations say only that nobody watched it.
+    meta.capture_valid = valid && meta.run_status != "abandoned";
     let run = Finished { meta: meta.clone(), ..run.clone() };
     write_file(dir, layout::SUMMARY, &pretty(&summarize(&run)))?;
     write_file(dir, layout::RUN, &pretty(&serde_json::to_value(&meta).expect("serializes")))

@@ -366,3 +366,49 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn a_run_left_by_a_killed_ocpipe_is_cleaned_up_and_marked_at_the_next_start() {
+    let Some(image) = capture_image() else { return };
+    let Some(oc) = OpenCode::start(r#"[{"hang": 120}, {"text": "done", "usage": {"prompt": 10, "completion": 1}}]"#)
+    else {
+        return;
+    };
+    let tasks = r#"[
+      {"id": "killed", "risk_level": "safe", "title": "Killed mid-run", "prompt": "Wait"},
+      {"id": "after", "risk_level": "safe", "title": "After", "prompt": "Answer"}
+    ]"#;
+    let project = Project::new(tasks, &oc, &image, "");
+    let mut child =
+        Command::new(bin()).args(["capture", "--issue", "killed"]).current_dir(project.path()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let running = |run: &Path| {
+        let label = format!("label=ocpipe.run_id={}", run.file_name().unwrap().to_string_lossy());
+        let out = Command::new("docker").args(["ps", "-q", "--filter", &label]).output().unwrap();
+        !text(&out.stdout).trim().is_empty()
+    };
+    // Killed once its agent waits on the provider (the mock logged the hanging request).
+    let waiting = || std::fs::read_to_string(oc.served()).is_ok_and(|s| s.contains("\"hang\""));
+    while !(project.runs().first().is_some_and(|r| running(r)) && waiting()) {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // kill -9: no chance to clean up; the container goes on.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = project.runs()[0].clone();
+    assert!(running(&left), "the container outlived ocpipe");
+
+    let out = project.capture(&["--issue", "after"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!running(&left), "the left-over container is removed");
+    let meta = json(&left.join("meta/run.json"));
+    assert_eq!(meta["run_status"], "abandoned", "{meta}");
+    assert_eq!(meta["capture_valid"], false, "{meta}");
+    assert_eq!(meta["issue_id"], "killed", "{meta}");
+    assert!(left.join("report/index.html").is_file());
+    assert!(!left.join("workspace").exists());
+    let runs = project.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(json(&runs[1].join("meta/run.json"))["run_status"], "completed");
+}

@@ -195,6 +195,7 @@ impl SourceConfig for DockerCaptureConfig {
         Ok(Box::pin(async move {
             let SourceContext { cx, mut out, shutdown } = sc;
             settings.docker = check_engine(&settings).await?;
+            run::abandoned(&settings, &cx, &mut out).await;
             let mut bar = Progress::new(progress, tasks.len());
             for (i, task) in tasks.iter().enumerate() {
                 if shutdown.is_cancelled() {

@@ -116,7 +116,7 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
 
     let config = ConfigCopy::new(s.opencode_config.as_deref(), &emit.run_id);
     let prepared = match config {
-        Ok(c) => prepare(s, &dir).await.map(|b| (b, c)),
+        Ok(c) => prepare(s, &dir, task).await.map(|b| (b, c)),
         Err(e) => Err(e),
     };
     let mut config = ConfigCopy(None);
@@ -203,14 +203,86 @@ fn observer_proc_visible() -> bool {
     Path::new("/proc/self/net/tcp").exists()
 }
 
+/// Runs left behind by an ocpipe that was killed mid-run: their containers (found by the
+/// `ocpipe.run_id` label) are removed, and each such run of this captures folder is finished as
+/// `abandoned` (not `capture_valid`: nobody watched it end), so no run stays half-written.
+pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
+    let filters = HashMap::from([("label".to_string(), vec!["ocpipe.run_id".to_string()])]);
+    let list =
+        bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let Ok(containers) = s.docker.list_containers(Some(list)).await else { return };
+    for c in containers {
+        let (Some(id), Some(run_id)) = (c.id, c.labels.and_then(|l| l.get("ocpipe.run_id").cloned())) else { continue };
+        let dir = s.captures.join(&run_id);
+        if !dir.is_dir() || dir.join(layout::RUN).exists() || run_id.contains('/') {
+            continue; // another captures folder's run, or one that finished
+        }
+        tracing::warn!(
+            component = &*cx.id,
+            "run {run_id} was left running by a stopped ocpipe: removing its container"
+        );
+        let logs = container_logs(&s.docker, &id).await;
+        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let _ = s.docker.remove_container(&id, Some(remove)).await;
+        let task: Task = std::fs::read(dir.join(layout::ISSUE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| Task { id: run_id.clone(), ..Default::default() });
+        let _ = std::fs::remove_dir_all(dir.join(DATA_DIR));
+        if !s.keep_workspace {
+            let _ = std::fs::remove_dir_all(dir.join(layout::WORKSPACE));
+        }
+        let not_seen = json!({"note": "not observed: the supervisor was stopped during this run"});
+        let meta = RunMeta {
+            run_id: run_id.clone(),
+            issue_id: task.id.clone(),
+            risk_level: task.risk_level.to_string(),
+            title: task.title.clone(),
+            run_status: "abandoned".into(),
+            container_id: id,
+            image: s.image.clone(),
+            finished_at: Utc::now().to_rfc3339(),
+            error: Some(
+                "ocpipe was stopped during this run; its container was found and removed at the next start".into(),
+            ),
+            native_events: if dir.join(layout::EVENTS).exists() { "recorded" } else { "missing" }.into(),
+            export_status: "not_attempted".into(),
+            supervisor: format!("ocpipe {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let events = std::fs::read_to_string(dir.join(layout::EVENTS))
+            .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+            .unwrap_or_default();
+        let finished = Finished {
+            meta,
+            task: task.clone(),
+            process_tree: not_seen.clone(),
+            fs_diff: not_seen.clone(),
+            network: not_seen,
+            logs,
+            export: None,
+            events,
+        };
+        let mut emit = Emitter { cx, out, run_id, issue_id: task.id, dir };
+        emit.send(Step::Finished(Box::new(finished))).await;
+    }
+}
+
 /// Makes the run's folders, copies the project, injects the plugin; returns the workspace's
 /// files before the run.
-async fn prepare(s: &Settings, dir: &Path) -> std::io::Result<std::collections::BTreeMap<String, (u64, String)>> {
+async fn prepare(
+    s: &Settings,
+    dir: &Path,
+    task: &Task,
+) -> std::io::Result<std::collections::BTreeMap<String, (u64, String)>> {
     let (project, captures, dir, plugin) = (s.project.clone(), s.captures.clone(), dir.to_path_buf(), s.plugin);
+    let issue = serde_json::to_vec_pretty(task).map_err(std::io::Error::other)?;
     tokio::task::spawn_blocking(move || {
         for sub in ["meta", "input", "logs", "observations", "events", "derived", "report", DATA_DIR] {
             crate::component::create_private_dir(&dir.join(sub))?;
         }
+        // The task first: a run cut short still says what it was.
+        crate::capture::write_file(&dir, layout::ISSUE, &issue)?;
         let ws = dir.join(layout::WORKSPACE);
         workspace::copy_project(&project, &ws, &[captures.clone(), dir.clone()])?;
         if plugin {
