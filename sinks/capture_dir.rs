@@ -70,10 +70,21 @@ fn pretty(v: &Value) -> Vec<u8> {
     out
 }
 
-/// The run's files; `meta/run.json` last, valid when the observations are on disk.
+/// The run's files, each written whatever happened to the others; `meta/run.json` last, valid
+/// when the source saw the run through and the observations are on disk.
 pub fn write_run(dir: &Path, run: &Finished) -> std::io::Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut write = |rel: &str, bytes: &[u8]| -> bool {
+        match write_file(dir, rel, bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                problems.push(format!("{rel}: {e}"));
+                false
+            }
+        }
+    };
     let task = serde_json::to_value(&run.task).expect("serializes");
-    write_file(dir, layout::ISSUE, &pretty(&task))?;
+    write(layout::ISSUE, &pretty(&task));
     let logs = [
         (layout::CONTAINER_LOG, &run.logs.container),
         (layout::STDOUT, &run.logs.stdout),
@@ -82,21 +93,26 @@ pub fn write_run(dir: &Path, run: &Finished) -> std::io::Result<()> {
         (layout::EXPORT_STDERR, &run.logs.export_stderr),
     ];
     for (rel, text) in logs {
-        write_file(dir, rel, text.as_bytes())?;
+        write(rel, text.as_bytes());
     }
     let observations =
         [(layout::PROCESS_TREE, &run.process_tree), (layout::FS_DIFF, &run.fs_diff), (layout::NETWORK, &run.network)];
-    let mut valid = true;
+    let mut observed = true;
     for (rel, value) in observations {
-        valid &= write_file(dir, rel, &pretty(value)).is_ok();
+        observed &= write(rel, &pretty(value));
     }
     if let Some(export) = &run.export {
-        write_file(dir, layout::EXPORT, &pretty(export))?;
+        write(layout::EXPORT, &pretty(export));
     }
     let mut meta = run.meta.clone();
-    // An abandoned run's observations say only that nobody watched it.
-    meta.capture_valid = valid && meta.run_status != "abandoned";
+    meta.capture_valid &= observed;
+    if !problems.is_empty() {
+        let written = format!("not written: {}", problems.join("; "));
+        meta.error = Some(meta.error.map_or(written.clone(), |e| format!("{e}; {written}")));
+    }
     let run = Finished { meta: meta.clone(), ..run.clone() };
-    write_file(dir, layout::SUMMARY, &pretty(&summarize(&run)))?;
+    if let Err(e) = write_file(dir, layout::SUMMARY, &pretty(&summarize(&run))) {
+        tracing::warn!("{}: {e}", dir.join(layout::SUMMARY).display());
+    }
     write_file(dir, layout::RUN, &pretty(&serde_json::to_value(&meta).expect("serializes")))
 }

@@ -60,7 +60,7 @@ inputs = ["capture"]
     /// Run directories, oldest first.
     fn runs(&self) -> Vec<PathBuf> {
         let mut runs: Vec<PathBuf> = std::fs::read_dir(self.path().join("artifacts/captures"))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
             .unwrap_or_default();
         runs.sort();
         runs
@@ -82,7 +82,7 @@ fn a_task_that_edits_and_runs_bash_is_recorded_whole_and_browsable() {
     let script = r#"[
       {"tool": "write", "arguments": {"filePath": "/workspace/math_utils.py", "content": "def add(a, b):\n    return a + b\n# <img src=x onerror=\"document.title='pwned'\">\n"},
        "slow": 1.5, "usage": {"prompt": 1000, "completion": 20}},
-      {"tool": "bash", "arguments": {"command": "sleep 2; echo ran-in-bash; cat math_utils.py", "description": "show it"},
+      {"tool": "bash", "arguments": {"command": "sleep 2; echo ran-in-bash; cat math_utils.py; ln -s /etc/passwd passwd_link; mkfifo a_fifo", "description": "show it"},
        "call_id": "call_2", "usage": {"prompt": 1100, "completion": 15, "cached": 100}},
       {"text": "Fixed.", "usage": {"prompt": 1200, "completion": 5}}
     ]"#;
@@ -113,6 +113,11 @@ fn a_task_that_edits_and_runs_bash_is_recorded_whole_and_browsable() {
     let patch = modified[0]["diff"].as_str().unwrap();
     assert!(patch.contains("-    return a - b") && patch.contains("+    return a + b"), "{patch}");
     assert!(diff["added"].as_array().unwrap().iter().all(|f| !f["path"].as_str().unwrap().contains("node_modules")));
+    // A link the agent made is recorded as a link, never followed; a FIFO does not hang the diff.
+    let link = diff["added"].as_array().unwrap().iter().find(|f| f["path"] == "passwd_link").expect("the link");
+    assert!(link["diff"].is_null(), "{link}");
+    let diff_text = std::fs::read_to_string(run.join("observations/fs_diff.json")).unwrap();
+    assert!(!diff_text.contains("root:x:0:0"), "no host file read through a link");
 
     // opencode, and the bash it started (seen while it slept).
     let tree = json(&run.join("observations/process_tree.json"));
@@ -156,6 +161,8 @@ fn a_task_that_edits_and_runs_bash_is_recorded_whole_and_browsable() {
     // The report shows it all, the title as text.
     let report = std::fs::read_to_string(run.join("report/index.html")).unwrap();
     assert!(report.contains("Fix add &lt;img src=x onerror=alert(1)&gt;"), "the title, escaped");
+    assert!(report.contains(">valid</span>"), "the report says the capture is valid");
+    assert!(!report.contains("root:x:0:0"));
     assert!(!report.contains("<img src=x"), "no markup from the run");
     for want in ["math_utils.py", "+    return a + b", &llm, "tool.execute.before", "completed"] {
         assert!(report.contains(want), "{want} in the report");
@@ -265,7 +272,7 @@ fn all_tasks_run_serially_and_a_timeout_an_oom_and_a_missing_plugin_still_give_v
     assert_eq!((stuck["run_status"].as_str(), stuck["timed_out"].as_bool()), (Some("timeout"), Some(true)), "{stuck}");
     assert!(stuck["duration_secs"].as_f64().unwrap() < 40.0, "{stuck}");
     let greedy = by_id("greedy");
-    assert_eq!(greedy["oom_killed"], true, "{greedy}");
+    assert_eq!((greedy["oom_killed"].as_bool(), greedy["run_status"].as_str()), (Some(true), Some("oom")), "{greedy}");
     assert!(greedy["oom_evidence"].as_array().unwrap().iter().any(|e| e == "cgroup" || e == "event"), "{greedy}");
     for r in &runs {
         let report = std::fs::read_to_string(r.join("report/index.html")).unwrap();
@@ -302,6 +309,7 @@ fn bad_task_files_and_a_missing_task_or_engine_are_clear_errors() {
     std::fs::write(p.join("tasks/issues.json"), r#"[{"id": "a", "risk_level": "safe", "title": "t", "prompt": "p"}]"#)
         .unwrap();
     let out = run(&["--issue", "nope"], &[]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no task `nope` in"), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("its tasks: a"), "{}", text(&out.stderr));
     let out = run(&["--issue", "a"], &[("DOCKER_HOST", &format!("unix://{}/no.sock", p.display()))]);

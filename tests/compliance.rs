@@ -66,7 +66,7 @@ fn capture(dir: &std::path::Path) -> Vec<Event> {
         image: run.meta.image.clone(),
         started_at: run.meta.started_at.clone(),
     })];
-    events.extend(run.events.iter().map(|e| ev(Step::Native { event: e.clone() })));
+    events.extend(run.events.iter().enumerate().map(|(n, e)| ev(Step::Native { n, event: e.clone() })));
     events.push(ev(Step::Finished(Box::new(run))));
     events
 }

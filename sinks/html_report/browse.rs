@@ -174,7 +174,7 @@ async fn report(State(b): State<Arc<Browser>>, headers: HeaderMap, UrlPath(id): 
         )
             .into_response();
     }
-    match std::fs::read_to_string(b.root.join(&id).join(layout::REPORT)) {
+    match tokio::fs::read_to_string(b.root.join(&id).join(layout::REPORT)).await {
         Ok(html) => {
             let mut r = Html(html).into_response();
             // The report has no script of its own: none may run in it.

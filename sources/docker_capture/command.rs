@@ -131,12 +131,20 @@ fn with_flags(text: &str, m: &clap::ArgMatches) -> Result<(String, PathBuf), Str
     Ok((doc.to_string(), captures))
 }
 
-/// The runs recorded in `captures` since `since`.
+/// The runs this command started (their ids begin with their UTC start time), each read from
+/// its `meta/run.json`; one that has none counts as not valid.
 fn runs_since(captures: &Path, since: std::time::SystemTime) -> Vec<RunMeta> {
+    let since = chrono::DateTime::<chrono::Utc>::from(since).format("%Y%m%dT%H%M%SZ").to_string();
     let Ok(rd) = std::fs::read_dir(captures) else { return Vec::new() };
     rd.flatten()
-        .filter(|e| e.metadata().and_then(|m| m.created().or_else(|_| m.modified())).is_ok_and(|t| t >= since))
-        .filter_map(|e| std::fs::read(e.path().join(layout::RUN)).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.get(..16).is_some_and(|t| t >= since.as_str()))
+        .map(|name| {
+            std::fs::read(captures.join(&name).join(layout::RUN))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(RunMeta { run_id: name, ..Default::default() })
+        })
         .collect()
 }

@@ -229,14 +229,22 @@ impl DockerCaptureConfig {
             anyhow::bail!("opencode_bin {} is not a file", b.display());
         }
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut unset = Vec::new();
         for name in &self.pass_env {
-            if let Ok(v) = std::env::var(name) {
-                env.push(format!("{name}={v}"));
+            match std::env::var(name) {
+                Ok(v) => env.push(format!("{name}={v}")),
+                Err(_) => unset.push(name.as_str()),
             }
         }
+        if !unset.is_empty() {
+            tracing::info!(component = &*cx.id, "pass_env: not set here, so not passed: {}", unset.join(", "));
+        }
         let captures = cx.resolve(&self.captures);
-        crate::component::create_private_dir(&captures)?;
+        crate::component::create_private_dir(&captures)
+            .map_err(|e| anyhow::anyhow!("cannot create the captures folder {}: {e}", captures.display()))?;
+        let lock = lock_captures(&captures)?;
         Ok(run::Settings {
+            _lock: lock,
             docker,
             image: self.image_ref.clone(),
             opencode_bin,
@@ -255,6 +263,27 @@ impl DockerCaptureConfig {
             project: std::fs::canonicalize(&project).unwrap_or(project),
         })
     }
+}
+
+/// One capture at a time per captures folder (so a run without `meta/run.json` found at start
+/// is one a stopped ocpipe left): an exclusive lock on `<captures>/.lock`, held while running.
+fn lock_captures(captures: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = captures.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another ocpipe capture is running on {} (one at a time per captures folder): wait for it, or set `captures`",
+            captures.display()
+        );
+    }
+    Ok(f)
 }
 
 /// The engine answers (in the API version both sides speak) and has the image: one clear error

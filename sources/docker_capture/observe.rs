@@ -32,12 +32,24 @@ pub fn parse_top(titles: &[String], rows: &[Vec<String>]) -> Vec<ProcessRow> {
         .collect()
 }
 
-/// The TCP and UDP sockets the given (host) pids hold, from `/proc`. Empty when `/proc` does
-/// not show them (an engine on another machine).
-pub fn connections(pids: &[u32]) -> Vec<ConnectionRow> {
+/// The pids that are this container's processes as this machine's `/proc` shows them (their
+/// cgroup names the container); none when the engine runs elsewhere (its pids are another
+/// machine's).
+pub fn local_pids(pids: &[u32], container_id: &str) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(container_id)))
+        .collect()
+}
+
+/// The TCP and UDP sockets the given (local, checked) pids hold, from `/proc`, and whether
+/// their descriptors could be read at all.
+pub fn connections(pids: &[u32]) -> (Vec<ConnectionRow>, bool) {
     let mut owner: HashMap<u64, u32> = HashMap::new();
+    let mut readable = false;
     for &pid in pids {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        readable = true;
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path())
                 && let Some(inode) =
@@ -48,7 +60,7 @@ pub fn connections(pids: &[u32]) -> Vec<ConnectionRow> {
             }
         }
     }
-    let Some(&first) = pids.first() else { return Vec::new() };
+    let Some(&first) = pids.first() else { return (Vec::new(), readable) };
     let mut out = Vec::new();
     for proto in ["tcp", "tcp6", "udp", "udp6"] {
         let Ok(table) = std::fs::read_to_string(format!("/proc/{first}/net/{proto}")) else { continue };
@@ -68,7 +80,7 @@ pub fn connections(pids: &[u32]) -> Vec<ConnectionRow> {
             });
         }
     }
-    out
+    (out, readable)
 }
 
 /// `0100007F:1F90` → `127.0.0.1:8080` (IPv6: four little-endian words).
@@ -134,6 +146,7 @@ pub fn memory(cgroup: &Path) -> (Option<u64>, Option<u64>) {
 
 struct Seen {
     row: ProcessRow,
+    started_at: String,
     first_seen: String,
     last_seen: String,
     max_rss_kb: u64,
@@ -157,6 +170,10 @@ pub struct Observer {
     listening: BTreeSet<String>,
     pub oom_kills: u64,
     snapshots: usize,
+    /// Per snapshot, each process's CPU and RSS.
+    samples: Vec<Value>,
+    /// Whether connections could be read (local engine, readable descriptors).
+    pub observable: bool,
 }
 
 impl Observer {
@@ -164,8 +181,12 @@ impl Observer {
         self.snapshots += 1;
         let command_of: HashMap<u32, &str> = s.processes.iter().map(|p| (p.pid, p.command.as_str())).collect();
         for p in &s.processes {
+            let started_at = chrono::DateTime::parse_from_rfc3339(&s.at)
+                .map(|t| (t - chrono::Duration::seconds(p.elapsed_secs as i64)).to_rfc3339())
+                .unwrap_or_default();
             let e = self.processes.entry(p.pid).or_insert_with(|| Seen {
                 row: p.clone(),
+                started_at,
                 first_seen: s.at.clone(),
                 last_seen: s.at.clone(),
                 max_rss_kb: 0,
@@ -193,6 +214,12 @@ impl Observer {
             e.commands.insert(command_of.get(&c.pid).copied().unwrap_or("?").to_string());
         }
         self.oom_kills = self.oom_kills.max(s.oom_kills.unwrap_or(0));
+        let rows: Vec<Value> = s
+            .processes
+            .iter()
+            .map(|p| json!({"pid": p.pid, "cpu_percent": p.cpu_percent, "rss_kb": p.rss_kb}))
+            .collect();
+        self.samples.push(json!({"at": s.at, "processes": rows}));
         self.timeline.push(json!({
             "at": s.at,
             "processes": s.processes.len(),
@@ -211,7 +238,7 @@ impl Observer {
             .values()
             .map(|s| {
                 json!({
-                    "pid": s.row.pid, "ppid": s.row.ppid, "command": s.row.command,
+                    "pid": s.row.pid, "ppid": s.row.ppid, "command": s.row.command, "started_at": s.started_at,
                     "first_seen": s.first_seen, "last_seen": s.last_seen,
                     "max_rss_kb": s.max_rss_kb, "max_cpu_percent": s.max_cpu_percent,
                 })
@@ -222,11 +249,13 @@ impl Observer {
             "snapshots": self.snapshots,
             "processes": processes,
             "timeline": self.timeline,
+            "samples": self.samples,
         })
     }
 
     /// `network.json`: distinct remote endpoints with first and last seen.
-    pub fn network(&self, mode: &str, observable: bool) -> Value {
+    pub fn network(&self, mode: &str) -> Value {
+        let observable = self.observable;
         let endpoints: Vec<Value> = self
             .endpoints
             .iter()
@@ -240,6 +269,7 @@ impl Observer {
         json!({
             "network_mode": mode,
             "observable": observable,
+            "how": "the sockets of the container's processes in /proc, by inode, at each poll",
             "snapshots": self.snapshots,
             "endpoints": endpoints,
             "listening": self.listening,

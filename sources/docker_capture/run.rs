@@ -25,6 +25,8 @@ use crate::event::{Event, Payload};
 
 /// What every run of one source shares.
 pub struct Settings {
+    /// The captures folder's lock, held as long as these settings live.
+    pub _lock: std::fs::File,
     pub docker: Docker,
     pub image: String,
     pub opencode_bin: Option<PathBuf>,
@@ -44,10 +46,9 @@ pub struct Settings {
     pub captures: PathBuf,
 }
 
-/// Where OpenCode keeps its data in the container (a folder of the run, so that the export,
-/// run in a second container, reads the same database).
+/// Where OpenCode keeps its data in the container (the run's scratch folder, so that the
+/// export, run in a second container, reads the same database).
 const DATA_IN_CONTAINER: &str = "/root/.local/share/opencode";
-const DATA_DIR: &str = ".opencode-data";
 
 struct Emitter<'a> {
     cx: &'a Context,
@@ -74,9 +75,7 @@ fn step_name(s: &Step) -> String {
     match s {
         Step::Started { .. } => "started".into(),
         Step::Observed { snapshot } => format!("observed:{}", snapshot.at),
-        Step::Native { event } => {
-            format!("native:{}:{}", event["time"].as_str().unwrap_or(""), event["type"].as_str().unwrap_or(""))
-        }
+        Step::Native { n, .. } => format!("native:{n}"),
         Step::Finished(_) => "finished".into(),
     }
 }
@@ -114,22 +113,27 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
     let mut logs = Logs::default();
     let mut fs_diff = json!({"added": [], "modified": [], "deleted": [], "outside_workspace": []});
 
-    let config = ConfigCopy::new(s.opencode_config.as_deref(), &emit.run_id);
-    let prepared = match config {
-        Ok(c) => prepare(s, &dir, task).await.map(|b| (b, c)),
+    // A private scratch folder outside the capture directory: OpenCode's config (copied) and data.
+    let (config, run_id) = (s.opencode_config.clone(), emit.run_id.clone());
+    let scratch = tokio::task::spawn_blocking(move || Scratch::new(config.as_deref(), &run_id))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    let prepared = match scratch {
+        Ok(sc) => prepare(s, &dir, task).await.map(|b| (b, Some(sc))),
         Err(e) => Err(e),
     };
-    let mut config = ConfigCopy(None);
+    let mut scratch = None;
     match prepared {
         Err(e) => {
             meta.run_status = "error".into();
-            meta.error = Some(format!("preparing {}: {e}", dir.display()));
+            meta.error = Some(format!("preparing the run: {e}"));
         }
-        Ok((before, copy)) => {
-            config = copy;
+        Ok((before, sc)) => {
+            scratch = sc;
             let mut sup = Supervision {
                 s,
-                config: config.0.as_deref(),
+                scratch: scratch.as_ref().expect("made"),
                 task,
                 dir: &dir,
                 meta: &mut meta,
@@ -149,48 +153,63 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
             .unwrap_or_else(|e| json!({"error": e.to_string()}));
         }
     }
-    // Native events, the session and its export.
-    let events: Vec<Value> = std::fs::read_to_string(dir.join(layout::EVENTS))
-        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default();
+    // Native events (the plugin's file, as written by the container: only a regular file is
+    // read, and only so much of it), the session and its export.
+    let (events_path, data) = (dir.join(layout::EVENTS), scratch.as_ref().map(|sc| sc.data.clone()));
+    let (events, events_state, db_session) = tokio::task::spawn_blocking(move || {
+        let (events, state) = read_events(&events_path);
+        (events, state, data.and_then(|d| session_in_db(&d)))
+    })
+    .await
+    .unwrap_or_default();
     meta.native_event_count = events.len();
-    meta.native_events = match (dir.join(layout::EVENTS).exists(), events.is_empty()) {
-        (false, _) => "missing",
-        (true, true) => "empty",
-        (true, false) => "recorded",
-    }
-    .into();
-    meta.session_id = session_of(&events).or_else(|| session_in_db(&dir.join(DATA_DIR)));
+    meta.native_events = events_state.into();
+    meta.session_id = session_of(&events).or(db_session);
     phase("workspace compared");
     let mut export = None;
-    if let (Some(sid), true, false) = (&meta.session_id, s.export_session, meta.run_status == "error") {
-        let (status, value, stdout, stderr) = export_session(s, &dir, config.0.as_deref(), sid).await;
+    let exportable = !matches!(meta.run_status.as_str(), "error" | "interrupted");
+    if let (Some(sid), true, true, Some(sc)) = (&meta.session_id, s.export_session, exportable, &scratch) {
+        let (status, value, stdout, stderr) = export_session(s, &dir, sc, sid).await;
         meta.export_status = status;
         export = value;
         logs.export_stdout = stdout;
         logs.export_stderr = stderr;
     }
     phase("exported");
-    // The workspace goes unless kept; OpenCode's data folder always (the export holds it).
+    // The workspace goes unless kept; the scratch folder always (the export holds the session).
     let (keep, dir2) = (s.keep_workspace, dir.clone());
-    let _ = tokio::task::spawn_blocking(move || {
-        if !keep {
-            let _ = std::fs::remove_dir_all(dir2.join(layout::WORKSPACE));
+    let cleanup = tokio::task::spawn_blocking(move || {
+        let mut problems = Vec::new();
+        if !keep && let Err(e) = std::fs::remove_dir_all(dir2.join(layout::WORKSPACE)) {
+            problems.push(format!("the workspace could not be removed: {e}"));
         }
-        let _ = std::fs::remove_dir_all(dir2.join(DATA_DIR));
+        if let Some(sc) = scratch
+            && let Err(e) = sc.remove()
+        {
+            problems.push(format!("the scratch folder could not be removed: {e}"));
+        }
+        problems
     })
-    .await;
+    .await
+    .unwrap_or_default();
+    if !cleanup.is_empty() {
+        tracing::warn!(component = &*cx.id, "{}: {}", emit.run_id, cleanup.join("; "));
+        meta.workspace_kept |= dir.join(layout::WORKSPACE).exists();
+        meta.error = Some(meta.error.take().map_or(cleanup.join("; "), |e| format!("{e}; {}", cleanup.join("; "))));
+    }
     meta.finished_at = Utc::now().to_rfc3339();
     meta.duration_secs = clock.elapsed().as_secs_f64();
-    for event in &events {
-        emit.send(Step::Native { event: event.clone() }).await;
+    // Valid when the supervisor saw the run through; `capture_dir` lowers it if a write fails.
+    meta.capture_valid = meta.run_status != "error";
+    for (n, event) in events.iter().enumerate() {
+        emit.send(Step::Native { n, event: event.clone() }).await;
     }
     let finished = Finished {
         meta: meta.clone(),
         task: task.clone(),
         process_tree: observer.process_tree(),
         fs_diff,
-        network: observer.network(&s.network, observer_proc_visible()),
+        network: observer.network(&s.network),
         logs,
         export,
         events,
@@ -199,60 +218,86 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
     meta
 }
 
-fn observer_proc_visible() -> bool {
-    Path::new("/proc/self/net/tcp").exists()
-}
-
-/// Runs left behind by an ocpipe that was killed mid-run: their containers (found by the
-/// `ocpipe.run_id` label) are removed, and each such run of this captures folder is finished as
-/// `abandoned` (not `capture_valid`: nobody watched it end), so no run stays half-written.
+/// Runs left behind by an ocpipe that was killed mid-run (the captures folder is locked while a
+/// capture runs, so any run without `meta/run.json` here is one): their containers (found by the
+/// `ocpipe.run_id` label) and scratch folders are removed, and each is finished as `abandoned`
+/// (not `capture_valid`: nobody watched it end), so no run stays half-written.
 pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
+    let captures = s.captures.clone();
+    let unfinished: Vec<PathBuf> = tokio::task::spawn_blocking(move || {
+        std::fs::read_dir(&captures)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|d| d.is_dir() && !d.join(layout::RUN).exists()).collect())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    if unfinished.is_empty() {
+        return;
+    }
     let filters = HashMap::from([("label".to_string(), vec!["ocpipe.run_id".to_string()])]);
     let list =
         bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-    let Ok(containers) = s.docker.list_containers(Some(list)).await else { return };
-    for c in containers {
-        let (Some(id), Some(run_id)) = (c.id, c.labels.and_then(|l| l.get("ocpipe.run_id").cloned())) else { continue };
-        let dir = s.captures.join(&run_id);
-        if !dir.is_dir() || dir.join(layout::RUN).exists() || run_id.contains('/') {
-            continue; // another captures folder's run, or one that finished
-        }
+    let containers = s.docker.list_containers(Some(list)).await.unwrap_or_default();
+    for dir in unfinished {
+        let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         tracing::warn!(
             component = &*cx.id,
-            "run {run_id} was left running by a stopped ocpipe: removing its container"
+            "run {run_id} was cut short by a stopped ocpipe: finishing it as abandoned"
         );
-        let logs = container_logs(&s.docker, &id).await;
-        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = s.docker.remove_container(&id, Some(remove)).await;
-        let task: Task = std::fs::read(dir.join(layout::ISSUE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| Task { id: run_id.clone(), ..Default::default() });
-        let _ = std::fs::remove_dir_all(dir.join(DATA_DIR));
-        if !s.keep_workspace {
-            let _ = std::fs::remove_dir_all(dir.join(layout::WORKSPACE));
+        let mut logs = Logs::default();
+        let mut container_id = String::new();
+        for c in containers.iter().filter(|c| c.labels.as_ref().and_then(|l| l.get("ocpipe.run_id")) == Some(&run_id)) {
+            let Some(id) = &c.id else { continue };
+            if container_id.is_empty() {
+                logs = container_logs(&s.docker, id).await;
+                container_id = id.clone();
+            }
+            let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = s.docker.remove_container(id, Some(remove)).await;
         }
+        let (keep, d, rid) = (s.keep_workspace, dir.clone(), run_id.clone());
+        let (task, events, events_state) = tokio::task::spawn_blocking(move || {
+            let task: Task = std::fs::read(d.join(layout::ISSUE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_else(|| Task { id: rid.clone(), ..Default::default() });
+            if !keep {
+                let _ = std::fs::remove_dir_all(d.join(layout::WORKSPACE));
+            }
+            // Its scratch folder, named after the run.
+            let prefix = format!("ocpipe-run-{rid}-");
+            for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            let (events, state) = read_events(&d.join(layout::EVENTS));
+            (task, events, state)
+        })
+        .await
+        .unwrap_or_default();
         let not_seen = json!({"note": "not observed: the supervisor was stopped during this run"});
+        // The run id starts with its UTC start time.
+        let started_at = chrono::NaiveDateTime::parse_from_str(run_id.get(..16).unwrap_or(""), "%Y%m%dT%H%M%SZ")
+            .map(|t| t.and_utc().to_rfc3339())
+            .unwrap_or_default();
         let meta = RunMeta {
             run_id: run_id.clone(),
             issue_id: task.id.clone(),
             risk_level: task.risk_level.to_string(),
             title: task.title.clone(),
             run_status: "abandoned".into(),
-            container_id: id,
+            container_id,
             image: s.image.clone(),
+            started_at,
             finished_at: Utc::now().to_rfc3339(),
-            error: Some(
-                "ocpipe was stopped during this run; its container was found and removed at the next start".into(),
-            ),
-            native_events: if dir.join(layout::EVENTS).exists() { "recorded" } else { "missing" }.into(),
+            error: Some("ocpipe was stopped during this run; what it left was cleaned up at the next start".into()),
+            native_event_count: events.len(),
+            native_events: events_state.into(),
             export_status: "not_attempted".into(),
             supervisor: format!("ocpipe {}", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        let events = std::fs::read_to_string(dir.join(layout::EVENTS))
-            .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-            .unwrap_or_default();
         let finished = Finished {
             meta,
             task: task.clone(),
@@ -263,7 +308,7 @@ pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
             export: None,
             events,
         };
-        let mut emit = Emitter { cx, out, run_id, issue_id: task.id, dir };
+        let mut emit = Emitter { cx, out: &mut *out, run_id, issue_id: task.id, dir };
         emit.send(Step::Finished(Box::new(finished))).await;
     }
 }
@@ -278,7 +323,7 @@ async fn prepare(
     let (project, captures, dir, plugin) = (s.project.clone(), s.captures.clone(), dir.to_path_buf(), s.plugin);
     let issue = serde_json::to_vec_pretty(task).map_err(std::io::Error::other)?;
     tokio::task::spawn_blocking(move || {
-        for sub in ["meta", "input", "logs", "observations", "events", "derived", "report", DATA_DIR] {
+        for sub in ["meta", "input", "logs", "observations", "events", "derived", "report"] {
             crate::component::create_private_dir(&dir.join(sub))?;
         }
         // The task first: a run cut short still says what it was.
@@ -294,37 +339,72 @@ async fn prepare(
     .map_err(std::io::Error::other)?
 }
 
-/// A private copy of the user's OpenCode config directory for one run (OpenCode writes into its
-/// config directory, and the user's own must stay as it is), outside the capture directory, so
-/// credentials in it never land there; removed when the run ends.
-struct ConfigCopy(Option<PathBuf>);
+/// A run's private scratch folder, outside the capture directory: a copy of the user's OpenCode
+/// config (OpenCode writes into its config folder, and the user's own must stay as it is; its
+/// credentials never land in the capture) and OpenCode's data (read again by the export).
+pub(super) struct Scratch {
+    root: PathBuf,
+    config: Option<PathBuf>,
+    data: PathBuf,
+}
 
-impl ConfigCopy {
-    fn new(from: Option<&Path>, run_id: &str) -> std::io::Result<ConfigCopy> {
-        let Some(from) = from else { return Ok(ConfigCopy(None)) };
-        let to = std::env::temp_dir().join(format!("ocpipe-config-{run_id}-{:08x}", rand::random::<u32>()));
-        crate::component::create_private_dir(&to)?;
-        let copy = ConfigCopy(Some(to.clone()));
-        workspace::copy_project(from, &to, &[])?;
-        Ok(copy)
+impl Scratch {
+    fn new(config: Option<&Path>, run_id: &str) -> std::io::Result<Scratch> {
+        let root = std::env::temp_dir().join(format!("ocpipe-run-{run_id}-{:08x}", rand::random::<u32>()));
+        crate::component::create_private_dir(&root)?;
+        let mut sc = Scratch { data: root.join("data"), config: None, root };
+        crate::component::create_private_dir(&sc.data)?;
+        if let Some(from) = config {
+            let to = sc.root.join("config");
+            workspace::copy_project(from, &to, &[])
+                .map_err(|e| std::io::Error::new(e.kind(), format!("copying {}: {e}", from.display())))?;
+            sc.config = Some(to);
+        }
+        Ok(sc)
+    }
+
+    fn remove(mut self) -> std::io::Result<()> {
+        let root = std::mem::take(&mut self.root);
+        std::fs::remove_dir_all(root)
     }
 }
 
-impl Drop for ConfigCopy {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_dir_all(p);
+        if !self.root.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.root);
         }
     }
 }
 
-fn binds(s: &Settings, dir: &Path, config: Option<&Path>) -> Vec<String> {
+/// The plugin's events: only a regular file (not a link or a FIFO the agent put there), up to
+/// `EVENTS_MAX` bytes. Returns them and `recorded`, `empty` or `missing`.
+fn read_events(path: &Path) -> (Vec<Value>, &'static str) {
+    use std::io::Read;
+    let Ok(m) = std::fs::symlink_metadata(path) else { return (Vec::new(), "missing") };
+    if !m.is_file() {
+        return (Vec::new(), "missing");
+    }
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(EVENTS_MAX).read_to_string(&mut text));
+    let events: Vec<Value> =
+        if read.is_ok() { text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect() } else { Vec::new() };
+    let state = if events.is_empty() { "empty" } else { "recorded" };
+    (events, state)
+}
+
+/// The most of the plugin's events file that is read.
+const EVENTS_MAX: u64 = 256 * 1024 * 1024;
+
+/// What the container sees of the host: its workspace, the events folder of its capture (the
+/// only part of the capture it can write), OpenCode's data and config from the scratch folder.
+fn binds(s: &Settings, dir: &Path, scratch: &Scratch) -> Vec<String> {
     let mut b = vec![
-        format!("{}:/capture", dir.display()),
+        format!("{}:/capture/events", dir.join("events").display()),
         format!("{}:/workspace", dir.join(layout::WORKSPACE).display()),
-        format!("{}:{DATA_IN_CONTAINER}", dir.join(DATA_DIR).display()),
+        format!("{}:{DATA_IN_CONTAINER}", scratch.data.display()),
     ];
-    if let Some(c) = config {
+    if let Some(c) = &scratch.config {
         b.push(format!("{}:/root/.config/opencode", c.display()));
     }
     if let Some(bin) = &s.opencode_bin {
@@ -338,14 +418,14 @@ struct Spec<'a> {
     /// `ocpipe.run_id` (so `docker ps --filter label=ocpipe.run_id` finds capture containers).
     run_id: &'a str,
     dir: &'a Path,
-    config: Option<&'a Path>,
+    scratch: &'a Scratch,
     env: Vec<String>,
     cmd: Vec<String>,
     network: &'a str,
 }
 
 fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
-    let Spec { run_id, dir, config, env, cmd, network } = spec;
+    let Spec { run_id, dir, scratch, env, cmd, network } = spec;
     ContainerCreateBody {
         image: Some(s.image.clone()),
         cmd: Some(cmd),
@@ -353,7 +433,7 @@ fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
         working_dir: Some("/workspace".into()),
         labels: Some(HashMap::from([("ocpipe.run_id".to_string(), run_id.to_string())])),
         host_config: Some(HostConfig {
-            binds: Some(binds(s, dir, config)),
+            binds: Some(binds(s, dir, scratch)),
             memory: Some((s.memory_mb * 1024 * 1024) as i64),
             memory_swap: Some((s.memory_mb * 1024 * 1024) as i64),
             nano_cpus: Some((s.cpus * 1e9) as i64),
@@ -367,7 +447,7 @@ fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
 /// The container's part of a run, and what it fills in.
 struct Supervision<'r, 'e> {
     s: &'r Settings,
-    config: Option<&'r Path>,
+    scratch: &'r Scratch,
     task: &'r Task,
     dir: &'r Path,
     meta: &'r mut RunMeta,
@@ -395,7 +475,7 @@ impl Supervision<'_, '_> {
         cmd.push(self.task.prompt.clone());
         let body = container_body(
             s,
-            Spec { run_id: &self.meta.run_id, dir: self.dir, config: self.config, env, cmd, network: &s.network },
+            Spec { run_id: &self.meta.run_id, dir: self.dir, scratch: self.scratch, env, cmd, network: &s.network },
         );
         let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
         {
@@ -407,7 +487,7 @@ impl Supervision<'_, '_> {
             }
         };
         self.meta.container_id = id.clone();
-        let oom_event = Arc::new(AtomicBool::new(false));
+        let oom_event = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
         let watcher = tokio::spawn(watch_oom(s.docker.clone(), id.clone(), oom_event.clone()));
         if let Err(e) = s.docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
             self.meta.run_status = "error".into();
@@ -428,18 +508,16 @@ impl Supervision<'_, '_> {
                 .and_then(|i| i.state);
             self.meta.exit_code = state.as_ref().and_then(|st| st.exit_code);
             let state_oom = state.as_ref().and_then(|st| st.oom_killed).unwrap_or(false);
-            // A process was killed (137): the engine's `oom` event may come a moment after the
-            // exit, so it gets half a second; a clean exit needs no wait.
-            if self.meta.exit_code == Some(137) && !oom_event.load(Ordering::Acquire) {
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-                while !oom_event.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            // It exited killed (137) on its own: the engine's `oom` event may come a moment after
+            // the exit, so it gets half a second; a clean exit, or our own kill, needs no wait.
+            let notified = oom_event.1.notified();
+            if outcome == Outcome::Exited && self.meta.exit_code == Some(137) && !oom_event.0.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             }
             let evidence = [
                 (state_oom, "state"),
                 (self.observer.oom_kills > 0, "cgroup"),
-                (oom_event.load(Ordering::Acquire), "event"),
+                (oom_event.0.load(Ordering::Acquire), "event"),
             ];
             self.meta.oom_evidence =
                 evidence.iter().filter(|(seen, _)| *seen).map(|(_, how)| how.to_string()).collect();
@@ -464,12 +542,13 @@ impl Supervision<'_, '_> {
     }
 }
 
-/// Sets `flag` when the engine reports an OOM in the container.
-async fn watch_oom(docker: Docker, id: String, flag: Arc<AtomicBool>) {
+/// Sets the flag (and wakes who waits) when the engine reports an OOM in the container.
+async fn watch_oom(docker: Docker, id: String, flag: Arc<(AtomicBool, tokio::sync::Notify)>) {
     let filters = HashMap::from([("container".to_string(), vec![id]), ("event".to_string(), vec!["oom".to_string()])]);
     let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
     while let Some(Ok(_)) = events.next().await {
-        flag.store(true, Ordering::Release);
+        flag.0.store(true, Ordering::Release);
+        flag.1.notify_waiters();
     }
 }
 
@@ -496,10 +575,18 @@ async fn watch(
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Interrupted,
-            _ = wait.next() => break Outcome::Exited,
+            _ = wait.next() => {
+                // The wait can end without an exit (the engine restarted): look before believing it.
+                let running = s.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await
+                    .ok().and_then(|i| i.state).and_then(|st| st.running).unwrap_or(false);
+                if !running {
+                    break Outcome::Exited;
+                }
+                wait = Box::pin(s.docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>));
+            }
             _ = tokio::time::sleep_until(deadline) => break Outcome::Timeout,
             _ = tick.tick() => {
-                if let Some(snapshot) = snapshot(&s.docker, id, &mut cgroup).await {
+                if let Some(snapshot) = snapshot(&s.docker, id, &mut cgroup, &mut observer.observable).await {
                     observer.add(&snapshot);
                     emit.send(Step::Observed { snapshot }).await;
                 }
@@ -513,19 +600,22 @@ async fn watch(
     outcome
 }
 
-async fn snapshot(docker: &Docker, id: &str, cgroup: &mut Option<PathBuf>) -> Option<Snapshot> {
+async fn snapshot(docker: &Docker, id: &str, cgroup: &mut Option<PathBuf>, observable: &mut bool) -> Option<Snapshot> {
     let top = docker.top_processes(id, Some(TopOptions { ps_args: observe::PS_ARGS.into() })).await.ok()?;
     let processes = observe::parse_top(&top.titles.unwrap_or_default(), &top.processes.unwrap_or_default());
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    if cgroup.is_none() {
-        *cgroup = pids.first().and_then(|p| observe::cgroup_of(*p));
-    }
-    let cg = cgroup.clone();
-    let (connections, (memory_bytes, oom_kills)) = tokio::task::spawn_blocking(move || {
-        (observe::connections(&pids), cg.as_deref().map(observe::memory).unwrap_or((None, None)))
+    let (id, known) = (id.to_string(), cgroup.clone());
+    let (connections, readable, cg, (memory_bytes, oom_kills)) = tokio::task::spawn_blocking(move || {
+        // Only pids this machine's /proc shows as the container's (not a remote engine's).
+        let local = observe::local_pids(&pids, &id);
+        let cg = known.or_else(|| local.first().and_then(|p| observe::cgroup_of(*p)));
+        let (connections, readable) = observe::connections(&local);
+        (connections, readable, cg.clone(), cg.as_deref().map(observe::memory).unwrap_or((None, None)))
     })
     .await
     .ok()?;
+    *cgroup = cg;
+    *observable |= readable;
     Some(Snapshot { at: Utc::now().to_rfc3339(), processes, connections, memory_bytes, oom_kills })
 }
 
@@ -595,13 +685,13 @@ fn session_in_db(data: &Path) -> Option<String> {
 async fn export_session(
     s: &Settings,
     dir: &Path,
-    config: Option<&Path>,
+    scratch: &Scratch,
     sid: &str,
 ) -> (String, Option<Value>, String, String) {
     let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
     let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
     let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let body = container_body(s, Spec { run_id: &run_id, dir, config, env, cmd, network: "none" });
+    let body = container_body(s, Spec { run_id: &run_id, dir, scratch, env, cmd, network: "none" });
     let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
         Ok(c) => c.id,
         Err(e) => return (format!("failed: {e}"), None, String::new(), String::new()),
@@ -618,7 +708,12 @@ async fn export_session(
     }
     let logs = container_logs(&s.docker, &id).await;
     let _ = s.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-    let parsed = logs.stdout.find('{').and_then(|i| serde_json::from_str::<Value>(&logs.stdout[i..]).ok());
+    // The export is the first JSON document that starts a line (log lines may come before it).
+    let parsed = logs
+        .stdout
+        .match_indices('{')
+        .filter(|(i, _)| *i == 0 || logs.stdout.as_bytes()[i - 1] == b'\n')
+        .find_map(|(i, _)| serde_json::Deserializer::from_str(&logs.stdout[i..]).into_iter::<Value>().next()?.ok());
     if status.is_empty() {
         status = if parsed.is_some() { "exported".into() } else { "failed: no JSON on stdout".into() };
     }

@@ -65,16 +65,26 @@ pub fn hash_tree(root: &Path) -> BTreeMap<String, (u64, String)> {
                 if rel == PLUGIN_PATH {
                     continue;
                 }
-                let bytes = if ty.is_symlink() {
-                    std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned().into_bytes()).unwrap_or_default()
+                // A link is its target's name (never followed); a file is hashed as it streams.
+                let (size, hash) = if ty.is_symlink() {
+                    let target = std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                    (target.len() as u64, hex::encode(Sha256::digest(target.as_bytes())))
                 } else {
-                    std::fs::read(&p).unwrap_or_default()
+                    hash_file(&p).unwrap_or((0, String::new()))
                 };
-                out.insert(rel, (bytes.len() as u64, hex::encode(Sha256::digest(&bytes))));
+                out.insert(rel, (size, hash));
             }
         }
     }
     out
+}
+
+fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let mut hasher = Sha256::new();
+    let size = io::copy(&mut f, &mut hasher)?;
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// `fs_diff.json`: added, modified and deleted files (size and hash, before and after), with a
@@ -127,6 +137,20 @@ pub fn diff(
     })
 }
 
+/// The bytes of a regular file, at most `max` (more: `None`). A link the agent made is not
+/// followed, and a FIFO or device is not opened: the host reads only what is really there.
+fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::symlink_metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= max).then_some(bytes)
+}
+
 /// A unified diff when both sides are text and small enough; else `null`.
 fn text_diff(before: Option<&Path>, after: Option<&Path>, name: &str, size: u64) -> Value {
     if size > DIFF_MAX_BYTES {
@@ -135,7 +159,7 @@ fn text_diff(before: Option<&Path>, after: Option<&Path>, name: &str, size: u64)
     let read = |p: Option<&Path>| -> Option<String> {
         match p {
             None => Some(String::new()),
-            Some(p) => std::fs::read(p).ok().and_then(|b| String::from_utf8(b).ok()),
+            Some(p) => read_regular(p, DIFF_MAX_BYTES).and_then(|b| String::from_utf8(b).ok()),
         }
     };
     let (Some(old), Some(new)) = (read(before), read(after)) else {

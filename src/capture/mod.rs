@@ -32,8 +32,8 @@ pub enum Step {
     Started { task: Task, image: String, started_at: String },
     /// What the container ran and which connections it had at one moment.
     Observed { snapshot: Snapshot },
-    /// One OpenCode event the capture plugin recorded.
-    Native { event: Value },
+    /// One OpenCode event the capture plugin recorded (`n`: its line in the events file).
+    Native { n: usize, event: Value },
     /// The run is over: everything the capture directory holds, in one piece.
     Finished(Box<Finished>),
 }
@@ -195,9 +195,18 @@ pub fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         crate::component::create_private_dir(parent)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A name of its own (a backfill and a sink may write the same file), never followed if a
+    // link sits there already.
+    let tmp = path.with_extension(format!("tmp.{}.{:08x}", std::process::id(), rand::random::<u32>()));
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
