@@ -229,7 +229,7 @@ fn browse_in_chromium(project: &Project, run: &Path) {
 #[test]
 fn all_tasks_run_serially_and_a_timeout_an_oom_and_a_missing_plugin_still_give_valid_captures() {
     let Some(image) = capture_image() else { return };
-    // Task 1 answers; task 2's provider hangs past the 20 s timeout; task 3's bash allocates
+    // Task 1 answers; task 2's provider hangs past the 30 s timeout; task 3's bash allocates
     // past the 2 GB limit (OpenCode itself takes up to ~0.9 GB).
     let script = r#"[
       {"text": "All good.", "usage": {"prompt": 100, "completion": 3}},
@@ -244,7 +244,7 @@ fn all_tasks_run_serially_and_a_timeout_an_oom_and_a_missing_plugin_still_give_v
       {"id": "stuck", "risk_level": "mild", "title": "Stuck provider", "prompt": "Wait"},
       {"id": "greedy", "risk_level": "severe", "title": "Allocate", "prompt": "Allocate memory"}
     ]"#;
-    let project = Project::new(tasks, &oc, &image, "timeout_secs = 20\nmemory_mb = 2048\nplugin = false\n");
+    let project = Project::new(tasks, &oc, &image, "timeout_secs = 30\nmemory_mb = 2048\nplugin = false\n");
     let out = project.capture(&["--all"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "every run is capture_valid: {stderr}");
@@ -270,7 +270,7 @@ fn all_tasks_run_serially_and_a_timeout_an_oom_and_a_missing_plugin_still_give_v
     assert_eq!(by_id("answer")["run_status"], "completed", "{}", by_id("answer"));
     let stuck = by_id("stuck");
     assert_eq!((stuck["run_status"].as_str(), stuck["timed_out"].as_bool()), (Some("timeout"), Some(true)), "{stuck}");
-    assert!(stuck["duration_secs"].as_f64().unwrap() < 40.0, "{stuck}");
+    assert!(stuck["duration_secs"].as_f64().unwrap() < 50.0, "{stuck}");
     let greedy = by_id("greedy");
     assert_eq!((greedy["oom_killed"].as_bool(), greedy["run_status"].as_str()), (Some(true), Some("oom")), "{greedy}");
     assert!(greedy["oom_evidence"].as_array().unwrap().iter().any(|e| e == "cgroup" || e == "event"), "{greedy}");

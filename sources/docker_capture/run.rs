@@ -523,10 +523,11 @@ impl Supervision<'_, '_> {
                 evidence.iter().filter(|(seen, _)| *seen).map(|(_, how)| how.to_string()).collect();
             self.meta.oom_killed = !self.meta.oom_evidence.is_empty();
             self.meta.timed_out = outcome == Outcome::Timeout;
+            // An OOM kill is the likelier cause of what followed (even a timeout after it).
             self.meta.run_status = match outcome {
                 Outcome::Interrupted => "interrupted",
+                _ if self.meta.oom_killed => "oom",
                 Outcome::Timeout => "timeout",
-                Outcome::Exited if self.meta.oom_killed => "oom",
                 Outcome::Exited if self.meta.exit_code == Some(0) => "completed",
                 Outcome::Exited => "failed",
             }

@@ -7,6 +7,7 @@
 //! at most what was in flight and loses nothing.
 
 mod files;
+mod tracer;
 
 use std::time::Duration;
 
