@@ -16,6 +16,7 @@ mod index;
 mod live;
 mod stats;
 mod store;
+mod tui;
 
 use std::collections::HashSet;
 use std::time::Duration;
