@@ -224,9 +224,17 @@ pub async fn run(s: &Settings, cx: &Context, task: &Task, shutdown: &Cancellatio
 /// (not `capture_valid`: nobody watched it end), so no run stays half-written.
 pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
     let captures = s.captures.clone();
+    // Run folders only (named `<UTC time>-<id>`, not links), without `meta/run.json`.
     let unfinished: Vec<PathBuf> = tokio::task::spawn_blocking(move || {
         std::fs::read_dir(&captures)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|d| d.is_dir() && !d.join(layout::RUN).exists()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| is_run_id(&e.file_name().to_string_lossy()))
+                    .map(|e| e.path())
+                    .filter(|d| !d.join(layout::RUN).exists())
+                    .collect()
+            })
             .unwrap_or_default()
     })
     .await
@@ -237,7 +245,17 @@ pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
     let filters = HashMap::from([("label".to_string(), vec!["ocpipe.run_id".to_string()])]);
     let list =
         bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-    let containers = s.docker.list_containers(Some(list)).await.unwrap_or_default();
+    // Without the list, a left container might still run: leave those runs for the next start.
+    let containers = match s.docker.list_containers(Some(list)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                component = &*cx.id,
+                "cannot list containers ({e}): runs cut short are left for the next start"
+            );
+            return;
+        }
+    };
     for dir in unfinished {
         let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         tracing::warn!(
@@ -264,10 +282,14 @@ pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
             if !keep {
                 let _ = std::fs::remove_dir_all(d.join(layout::WORKSPACE));
             }
-            // Its scratch folder, named after the run.
+            // Its scratch folder: `ocpipe-run-<run id>-<8 hex digits>`, exactly.
             let prefix = format!("ocpipe-run-{rid}-");
             for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = name
+                    .strip_prefix(&prefix)
+                    .is_some_and(|h| h.len() == 8 && h.chars().all(|c| c.is_ascii_hexdigit()));
+                if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -311,6 +333,13 @@ pub async fn abandoned(s: &Settings, cx: &Context, out: &mut Output) {
         let mut emit = Emitter { cx, out: &mut *out, run_id, issue_id: task.id, dir };
         emit.send(Step::Finished(Box::new(finished))).await;
     }
+}
+
+/// `20261129T151500Z-fix_math_utils` (optionally `-2`, …): a run folder's name.
+fn is_run_id(name: &str) -> bool {
+    name.len() > 17
+        && chrono::NaiveDateTime::parse_from_str(&name[..16], "%Y%m%dT%H%M%SZ").is_ok()
+        && name.as_bytes()[16] == b'-'
 }
 
 /// Makes the run's folders, copies the project, injects the plugin; returns the workspace's
@@ -398,12 +427,21 @@ const EVENTS_MAX: u64 = 256 * 1024 * 1024;
 
 /// What the container sees of the host: its workspace, the events folder of its capture (the
 /// only part of the capture it can write), OpenCode's data and config from the scratch folder.
-fn binds(s: &Settings, dir: &Path, scratch: &Scratch) -> Vec<String> {
+/// The export's container (`agent: false`) gets the workspace read-only and no events folder:
+/// what the agent left there cannot change the evidence already taken.
+fn binds(s: &Settings, dir: &Path, scratch: &Scratch, agent: bool) -> Vec<String> {
+    let workspace = dir.join(layout::WORKSPACE);
     let mut b = vec![
-        format!("{}:/capture/events", dir.join("events").display()),
-        format!("{}:/workspace", dir.join(layout::WORKSPACE).display()),
+        if agent {
+            format!("{}:/workspace", workspace.display())
+        } else {
+            format!("{}:/workspace:ro", workspace.display())
+        },
         format!("{}:{DATA_IN_CONTAINER}", scratch.data.display()),
     ];
+    if agent {
+        b.push(format!("{}:/capture/events", dir.join("events").display()));
+    }
     if let Some(c) = &scratch.config {
         b.push(format!("{}:/root/.config/opencode", c.display()));
     }
@@ -422,10 +460,12 @@ struct Spec<'a> {
     env: Vec<String>,
     cmd: Vec<String>,
     network: &'a str,
+    /// The agent's own container (not the export's).
+    agent: bool,
 }
 
 fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
-    let Spec { run_id, dir, scratch, env, cmd, network } = spec;
+    let Spec { run_id, dir, scratch, env, cmd, network, agent } = spec;
     ContainerCreateBody {
         image: Some(s.image.clone()),
         cmd: Some(cmd),
@@ -433,7 +473,7 @@ fn container_body(s: &Settings, spec: Spec<'_>) -> ContainerCreateBody {
         working_dir: Some("/workspace".into()),
         labels: Some(HashMap::from([("ocpipe.run_id".to_string(), run_id.to_string())])),
         host_config: Some(HostConfig {
-            binds: Some(binds(s, dir, scratch)),
+            binds: Some(binds(s, dir, scratch, agent)),
             memory: Some((s.memory_mb * 1024 * 1024) as i64),
             memory_swap: Some((s.memory_mb * 1024 * 1024) as i64),
             nano_cpus: Some((s.cpus * 1e9) as i64),
@@ -475,7 +515,15 @@ impl Supervision<'_, '_> {
         cmd.push(self.task.prompt.clone());
         let body = container_body(
             s,
-            Spec { run_id: &self.meta.run_id, dir: self.dir, scratch: self.scratch, env, cmd, network: &s.network },
+            Spec {
+                run_id: &self.meta.run_id,
+                dir: self.dir,
+                scratch: self.scratch,
+                env,
+                cmd,
+                network: &s.network,
+                agent: true,
+            },
         );
         let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
         {
@@ -578,10 +626,11 @@ async fn watch(
             _ = shutdown.cancelled() => break Outcome::Interrupted,
             _ = wait.next() => {
                 // The wait can end without an exit (the engine restarted): look before believing it.
-                let running = s.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await
-                    .ok().and_then(|i| i.state).and_then(|st| st.running).unwrap_or(false);
-                if !running {
-                    break Outcome::Exited;
+                let state = s.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await;
+                match state.map(|i| i.state.and_then(|st| st.running)) {
+                    Ok(Some(false)) | Ok(None) => break Outcome::Exited,
+                    // Still running, or the engine does not answer yet: wait again, a moment later.
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
                 wait = Box::pin(s.docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>));
             }
@@ -675,9 +724,19 @@ fn session_of(events: &[Value]) -> Option<String> {
 }
 
 /// The session in OpenCode's own database (when the plugin recorded nothing).
+/// The container wrote this folder: only regular files are opened (a FIFO would hang the run, a
+/// link would read a host database), without following links, and no schema code runs.
 fn session_in_db(data: &Path) -> Option<String> {
     let db = data.join("opencode.db");
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    for f in [db.clone(), data.join("opencode.db-wal"), data.join("opencode.db-shm")] {
+        match std::fs::symlink_metadata(&f) {
+            Ok(m) if !m.is_file() => return None,
+            _ => {}
+        }
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = rusqlite::Connection::open_with_flags(&db, flags).ok()?;
+    conn.pragma_update(None, "trusted_schema", "OFF").ok()?;
     conn.query_row("SELECT id FROM session WHERE parent_id IS NULL ORDER BY time_created LIMIT 1", [], |r| r.get(0))
         .ok()
 }
@@ -692,7 +751,7 @@ async fn export_session(
     let cmd = vec!["opencode".to_string(), "export".into(), sid.to_string()];
     let env = vec!["HOME=/root".to_string(), "OPENCODE_DISABLE_MODELS_FETCH=1".to_string()];
     let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let body = container_body(s, Spec { run_id: &run_id, dir, scratch, env, cmd, network: "none" });
+    let body = container_body(s, Spec { run_id: &run_id, dir, scratch, env, cmd, network: "none", agent: false });
     let id = match s.docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
         Ok(c) => c.id,
         Err(e) => return (format!("failed: {e}"), None, String::new(), String::new()),

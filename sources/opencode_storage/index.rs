@@ -239,7 +239,8 @@ fn read_delta(path: &Path) -> Option<Delta> {
 }
 
 fn write_delta(path: &Path, d: &Delta) -> io::Result<()> {
-    let tmp = delta_path(path).with_extension("delta.tmp");
+    let tmp =
+        delta_path(path).with_extension(format!("delta.tmp.{}.{:08x}", std::process::id(), rand::random::<u32>()));
     private_file(&tmp)?.write_all(&serde_json::to_vec(d)?)?;
     std::fs::rename(tmp, delta_path(path))
 }
@@ -418,7 +419,7 @@ fn write(path: &Path, header: &Header, cat: &Catalog) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("idx.tmp");
+    let tmp = path.with_extension(format!("idx.tmp.{}.{:08x}", std::process::id(), rand::random::<u32>()));
     let mut out = io::BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
     let u32le = |out: &mut io::BufWriter<std::fs::File>, v: u32| out.write_all(&v.to_le_bytes());
     out.write_all(MAGIC)?;

@@ -15,7 +15,10 @@ import path from "node:path";
 const INSTALLED_DIR = null; // set by `ocpipe tracer install --dir`
 const LLM_PATH = /\/(messages|chat\/completions|responses)(\?|$)/;
 const SESSION_HEADERS = ["x-session-id", "x-opencode-session", "x-session-affinity"];
-const SECRET = /^(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie)$|token|secret|password|api[-_]?key/i;
+// Names of headers and query parameters whose values are credentials, and values that are.
+const SECRET = /auth|key|token|secret|passw|cookie|credential|signature|^sig$|^code$/i;
+const SECRET_VALUE = /^(bearer|basic)\s|^sk-|^xox[a-z]-|^gh[pousr]_|^AIza/i;
+const KEEP = new Set(["x-session-id", "x-opencode-session", "x-session-affinity", "x-parent-session-id"]);
 
 let dir = null;
 let nextId = 0;
@@ -28,13 +31,14 @@ function expandHome(p) {
 
 function debugFile() {
   if (process.env.OPENCODE_API_TRACER_DEBUG === "0") return null;
-  return process.env.OPENCODE_API_TRACER_DEBUG_FILE || path.join(dir, "opencode-api-tracer.debug.jsonl");
+  if (process.env.OPENCODE_API_TRACER_DEBUG_FILE) return process.env.OPENCODE_API_TRACER_DEBUG_FILE;
+  return dir ? path.join(dir, "opencode-api-tracer.debug.jsonl") : null;
 }
 
 function debug(event, fields = {}) {
-  const file = debugFile();
-  if (!file) return;
   try {
+    const file = debugFile();
+    if (!file) return;
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     fs.appendFileSync(file, JSON.stringify({ time: new Date().toISOString(), event, pid: process.pid, ...fields }) + "\n", { mode: 0o600 });
   } catch {
@@ -42,10 +46,50 @@ function debug(event, fields = {}) {
   }
 }
 
+function secret(name, value) {
+  return !KEEP.has(name.toLowerCase()) && (SECRET.test(name) || SECRET_VALUE.test(String(value)));
+}
+
 function redact(headers) {
   const out = {};
-  for (const [k, v] of Object.entries(headers)) out[k] = SECRET.test(k) ? "[REDACTED]" : v;
+  for (const [k, v] of Object.entries(headers)) out[k] = secret(k, v) ? "[REDACTED]" : v;
   return out;
+}
+
+/// The URL without user:password and with credential-like query values redacted.
+function redactUrl(url) {
+  try {
+    const u = new URL(url);
+    if (u.username || u.password) {
+      u.username = "";
+      u.password = "";
+    }
+    for (const [k, v] of [...u.searchParams.entries()]) if (secret(k, v)) u.searchParams.set(k, "[REDACTED]");
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/// The request body as text, without consuming what the caller sends.
+async function bodyText(input, init) {
+  const b = init.body;
+  if (b == null) {
+    if (input && typeof input === "object" && typeof input.clone === "function") return await input.clone().text();
+    return "";
+  }
+  if (typeof b === "string") return b;
+  if (b instanceof URLSearchParams) {
+    const p = new URLSearchParams(b);
+    for (const [k, v] of [...p.entries()]) if (secret(k, v)) p.set(k, "[REDACTED]");
+    return p.toString();
+  }
+  if (b instanceof ArrayBuffer || ArrayBuffer.isView(b)) return new TextDecoder().decode(b);
+  if (typeof Blob !== "undefined" && b instanceof Blob) return await b.text();
+  if (typeof FormData !== "undefined" && b instanceof FormData) {
+    return JSON.stringify(Object.fromEntries([...b.entries()].map(([k, v]) => [k, typeof v === "string" && !secret(k, v) ? v : "[not recorded]"])));
+  }
+  return "[stream: not recorded]";
 }
 
 function parse(text) {
@@ -88,7 +132,7 @@ function write(sessionID, body, record) {
     debug("jsonl.write.success", { kind: record.kind, id: record.id });
   } catch (e) {
     counts.errors++;
-    debug("jsonl.write.error", { kind: record.kind, id: record.id, error: String(e && e.message) });
+    debug("jsonl.write.error", { kind: record.kind, id: record.id, error: String((e && e.code) || "write failed") });
   }
 }
 
@@ -98,7 +142,7 @@ function install(options) {
   debug("install.start", { dir });
   const original = globalThis.fetch;
   const traced = async function tracedFetch(input, init = {}) {
-    let url, method, headers, bodyText;
+    let url, method, headers, text;
     try {
       url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
       method = (init.method || (input && input.method) || "GET").toUpperCase();
@@ -118,17 +162,24 @@ function install(options) {
     const id = ++nextId;
     const sessionID = sessionHeader || `run_${process.pid}_${id}`;
     try {
-      bodyText = typeof init.body === "string" ? init.body : init.body ? String(init.body) : input && input.clone ? await input.clone().text() : "";
+      text = await bodyText(input, init);
     } catch {
-      bodyText = "";
+      text = "";
     }
-    const body = parse(bodyText);
+    const body = parse(text);
     counts.traced++;
     debug("fetch.traced", { id, sessionID });
-    const base = { id, sessionID, method, url };
+    const base = { id, sessionID, method, url: redactUrl(url) };
     write(sessionID, body, { kind: "request", ...base, timestamp: new Date().toISOString(), headers: redact(headers), body });
+    let res;
     try {
-      const res = await original(input, init);
+      res = await original(input, init);
+    } catch (e) {
+      write(sessionID, body, { kind: "error", ...base, timestamp: new Date().toISOString(), error: String(e && e.message) });
+      throw e;
+    }
+    // The caller gets its response whatever happens to the copy read here.
+    try {
       res.clone().text().then(
         (text) =>
           write(sessionID, body, {
@@ -142,11 +193,10 @@ function install(options) {
           }),
         (e) => write(sessionID, body, { kind: "error", ...base, timestamp: new Date().toISOString(), error: String(e && e.message) }),
       );
-      return res;
     } catch (e) {
-      write(sessionID, body, { kind: "error", ...base, timestamp: new Date().toISOString(), error: String(e && e.message) });
-      throw e;
+      debug("response.unreadable", { id, error: String(e && e.name) });
     }
+    return res;
   };
   traced.__ocpipeTracer = true;
   globalThis.fetch = traced;

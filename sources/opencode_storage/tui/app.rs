@@ -145,13 +145,17 @@ impl App {
         self.totals = totals;
         self.forks = forks;
         if self.view == View::Overview {
-            self.models = self.rows.iter().take(5).cloned().collect();
+            // The top models by tokens, whatever the sort.
+            let mut by_tokens = self.rows.clone();
+            by_tokens.sort_by(|a, b| b.usage.total.cmp(&a.usage.total).then(a.key.cmp(&b.key)));
+            self.models = by_tokens.into_iter().take(5).collect();
         }
         if let Some((id, _)) = &self.session {
             let id = id.clone();
             self.session = Some((id.clone(), messages_of(cat, &id, window)));
         }
-        self.selected = self.selected.min(self.visible().len().saturating_sub(1));
+        let len = self.session.as_ref().map_or_else(|| self.visible().len(), |(_, m)| m.len());
+        self.selected = self.selected.min(len.saturating_sub(1));
     }
 
     fn sort_rows(&mut self) {

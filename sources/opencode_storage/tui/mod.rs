@@ -120,7 +120,7 @@ fn event_loop(
 fn spawn_loaders(loc: Location, tx: mpsc::Sender<Update>) {
     let ptx = tx.clone();
     std::thread::spawn(move || {
-        let Ok(mut scanner) = crate::process::Scanner::new(&[], &[], 0) else { return };
+        let mut scanner = crate::process::Scanner::with_defaults();
         loop {
             if ptx.send(Update::Processes(scanner.scan())).is_err() {
                 return;
