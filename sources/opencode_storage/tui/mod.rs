@@ -79,6 +79,8 @@ fn event_loop(
     let mut catalog: Option<Box<Catalog>> = None;
     let mut why_empty = None;
     let mut dirty = true;
+    // Drawn again only when something changed: a key, new data, other processes, a resize.
+    let mut redraw = true;
     loop {
         while let Ok(u) = rx.try_recv() {
             match u {
@@ -87,27 +89,39 @@ fn event_loop(
                     why_empty = why;
                     dirty = true;
                 }
-                Update::Processes(p) => app.processes = p,
+                Update::Processes(p) if p != app.processes => {
+                    app.processes = p;
+                    redraw = true;
+                }
+                Update::Processes(_) => {}
             }
         }
         if dirty && let Some(cat) = &catalog {
             app.refresh(cat, why_empty.clone());
             dirty = false;
+            redraw = true;
         }
         let page = terminal.size()?.height.saturating_sub(6) as usize;
-        terminal.draw(|f| {
-            if catalog.is_none() {
-                f.render_widget(ratatui::widgets::Paragraph::new("reading OpenCode's storage…"), f.area());
-            } else {
-                view::draw(f, app)
-            }
-        })?;
+        if redraw {
+            terminal.draw(|f| {
+                if catalog.is_none() {
+                    f.render_widget(ratatui::widgets::Paragraph::new("reading OpenCode's storage…"), f.area());
+                } else {
+                    view::draw(f, app)
+                }
+            })?;
+            redraw = false;
+        }
         // Wait for a key, or wake for what the loaders send (they send at most every second).
-        if event::poll(Duration::from_millis(250))?
-            && let Event::Key(k) = event::read()?
-            && k.kind == KeyEventKind::Press
-        {
-            dirty |= app.key(k, page.max(1));
+        if event::poll(Duration::from_millis(250))? {
+            match event::read()? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => {
+                    dirty |= app.key(k, page.max(1));
+                    redraw = true;
+                }
+                Event::Resize(..) => redraw = true,
+                _ => {}
+            }
         }
         if app.quit {
             return Ok(());
@@ -145,7 +159,13 @@ fn spawn_loaders(loc: Location, tx: mpsc::Sender<Update>) {
         loop {
             let started = Instant::now();
             let cat = index::load_or_build(&loc);
-            let why = cat.messages.is_empty().then(|| loc.explain_empty());
+            // As `ocpipe stats`: totals with a database missing would be wrong, so none.
+            let why = if !cat.report.unreadable.is_empty() {
+                let list: Vec<String> = cat.report.unreadable.iter().map(|u| u.to_string()).collect();
+                Some(format!("{}; totals would be wrong, so none are shown", list.join("; ")))
+            } else {
+                cat.messages.is_empty().then(|| loc.explain_empty())
+            };
             if tx.send(Update::Data(Box::new(cat), why)).is_err() {
                 return;
             }

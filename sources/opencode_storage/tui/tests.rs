@@ -153,3 +153,18 @@ fn an_empty_data_dir_says_why() {
     assert!(s.contains("Nothing to show:"), "{s}");
     assert!(s.contains("--data-dir"), "{s}");
 }
+
+#[test]
+fn a_damaged_database_shows_no_totals_as_stats_prints_none() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("opencode.db"), vec![0x5au8; 8192]).unwrap();
+    let loc = Location::find(Some(dir.path()), None);
+    let cat = Catalog::load(&loc);
+    assert!(!cat.report.unreadable.is_empty());
+    let mut app = App::new(RangeName::All, true);
+    let why = format!("{}; totals would be wrong, so none are shown", cat.report.unreadable[0]);
+    app.refresh(&cat, Some(why));
+    let s = screen(&app, 120);
+    assert!(s.contains("Nothing to show:") && s.contains("totals would be wrong"), "{s}");
+    assert!(!s.contains("total 0"), "{s}");
+}

@@ -4,7 +4,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TRow, Table, TableState};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TRow, Table, TableState, Wrap};
 
 use super::app::{App, Row, Sort, View};
 use crate::sources::opencode_storage::stats::thousands;
@@ -27,7 +27,9 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
             "Nothing to show: {why}.\n\nocpipe reads OpenCode's storage (its SQLite databases and JSON files); pass --data-dir or --db if it lives elsewhere."
         );
         f.render_widget(
-            Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(app.view.title())),
+            Paragraph::new(text)
+                .wrap(Wrap { trim: false })
+                .block(Block::default().borders(Borders::ALL).title(app.view.title())),
             body,
         );
         return;
