@@ -8,6 +8,7 @@
 
 mod files;
 mod tracer;
+mod viewer;
 
 use std::time::Duration;
 
