@@ -178,7 +178,9 @@ impl Viewer {
     }
 }
 
-/// The OSC 52 sequence that puts `text` on the clipboard (inside tmux, passed through).
+/// The OSC 52 sequence that puts `text` on the clipboard. Inside tmux: as is (tmux keeps it in
+/// its buffer with `set-clipboard on`) and wrapped to pass through to the outer terminal
+/// (`allow-passthrough on`).
 pub fn osc52(text: &str) -> Option<String> {
     const MAX: usize = 74_994; // what xterm and tmux accept, base64-encoded
     use base64::Engine as _;
@@ -188,7 +190,7 @@ pub fn osc52(text: &str) -> Option<String> {
     }
     let seq = format!("\x1b]52;c;{b64}\x07");
     Some(if std::env::var_os("TMUX").is_some() {
-        format!("\x1bPtmux;{}\x1b\\", seq.replace('\x1b', "\x1b\x1b"))
+        format!("{seq}\x1bPtmux;{}\x1b\\", seq.replace('\x1b', "\x1b\x1b"))
     } else {
         seq
     })
