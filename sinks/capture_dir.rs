@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::capture::{Finished, Step, layout, summarize, write_file};
+use crate::capture::{Finished, layout, summarize, write_each_finished, write_file};
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
-use crate::event::{DataType, Payload};
+use crate::event::DataType;
 
 /// Writes each finished capture run (from `docker_capture`) into its directory:
 /// `meta/run.json`, `input/issue.json`, `logs/container.log`, `logs/opencode.stdout.log`,
@@ -43,24 +43,8 @@ struct CaptureDirSink {
 }
 
 impl Sink for CaptureDirSink {
-    fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                while let Some(ev) = input.blocking_recv() {
-                    let Payload::Capture(c) = &ev.payload else { continue };
-                    let Step::Finished(run) = &c.step else { continue };
-                    match write_run(&c.capture_dir, run) {
-                        Ok(()) => self.cx.metrics.sent(1),
-                        Err(e) => {
-                            self.cx.error(format_args!("writing {}: {e}", c.capture_dir.display()));
-                            ev.fail();
-                        }
-                    }
-                }
-            })
-            .await?;
-            Ok(())
-        })
+    fn run(self: Box<Self>, input: Input) -> ComponentFuture {
+        Box::pin(write_each_finished(self.cx, input, "the run", write_run))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod process;
 pub mod registry;
 pub mod runtime;
 pub mod template;
+pub mod terminal;
 pub mod testing;
 pub mod usage;
 pub mod watch;

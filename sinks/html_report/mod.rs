@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::capture::{Finished, Step, layout, summarize, write_file};
+use crate::capture::{Finished, layout, summarize, write_each_finished, write_file};
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
-use crate::event::{DataType, Payload};
+use crate::event::DataType;
 
 /// Writes `report/index.html` for each finished capture run: the supervisor summary first
 /// (status, validity, duration, exit, timeout/OOM, processes with a chart over time, files
@@ -40,27 +40,11 @@ struct HtmlReportSink {
 }
 
 impl Sink for HtmlReportSink {
-    fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                while let Some(ev) = input.blocking_recv() {
-                    let Payload::Capture(c) = &ev.payload else { continue };
-                    let Step::Finished(run) = &c.step else { continue };
-                    let written = render(run)
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                        .and_then(|html| write_file(&c.capture_dir, layout::REPORT, html.as_bytes()));
-                    match written {
-                        Ok(()) => self.cx.metrics.sent(1),
-                        Err(e) => {
-                            self.cx.error(format_args!("writing the report of {}: {e}", c.capture_dir.display()));
-                            ev.fail();
-                        }
-                    }
-                }
-            })
-            .await?;
-            Ok(())
-        })
+    fn run(self: Box<Self>, input: Input) -> ComponentFuture {
+        Box::pin(write_each_finished(self.cx, input, "the report", |dir, run| {
+            let html = render(run).map_err(|e| std::io::Error::other(e.to_string()))?;
+            write_file(dir, layout::REPORT, html.as_bytes())
+        }))
     }
 }
 

@@ -407,23 +407,21 @@ impl Drop for Scratch {
 }
 
 /// The plugin's events: only a regular file (not a link or a FIFO the agent put there), up to
-/// `EVENTS_MAX` bytes. Returns them and `recorded`, `empty` or `missing`.
+/// `capture::READ_MAX` bytes, line by line. Returns them and `recorded`, `empty`, `missing` or
+/// `unreadable`.
 fn read_events(path: &Path) -> (Vec<Value>, &'static str) {
-    use std::io::Read;
-    let Ok(m) = std::fs::symlink_metadata(path) else { return (Vec::new(), "missing") };
-    if !m.is_file() {
-        return (Vec::new(), "missing");
+    match crate::capture::read_regular(path, crate::capture::READ_MAX) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::InvalidInput => {
+            (Vec::new(), "missing")
+        }
+        Err(_) => (Vec::new(), "unreadable"),
+        Ok(bytes) => {
+            let events = crate::capture::json_lines(&bytes);
+            let state = if events.is_empty() { "empty" } else { "recorded" };
+            (events, state)
+        }
     }
-    let mut text = String::new();
-    let read = std::fs::File::open(path).and_then(|f| f.take(EVENTS_MAX).read_to_string(&mut text));
-    let events: Vec<Value> =
-        if read.is_ok() { text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect() } else { Vec::new() };
-    let state = if events.is_empty() { "empty" } else { "recorded" };
-    (events, state)
 }
-
-/// The most of the plugin's events file that is read.
-const EVENTS_MAX: u64 = 256 * 1024 * 1024;
 
 /// What the container sees of the host: its workspace, the events folder of its capture (the
 /// only part of the capture it can write), OpenCode's data and config from the scratch folder.

@@ -137,20 +137,6 @@ pub fn diff(
     })
 }
 
-/// The bytes of a regular file, at most `max` (more: `None`). A link the agent made is not
-/// followed, and a FIFO or device is not opened: the host reads only what is really there.
-fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    if !std::fs::symlink_metadata(path).ok()?.is_file() {
-        return None;
-    }
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
-    let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= max).then_some(bytes)
-}
-
 /// A unified diff when both sides are text and small enough; else `null`.
 fn text_diff(before: Option<&Path>, after: Option<&Path>, name: &str, size: u64) -> Value {
     if size > DIFF_MAX_BYTES {
@@ -159,7 +145,11 @@ fn text_diff(before: Option<&Path>, after: Option<&Path>, name: &str, size: u64)
     let read = |p: Option<&Path>| -> Option<String> {
         match p {
             None => Some(String::new()),
-            Some(p) => read_regular(p, DIFF_MAX_BYTES).and_then(|b| String::from_utf8(b).ok()),
+            // A link the agent made is not followed, a FIFO not opened (`read_regular`).
+            Some(p) => crate::capture::read_regular(p, DIFF_MAX_BYTES)
+                .ok()
+                .filter(|b| b.len() as u64 <= DIFF_MAX_BYTES)
+                .and_then(|b| String::from_utf8(b).ok()),
         }
     };
     let (Some(old), Some(new)) = (read(before), read(after)) else {

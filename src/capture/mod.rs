@@ -152,21 +152,44 @@ pub mod layout {
     pub const REQUIRED: [&str; 4] = [RUN, PROCESS_TREE, FS_DIFF, NETWORK];
 }
 
+/// The bytes of a regular file of a capture (or its workspace): at most `max + 1` of them, so a
+/// caller can tell "more than `max`". A link is not followed and a FIFO or device never opened:
+/// a container wrote some of these files.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The most of one capture file that is read (the plugin's events file can be large).
+pub const READ_MAX: u64 = 256 * 1024 * 1024;
+
+/// The JSON lines of a file (one bad line, or a line cut at the limit, loses only itself).
+pub fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_str(&String::from_utf8_lossy(l)).ok()).collect()
+}
+
 /// Reads what a capture directory holds back into a [`Finished`] (for a report built after the
 /// fact: captures from before an upgrade, or whose report was deleted).
 pub fn read_capture(dir: &Path) -> anyhow::Result<Finished> {
-    let json = |rel: &str| -> Value {
-        std::fs::read(dir.join(rel)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
-    };
-    let text = |rel: &str| std::fs::read_to_string(dir.join(rel)).unwrap_or_default();
-    let meta: RunMeta = serde_json::from_slice(&std::fs::read(dir.join(layout::RUN))?)
+    let read = |rel: &str| read_regular(&dir.join(rel), READ_MAX);
+    let json =
+        |rel: &str| -> Value { read(rel).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null) };
+    let text = |rel: &str| read(rel).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let meta: RunMeta = serde_json::from_slice(&read(layout::RUN)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(layout::RUN).display()))?;
     let task: Task = serde_json::from_value(json(layout::ISSUE)).unwrap_or_else(|_| Task {
         id: meta.issue_id.clone(),
         title: meta.title.clone(),
         ..Default::default()
     });
-    let events = text(layout::EVENTS).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let events = read(layout::EVENTS).map(|b| json_lines(&b)).unwrap_or_default();
     let export = Some(json(layout::EXPORT)).filter(|v| !v.is_null());
     Ok(Finished {
         meta,
@@ -209,4 +232,30 @@ pub fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// The loop of a sink that writes each finished run into its directory: on a blocking thread,
+/// `write` each `finished` step; counted as sent, or as an error (`what` says of what) with the
+/// event failed. Other steps are not this kind of sink's business.
+pub async fn write_each_finished(
+    cx: crate::component::Context,
+    mut input: crate::component::Input,
+    what: &'static str,
+    write: impl Fn(&Path, &Finished) -> std::io::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        while let Some(ev) = input.blocking_recv() {
+            let crate::event::Payload::Capture(c) = &ev.payload else { continue };
+            let Step::Finished(run) = &c.step else { continue };
+            match write(&c.capture_dir, run) {
+                Ok(()) => cx.metrics.sent(1),
+                Err(e) => {
+                    cx.error(format_args!("writing {what} of {}: {e}", c.capture_dir.display()));
+                    ev.fail();
+                }
+            }
+        }
+    })
+    .await?;
+    Ok(())
 }

@@ -5,7 +5,6 @@
 mod app;
 mod view;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -50,25 +49,15 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    if !std::io::stdout().is_terminal() {
-        eprintln!("error: ocpipe tui needs a terminal (for a report, use `ocpipe stats`)");
-        return ExitCode::FAILURE;
+    if let Err(code) = crate::terminal::require_terminal("ocpipe tui", " (for a report, use `ocpipe stats`)") {
+        return code;
     }
     let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut app = App::new(args.range, color);
     let (tx, rx) = mpsc::channel();
     spawn_loaders(loc, tx);
-    let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, &mut app, &rx);
-    ratatui::restore();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::terminal::fullscreen(|terminal| event_loop(terminal, &mut app, &rx))
 }
 
 fn event_loop(

@@ -15,13 +15,7 @@ fn fixture() -> Catalog {
 }
 
 fn screen(app: &App, width: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(width, 30)).unwrap();
-    t.draw(|f| view::draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    (0..buf.area.height)
-        .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::testing::screen(width, 30, |f| view::draw(f, app))
 }
 
 fn key(app: &mut App, cat: &Catalog, code: KeyCode) {

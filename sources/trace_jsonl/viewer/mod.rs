@@ -4,7 +4,7 @@
 
 mod model;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -324,9 +324,8 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
         eprintln!("error: {} is not a folder of traces (pass DIR, or set OPENCODE_API_TRACER_DIR)", dir.display());
         return ExitCode::FAILURE;
     }
-    if !std::io::stdout().is_terminal() {
-        eprintln!("error: ocpipe traces needs a terminal");
-        return ExitCode::FAILURE;
+    if let Err(code) = crate::terminal::require_terminal("ocpipe traces", "") {
+        return code;
     }
     let mut v = Viewer::new(load(&dir), m.get_flag("include-meta"));
     if let Some(id) = m.get_one::<String>("session") {
@@ -346,8 +345,7 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
             std::sync::Arc::new(|p: &std::path::Path| p.extension().is_some_and(|e| e == "jsonl")),
         )
     });
-    let mut terminal = ratatui::init();
-    let result = (|| -> std::io::Result<()> {
+    crate::terminal::fullscreen(|terminal| {
         // Drawn again only after a key, a resize or new records.
         let mut redraw = true;
         loop {
@@ -381,15 +379,7 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
                 return Ok(());
             }
         }
-    })();
-    ratatui::restore();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,3 @@
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::{Viewer, draw, load, osc52};
@@ -9,13 +7,7 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn screen(v: &Viewer) -> String {
-    let mut t = Terminal::new(TestBackend::new(140, 40)).unwrap();
-    t.draw(|f| draw(f, v)).unwrap();
-    let buf = t.backend().buffer().clone();
-    (0..buf.area.height)
-        .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::testing::screen(140, 40, |f| draw(f, v))
 }
 
 fn key(v: &mut Viewer, code: KeyCode) {
