@@ -1,6 +1,7 @@
 //! `ocpipe traces` as a user runs it: the real binary in tmux on the captured traces: the
 //! session list with counts, a session opened, errors toggled, a payload copied (the OSC 52
-//! sequence reaches tmux's buffer), and a record appended while it runs shows up (follow).
+//! sequence reaches tmux's buffer), one line of it selected with `v` and copied, and a record
+//! appended while it runs shows up (follow).
 
 mod common;
 
@@ -70,8 +71,23 @@ fn the_trace_viewer_in_tmux_lists_opens_copies_and_follows() {
         assert!(start.elapsed() < Duration::from_secs(10), "the payload never reached tmux's buffer: {buffer:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `v` in the payload pane: only the selected line is copied.
+    for k in ["Tab", "Down", "v", "c"] {
+        t(&["send-keys", "-t", &session, k]);
+    }
+    let start = Instant::now();
+    loop {
+        let buffer = t(&["show-buffer"]);
+        if buffer.trim_end() == "  \"model\": \"mock-1\"," {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the selected line never reached tmux's buffer: {buffer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Follow: a record appended to a new session's file shows up.
-    t(&["send-keys", "-t", &session, "Escape"]);
+    for k in ["Escape", "Escape", "Escape"] {
+        t(&["send-keys", "-t", &session, k]);
+    }
     pane("Sessions: 3");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("late.jsonl")).unwrap();
     writeln!(

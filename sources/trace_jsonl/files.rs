@@ -136,13 +136,25 @@ fn key_of(fp: u64, id: FileId) -> String {
     format!("{fp:016x}:{}:{}", id.0, id.1)
 }
 
+/// A line of a followed file, parsed.
+pub struct Found {
+    pub path: Arc<Path>,
+    pub line: u64,
+    /// The line's length in bytes.
+    pub bytes: usize,
+    pub record: Result<TraceRecord, String>,
+    /// Where a record's acknowledgement goes: file, instance, sequence.
+    ack: Option<(FileId, u64, u64)>,
+}
+
 pub struct Reader {
     root: PathBuf,
     pattern: String,
     exclude: GlobSet,
     max_line: usize,
     start_at_end: bool,
-    checkpoint: CheckpointFile,
+    /// `None` for a viewer, which keeps no place.
+    checkpoint: Option<CheckpointFile>,
     saved: HashMap<String, Saved>,
     files: HashMap<FileId, Tracked>,
     /// Files kept open at most.
@@ -160,13 +172,29 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(cfg: &TraceJsonlConfig, cx: &Context) -> anyhow::Result<Reader> {
+        let checkpoint = CheckpointFile::new(cx.data_dir()?.join("checkpoints.json"));
+        Reader::with_checkpoint(cfg, cx, Some(checkpoint))
+    }
+
+    /// A reader that starts at the beginning of every file and keeps no checkpoint (a viewer's).
+    pub fn unsaved(cfg: &TraceJsonlConfig, cx: &Context) -> anyhow::Result<Reader> {
+        Reader::with_checkpoint(cfg, cx, None)
+    }
+
+    fn with_checkpoint(
+        cfg: &TraceJsonlConfig,
+        cx: &Context,
+        checkpoint: Option<CheckpointFile>,
+    ) -> anyhow::Result<Reader> {
         let root = cx.resolve(&cfg.path);
         let mut b = GlobSetBuilder::new();
         for p in &cfg.exclude {
             b.add(Glob::new(p)?);
         }
-        let checkpoint = CheckpointFile::new(cx.data_dir()?.join("checkpoints.json"));
-        let saved = checkpoint.load::<HashMap<String, Saved>>()?.unwrap_or_default();
+        let saved = match &checkpoint {
+            Some(c) => c.load::<HashMap<String, Saved>>()?.unwrap_or_default(),
+            None => HashMap::new(),
+        };
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         Ok(Reader {
             pattern: root.to_string_lossy().into_owned(),
@@ -210,7 +238,8 @@ impl Reader {
                 if new_files {
                     me.scan();
                 }
-                let (events, more) = me.read_all(&stop, only.as_ref());
+                let (found, more) = me.read_all(&stop, only.as_ref());
+                let events = me.events_of(found);
                 me.drain_acks();
                 if flush {
                     me.save();
@@ -258,7 +287,7 @@ impl Reader {
         Ok(())
     }
 
-    fn watch(&self) -> Watch {
+    pub fn watch(&self) -> Watch {
         let dir = if self.root.is_dir() || !self.pattern.contains(['*', '?', '[']) {
             self.root.clone()
         } else {
@@ -398,7 +427,7 @@ impl Reader {
         &mut self,
         shutdown: &CancellationToken,
         only: Option<&std::collections::HashSet<PathBuf>>,
-    ) -> (Vec<Event>, bool) {
+    ) -> (Vec<Found>, bool) {
         let mut events = Vec::new();
         let mut round_left = ROUND_BUDGET;
         let mut keys: Vec<FileId> =
@@ -477,9 +506,9 @@ impl Reader {
             t.eof = eof;
             more |= !eof;
             round_left = round_left.saturating_sub((t.read_pos - before) as usize);
-            let (path, instance) = (t.path.clone(), t.instance);
+            let (path, instance): (Arc<Path>, u64) = (t.path.as_path().into(), t.instance);
             for line in lines {
-                self.emit(id, instance, &path, line, &mut events);
+                self.parse(id, instance, &path, line, &mut events);
             }
             self.drain_acks();
             // Read to its end: closed (its buffer freed) until a change names it again.
@@ -499,16 +528,14 @@ impl Reader {
         (events, more)
     }
 
-    fn emit(&mut self, fp: FileId, instance: u64, path: &Path, line: Line, events: &mut Vec<Event>) {
-        let t = self.files.get_mut(&fp).expect("tracked");
-        match line {
+    /// Parses a line; a record's acknowledgement is counted before it (blank and bad lines are
+    /// done at once).
+    fn parse(&mut self, file: FileId, instance: u64, path: &Arc<Path>, line: Line, found: &mut Vec<Found>) {
+        let t = self.files.get_mut(&file).expect("tracked");
+        let (line, bytes, record, ack) = match line {
             Line::TooLong { line, end } => {
                 t.acks.push(end, line, true);
-                self.cx.error(format_args!(
-                    "{}:{line}: line longer than max_line_bytes ({}); skipped",
-                    path.display(),
-                    self.max_line
-                ));
+                (line, 0, Err(format!("line longer than max_line_bytes ({})", self.max_line)), None)
             }
             Line::Data { data, line, end } => {
                 let text = data.strip_suffix(b"\r").unwrap_or(&data);
@@ -519,25 +546,64 @@ impl Reader {
                 match serde_json::from_slice::<TraceRecord>(text) {
                     Ok(rec) => {
                         let seq = t.acks.push(end, line, false);
-                        let ts = DateTime::parse_from_rfc3339(&rec.timestamp)
-                            .map(|d| d.with_timezone(&Utc))
-                            .unwrap_or_else(|_| Utc::now());
-                        let ack = self.ack_tx.clone();
-                        let event = Event::new(self.cx.id.clone(), ts, Payload::Trace(Box::new(rec)));
-                        let id = match &event.payload {
-                            Payload::Trace(r) => r.natural_id(),
-                            _ => unreachable!(),
-                        };
-                        let event = event.with_id(id).with_finalizer(Finalizer::new(move |status| {
-                            let _ = ack.send((fp, instance, seq, status));
-                        }));
-                        events.push(event);
+                        (line, data.len(), Ok(rec), Some((file, instance, seq)))
                     }
                     Err(e) => {
                         t.acks.push(end, line, true);
-                        self.cx.error(format_args!("{}:{line}: malformed trace record, skipped: {e}", path.display()));
+                        (line, data.len(), Err(format!("malformed trace record: {e}")), None)
                     }
                 }
+            }
+        };
+        found.push(Found { path: path.clone(), line, bytes, record, ack });
+    }
+
+    /// The events of what a round found, each acknowledging its line when delivered; bad lines
+    /// are counted and logged with their place.
+    fn events_of(&self, found: Vec<Found>) -> Vec<Event> {
+        let mut events = Vec::with_capacity(found.len());
+        for f in found {
+            let rec = match f.record {
+                Ok(rec) => rec,
+                Err(e) => {
+                    self.cx.error(format_args!("{}:{}: {e}; skipped", f.path.display(), f.line));
+                    continue;
+                }
+            };
+            let ts = DateTime::parse_from_rfc3339(&rec.timestamp)
+                .map(|d| d.with_timezone(&Utc))
+                .unwrap_or_else(|_| Utc::now());
+            let id = rec.natural_id();
+            let ack = self.ack_tx.clone();
+            let (file, instance, seq) = f.ack.expect("records carry their acknowledgement");
+            events.push(Event::new(self.cx.id.clone(), ts, Payload::Trace(Box::new(rec))).with_id(id).with_finalizer(
+                Finalizer::new(move |status| {
+                    let _ = ack.send((file, instance, seq, status));
+                }),
+            ));
+        }
+        events
+    }
+
+    /// For a viewer: everything new in the files since the last call (all of them the first
+    /// time), each record counted as delivered at once; nothing is checkpointed.
+    pub fn read_new(&mut self, rescan: bool) -> Vec<Found> {
+        let never = CancellationToken::new();
+        let mut all = Vec::new();
+        if rescan || self.first_scan {
+            self.scan();
+        }
+        loop {
+            let (found, more) = self.read_all(&never, None);
+            for f in &found {
+                if let Some((file, instance, seq)) = f.ack {
+                    self.on_ack((file, instance, seq, Status::Delivered));
+                }
+            }
+            all.extend(found);
+            self.drain_acks();
+            if !more {
+                return all;
             }
         }
     }
@@ -574,9 +640,7 @@ impl Reader {
     }
 
     fn save(&mut self) {
-        if !self.dirty {
-            return;
-        }
+        let Some(checkpoint) = self.checkpoint.as_ref().filter(|_| self.dirty) else { return };
         let now = Utc::now().timestamp();
         for (id, t) in &self.files {
             self.saved.remove(&format!("{:016x}", t.fingerprint));
@@ -586,9 +650,9 @@ impl Reader {
             );
         }
         self.saved.retain(|_, s| now - s.updated < FORGET_AFTER_SECS);
-        match self.checkpoint.store(&self.saved) {
+        match checkpoint.store(&self.saved) {
             Ok(()) => self.dirty = false,
-            Err(e) => self.cx.error(format_args!("writing checkpoint {}: {e}", self.checkpoint.path().display())),
+            Err(e) => self.cx.error(format_args!("writing checkpoint {}: {e}", checkpoint.path().display())),
         }
     }
 }

@@ -2,9 +2,12 @@
 //! status, latency, size with a bar, growth over the previous request), and the selected
 //! record's payload (pretty JSON; a streamed response assembled). Follows the directory.
 
+mod clipboard;
 mod model;
+mod payload;
 
-use std::io::Write;
+use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,12 +15,13 @@ use std::time::Duration;
 use ratatui::Frame;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind};
 use ratatui::layout::{Constraint, Layout};
-use ratatui::style::{Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 
 use crate::event::TraceKind;
-pub use model::{Traces, load};
+pub use model::Traces;
+use payload::{Payload, Tok};
 
 crate::register_command!("traces", command, run);
 
@@ -49,15 +53,79 @@ pub struct Shown {
     pub errors: bool,
 }
 
+/// Where the arrow keys go in a session: its records, or the payload pane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Records,
+    Payload,
+}
+
+/// The payload pane: the selected record's lines, what is folded, the cursor and a selection.
+#[derive(Debug, Default)]
+pub struct Pane {
+    /// The record shown: session, file line, time.
+    of: Option<(String, usize, String)>,
+    pub payload: Payload,
+    pub folded: BTreeSet<usize>,
+    /// Index into the visible lines.
+    pub cursor: usize,
+    /// Where a `v` selection started (visible index).
+    pub anchor: Option<usize>,
+    /// The first visible line drawn (kept so the view moves only when the cursor leaves it).
+    top: Cell<usize>,
+    pub column: u16,
+}
+
+impl Pane {
+    fn visible(&self) -> Vec<usize> {
+        self.payload.visible(&self.folded)
+    }
+
+    fn move_to(&mut self, i: usize) {
+        self.cursor = i.min(self.visible().len().saturating_sub(1));
+    }
+
+    /// Folds or unfolds the object or array at the cursor (or the one the cursor is in).
+    fn toggle_fold(&mut self) {
+        let visible = self.visible();
+        let Some(&at) = visible.get(self.cursor) else { return };
+        let lines = &self.payload.lines;
+        let opener = if lines[at].close.is_some() {
+            Some(at)
+        } else {
+            (0..at).rev().find(|&j| lines[j].close.is_some_and(|c| c >= at))
+        };
+        let Some(opener) = opener else { return };
+        if !self.folded.remove(&opener) {
+            self.folded.insert(opener);
+        }
+        self.cursor = self.visible().iter().position(|&i| i == opener).unwrap_or(0);
+        self.anchor = None;
+    }
+
+    /// The selected lines' text, or all of it without a selection.
+    fn selection(&self) -> String {
+        let Some(anchor) = self.anchor else { return self.payload.all_text() };
+        let visible = self.visible();
+        let (a, b) = (anchor.min(self.cursor), anchor.max(self.cursor));
+        match (visible.get(a), visible.get(b)) {
+            (Some(&first), Some(&last)) => self.payload.text(first, last, &self.folded),
+            _ => String::new(),
+        }
+    }
+}
+
 pub struct Viewer {
     pub traces: Traces,
     pub session: Option<usize>,
     pub selected: usize,
-    pub scroll: u16,
     pub shown: Shown,
     pub search: String,
     pub editing: bool,
     pub include_meta: bool,
+    pub focus: Focus,
+    pub pane: Pane,
+    pub color: bool,
     pub message: String,
     pub quit: bool,
 }
@@ -68,11 +136,13 @@ impl Viewer {
             traces,
             session: None,
             selected: 0,
-            scroll: 0,
             shown: Shown { requests: true, responses: true, errors: true },
             search: String::new(),
             editing: false,
             include_meta,
+            focus: Focus::Records,
+            pane: Pane::default(),
+            color: true,
             message: String::new(),
             quit: false,
         }
@@ -96,11 +166,51 @@ impl Viewer {
             .collect()
     }
 
+    /// The whole payload of the selected record, as copied without a selection.
+    #[cfg(test)]
     pub fn selected_payload(&self) -> Option<String> {
-        self.records().get(self.selected).map(|i| model::payload(&i.record))
+        self.pane.of.as_ref().map(|_| self.pane.payload.all_text())
+    }
+
+    /// Opens the session with this id, if there is one.
+    pub fn open(&mut self, id: &str) -> bool {
+        let Some(i) = self.traces.sessions.iter().position(|s| s.id == id) else { return false };
+        self.session = Some(i);
+        self.selected = 0;
+        self.sync_pane();
+        true
+    }
+
+    /// Adds what the reader found, keeping the open session open.
+    pub fn add(&mut self, found: Vec<super::files::Found>) {
+        if found.is_empty() {
+            return;
+        }
+        let open = self.session.and_then(|i| self.traces.sessions.get(i)).map(|s| s.id.clone());
+        self.traces.add(found);
+        self.session = open.and_then(|id| self.traces.sessions.iter().position(|s| s.id == id));
+        self.sync_pane();
+    }
+
+    /// Shows the selected record in the payload pane (from the top) when it changed.
+    fn sync_pane(&mut self) {
+        let of = self.records().get(self.selected).map(|i| {
+            let s = &self.traces.sessions[self.session.expect("records come from a session")];
+            (s.id.clone(), i.line, i.record.timestamp.clone())
+        });
+        if of == self.pane.of {
+            return;
+        }
+        let payload = self.records().get(self.selected).map(|i| Payload::of(&i.record)).unwrap_or_default();
+        self.pane = Pane { of, payload, ..Pane::default() };
     }
 
     pub fn key(&mut self, k: KeyEvent) {
+        self.on_key(k);
+        self.sync_pane();
+    }
+
+    fn on_key(&mut self, k: KeyEvent) {
         if self.editing {
             match k.code {
                 KeyCode::Enter | KeyCode::Esc => self.editing = false,
@@ -113,6 +223,9 @@ impl Viewer {
             self.selected = 0;
             return;
         }
+        if self.focus == Focus::Payload && self.session.is_some() && self.pane_key(k) {
+            return;
+        }
         let len = if self.session.is_some() { self.records().len() } else { self.traces.sessions.len() };
         match k.code {
             KeyCode::Char('q') => self.quit = true,
@@ -120,12 +233,12 @@ impl Viewer {
             KeyCode::Up => self.pick(self.selected.saturating_sub(1), len),
             KeyCode::Home => self.pick(0, len),
             KeyCode::End => self.pick(len.saturating_sub(1), len),
-            KeyCode::PageDown => self.scroll = self.scroll.saturating_add(10),
-            KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(10),
+            KeyCode::PageDown => self.pane.move_to(self.pane.cursor + 10),
+            KeyCode::PageUp => self.pane.move_to(self.pane.cursor.saturating_sub(10)),
+            KeyCode::Tab if self.session.is_some() => self.focus = Focus::Payload,
             KeyCode::Enter if self.session.is_none() && len > 0 => {
                 self.session = Some(self.selected);
                 self.selected = 0;
-                self.scroll = 0;
             }
             KeyCode::Esc => {
                 if !self.search.is_empty() {
@@ -147,13 +260,38 @@ impl Viewer {
         }
     }
 
+    /// Keys that act on the payload pane; `false` for the others.
+    fn pane_key(&mut self, k: KeyEvent) -> bool {
+        let p = &mut self.pane;
+        match k.code {
+            KeyCode::Down => p.move_to(p.cursor + 1),
+            KeyCode::Up => p.move_to(p.cursor.saturating_sub(1)),
+            KeyCode::PageDown => p.move_to(p.cursor + 10),
+            KeyCode::PageUp => p.move_to(p.cursor.saturating_sub(10)),
+            KeyCode::Home => p.move_to(0),
+            KeyCode::End => p.move_to(usize::MAX),
+            KeyCode::Right => p.column = p.column.saturating_add(8),
+            KeyCode::Left => p.column = p.column.saturating_sub(8),
+            KeyCode::Enter | KeyCode::Char(' ') => p.toggle_fold(),
+            KeyCode::Char('v') => p.anchor = if p.anchor.is_some() { None } else { Some(p.cursor) },
+            KeyCode::Esc if p.anchor.is_some() => p.anchor = None,
+            KeyCode::Esc | KeyCode::Tab => self.focus = Focus::Records,
+            _ => return false,
+        }
+        true
+    }
+
     fn pick(&mut self, i: usize, len: usize) {
         self.selected = i.min(len.saturating_sub(1));
-        self.scroll = 0;
+    }
+
+    /// What `c` and `w` take: the selected lines, or the whole payload.
+    pub fn copy_text(&self) -> Option<String> {
+        self.pane.of.as_ref().map(|_| self.pane.selection())
     }
 
     fn write_payload(&mut self) {
-        let Some(p) = self.selected_payload() else { return };
+        let Some(p) = self.copy_text() else { return };
         let path = std::env::temp_dir().join(format!("ocpipe-payload-{}.txt", std::process::id()));
         self.message = match std::fs::write(&path, p) {
             Ok(()) => format!("payload written to {}", path.display()),
@@ -161,39 +299,10 @@ impl Viewer {
         };
     }
 
-    /// OSC 52 (wrapped for tmux), up to what terminals take.
     fn copy_payload(&mut self) {
-        let Some(p) = self.selected_payload() else { return };
-        self.message = match osc52(&p) {
-            Some(seq) => {
-                let mut out = std::io::stdout();
-                let _ = out.write_all(seq.as_bytes()).and_then(|()| out.flush());
-                format!("copied {} bytes (OSC 52)", p.len())
-            }
-            None => format!(
-                "the payload ({} bytes) is larger than terminals take for a copy; `w` writes it to a file",
-                p.len()
-            ),
-        };
+        let Some(p) = self.copy_text() else { return };
+        self.message = clipboard::copy(&p);
     }
-}
-
-/// The OSC 52 sequence that puts `text` on the clipboard. Inside tmux: as is (tmux keeps it in
-/// its buffer with `set-clipboard on`) and wrapped to pass through to the outer terminal
-/// (`allow-passthrough on`).
-pub fn osc52(text: &str) -> Option<String> {
-    const MAX: usize = 74_994; // what xterm and tmux accept, base64-encoded
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(text);
-    if b64.len() > MAX {
-        return None;
-    }
-    let seq = format!("\x1b]52;c;{b64}\x07");
-    Some(if std::env::var_os("TMUX").is_some() {
-        format!("{seq}\x1bPtmux;{}\x1b\\", seq.replace('\x1b', "\x1b\x1b"))
-    } else {
-        seq
-    })
 }
 
 pub fn draw(f: &mut Frame<'_>, v: &Viewer) {
@@ -202,8 +311,10 @@ pub fn draw(f: &mut Frame<'_>, v: &Viewer) {
         format!("search: {}▏ (Enter/Esc done)", v.search)
     } else if !v.message.is_empty() {
         v.message.clone()
+    } else if v.session.is_some() && v.focus == Focus::Payload {
+        "↑↓ line  ←→ scroll  Enter fold  v select  c copy  w write  Tab/Esc records  q quit".into()
     } else if v.session.is_some() {
-        "↑↓ record  PgUp/PgDn payload  1 requests 2 responses 3 errors  / search  c copy  w write  Esc back  q quit"
+        "↑↓ record  Tab payload  1 requests 2 responses 3 errors  / search  c copy  w write  Esc back  q quit"
             .into()
     } else {
         "↑↓ session  Enter open  q quit".into()
@@ -297,17 +408,75 @@ pub fn draw(f: &mut Frame<'_>, v: &Viewer) {
                 list,
                 &mut state,
             );
-            let text = v.selected_payload().unwrap_or_default();
-            let lines: Vec<Line<'_>> = text.lines().map(|l| Line::from(l.to_string())).collect();
-            f.render_widget(
-                Paragraph::new(lines)
-                    .wrap(Wrap { trim: false })
-                    .scroll((v.scroll, 0))
-                    .block(Block::default().borders(Borders::ALL).title("Payload")),
-                pane,
-            );
+            draw_pane(f, v, pane);
         }
     }
+}
+
+/// The payload pane: coloured lines, folds shown as `{ … N lines }`, the cursor (`>`) and the
+/// selection (`┃`) in a gutter, so they show without colours too.
+fn draw_pane(f: &mut Frame<'_>, v: &Viewer, area: ratatui::layout::Rect) {
+    let p = &v.pane;
+    let visible = p.visible();
+    let height = area.height.saturating_sub(2).max(1) as usize;
+    let mut top = p.top.get().min(p.cursor);
+    if p.cursor >= top + height {
+        top = p.cursor + 1 - height;
+    }
+    p.top.set(top);
+    let focused = v.focus == Focus::Payload;
+    let selected = p.anchor.map(|a| (a.min(p.cursor), a.max(p.cursor)));
+    let style = |t: Tok| {
+        if !v.color {
+            return match t {
+                Tok::Heading => Style::default().add_modifier(Modifier::BOLD),
+                _ => Style::default(),
+            };
+        }
+        match t {
+            Tok::Heading => Style::default().fg(Color::Blue).add_modifier(Modifier::BOLD),
+            Tok::Key => Style::default().fg(Color::Cyan),
+            Tok::Str => Style::default().fg(Color::Green),
+            Tok::Num => Style::default().fg(Color::Yellow),
+            Tok::Lit => Style::default().fg(Color::Magenta),
+            Tok::Plain | Tok::Punct => Style::default(),
+        }
+    };
+    let lines: Vec<Line<'_>> = visible
+        .iter()
+        .enumerate()
+        .skip(top)
+        .take(height)
+        .map(|(n, &i)| {
+            let l = &p.payload.lines[i];
+            let in_selection = selected.is_some_and(|(a, b)| (a..=b).contains(&n));
+            let gutter = match (focused && n == p.cursor, in_selection) {
+                (true, _) => ">",
+                (false, true) => "┃",
+                _ => " ",
+            };
+            let mut spans = vec![Span::raw(gutter), Span::raw("  ".repeat(l.indent))];
+            spans.extend(l.spans.iter().map(|(t, s)| Span::styled(s.as_str(), style(*t))));
+            if let Some(close) = l.close.filter(|_| p.folded.contains(&i)) {
+                spans.push(Span::styled(format!(" … {} lines", close - i - 1), Style::default().add_modifier(Modifier::DIM)));
+            }
+            let line = Line::from(spans);
+            if in_selection { line.style(Style::default().add_modifier(Modifier::REVERSED)) } else { line }
+        })
+        .collect();
+    let title = format!(
+        "Payload — line {}/{}{}",
+        visible.get(p.cursor).map_or(0, |i| i + 1),
+        p.payload.lines.len(),
+        if focused { "" } else { " (Tab to move in it)" }
+    );
+    let border = if focused { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
+    f.render_widget(
+        Paragraph::new(lines)
+            .scroll((0, p.column))
+            .block(Block::default().borders(Borders::ALL).border_style(border).title(title)),
+        area,
+    );
 }
 
 fn kib(bytes: usize) -> String {
@@ -327,24 +496,25 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
     if let Err(code) = crate::terminal::require_terminal("ocpipe traces", "") {
         return code;
     }
-    let mut v = Viewer::new(load(&dir), m.get_flag("include-meta"));
-    if let Some(id) = m.get_one::<String>("session") {
-        match v.traces.sessions.iter().position(|s| &s.id == id) {
-            Some(i) => v.session = Some(i),
-            None => {
-                eprintln!("error: no session `{id}` in {}", dir.display());
-                return ExitCode::FAILURE;
-            }
+    let mut reader = match model::reader(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e:#}", dir.display());
+            return ExitCode::FAILURE;
         }
+    };
+    let mut v = Viewer::new(Traces::default(), m.get_flag("include-meta"));
+    v.color = std::env::var_os("NO_COLOR").is_none_or(|c| c.is_empty());
+    v.add(reader.read_new(true));
+    if let Some(id) = m.get_one::<String>("session")
+        && !v.open(id)
+    {
+        eprintln!("error: no session `{id}` in {}", dir.display());
+        return ExitCode::FAILURE;
     }
-    let follow = !m.get_flag("static");
-    let mut watch = follow.then(|| {
-        crate::watch::Watch::new(
-            "traces",
-            vec![(dir.clone(), notify::RecursiveMode::NonRecursive)],
-            std::sync::Arc::new(|p: &std::path::Path| p.extension().is_some_and(|e| e == "jsonl")),
-        )
-    });
+    // Follow: `trace_jsonl`'s reader, woken by its file notifications (or every second
+    // where there are none).
+    let mut watch = (!m.get_flag("static")).then(|| reader.watch());
     crate::terminal::fullscreen(|terminal| {
         // Drawn again only after a key, a resize or new records.
         let mut redraw = true;
@@ -364,16 +534,13 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
                     _ => {}
                 }
             }
-            // Follow: new records appear as the files grow (the files notifications name).
-            let changed = watch.as_mut().is_some_and(|w| {
+            if let Some(w) = watch.as_mut() {
                 let ch = w.take();
-                ch.rescan || !ch.paths.is_empty()
-            });
-            if changed {
-                redraw = true;
-                let open = v.session.and_then(|i| v.traces.sessions.get(i)).map(|s| s.id.clone());
-                v.traces = load(&dir);
-                v.session = open.and_then(|id| v.traces.sessions.iter().position(|s| s.id == id));
+                if ch.rescan || !ch.paths.is_empty() || !w.is_live() {
+                    let found = reader.read_new(true);
+                    redraw |= !found.is_empty();
+                    v.add(found);
+                }
             }
             if v.quit {
                 return Ok(());

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::super::TraceJsonlConfig;
+use super::super::files::{Found, Reader};
 use crate::event::{TraceKind, TraceRecord};
 
 /// One record as the viewer lists it.
@@ -50,38 +52,56 @@ pub struct Traces {
     pub bad: Vec<Bad>,
 }
 
-/// Reads every `*.jsonl` of `dir` (not the tracer's debug log).
-pub fn load(dir: &Path) -> Traces {
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl") && !p.to_string_lossy().ends_with(".debug.jsonl"));
-    files.sort();
-    let mut by_session: BTreeMap<String, Session> = BTreeMap::new();
-    let mut bad = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read(&file) else { continue };
-        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<TraceRecord>(line) {
-                Ok(record) => {
-                    let s = by_session.entry(record.session_id.clone()).or_default();
-                    s.items.push(Item {
-                        line: i + 1,
-                        bytes: line.len(),
-                        record,
-                        latency_ms: None,
-                        growth: None,
-                        meta: false,
-                    });
-                }
-                Err(e) => bad.push(Bad { file: file.clone(), line: i + 1, error: e.to_string() }),
+impl Traces {
+    /// Adds what the reader found: records to their sessions (each touched session worked out
+    /// again), bad lines to the list.
+    pub fn add(&mut self, found: Vec<Found>) {
+        let mut touched: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        for f in found {
+            match f.record {
+                Ok(record) => touched.entry(record.session_id.clone()).or_default().push(Item {
+                    line: f.line as usize,
+                    bytes: f.bytes,
+                    record,
+                    latency_ms: None,
+                    growth: None,
+                    meta: false,
+                }),
+                Err(error) => self.bad.push(Bad { file: f.path.to_path_buf(), line: f.line as usize, error }),
             }
         }
+        for (id, mut items) in touched {
+            let s = match self.sessions.binary_search_by(|s| s.id.cmp(&id)) {
+                Ok(i) => &mut self.sessions[i],
+                Err(i) => {
+                    self.sessions.insert(i, Session { id: id.clone(), ..Session::default() });
+                    &mut self.sessions[i]
+                }
+            };
+            items.append(&mut s.items);
+            *s = finish(id, items);
+        }
     }
-    let sessions = by_session.into_iter().map(|(id, s)| finish(id, s.items)).collect();
-    Traces { sessions, bad }
+}
+
+/// Everything in the `*.jsonl` files of `dir` now (not the tracer's debug log), read by
+/// `trace_jsonl`'s own reader.
+#[cfg(test)]
+pub fn load(dir: &Path) -> Traces {
+    let mut traces = Traces::default();
+    if let Ok(mut reader) = reader(dir) {
+        traces.add(reader.read_new(true));
+    }
+    traces
+}
+
+/// `trace_jsonl`'s reader over a tracer directory, for the viewer: from the beginning of every
+/// file, no checkpoint.
+pub fn reader(dir: &Path) -> anyhow::Result<Reader> {
+    let path = toml::Value::from(dir.to_string_lossy().as_ref());
+    let cfg: TraceJsonlConfig = toml::from_str(&format!("path = {path}"))?;
+    let cx = crate::component::Context::new("traces", std::env::temp_dir(), dir.to_path_buf());
+    Reader::unsaved(&cfg, &cx)
 }
 
 fn millis(ts: &str) -> Option<i64> {
@@ -116,6 +136,9 @@ pub fn prompt_of(r: &TraceRecord) -> Option<String> {
 }
 
 fn finish(id: String, mut items: Vec<Item>) -> Session {
+    for it in &mut items {
+        (it.latency_ms, it.growth, it.meta) = (None, None, false);
+    }
     items.sort_by(|a, b| a.record.timestamp.cmp(&b.record.timestamp).then(a.line.cmp(&b.line)));
     let mut requests: BTreeMap<String, (i64, bool)> = BTreeMap::new();
     let mut previous_request: Option<usize> = None;
@@ -158,70 +181,4 @@ fn finish(id: String, mut items: Vec<Item>) -> Session {
         id,
         items,
     }
-}
-
-/// The payload to show: pretty JSON, and for a streamed (SSE) response the assembled text,
-/// tool calls and usage.
-pub fn payload(r: &TraceRecord) -> String {
-    let mut out = String::new();
-    if let Some(e) = &r.error {
-        out.push_str(&format!("error: {e}\n\n"));
-    }
-    let Some(body) = &r.body else { return out };
-    match serde_json::from_str::<Value>(body.get()) {
-        Ok(Value::String(text)) if text.contains("data:") => {
-            let (assembled, tools, usage) = assemble_sse(&text);
-            out.push_str("assembled text:\n");
-            out.push_str(&assembled);
-            out.push('\n');
-            for t in tools {
-                out.push_str(&format!("\ntool call: {t}\n"));
-            }
-            if let Some(u) = usage {
-                out.push_str(&format!("\nusage: {u}\n"));
-            }
-            out.push_str("\nraw stream:\n");
-            out.push_str(&text);
-        }
-        Ok(v) => {
-            if let Some(u) = v.get("usage") {
-                out.push_str(&format!("usage: {u}\n\n"));
-            }
-            out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Err(_) => out.push_str(body.get()),
-    }
-    out
-}
-
-/// Text, tool calls (name and arguments) and usage of an OpenAI- or Anthropic-style stream.
-fn assemble_sse(stream: &str) -> (String, Vec<String>, Option<Value>) {
-    let mut text = String::new();
-    let mut tools: BTreeMap<i64, (String, String)> = BTreeMap::new();
-    let mut usage = None;
-    for line in stream.lines() {
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
-        for c in v["choices"].as_array().into_iter().flatten() {
-            if let Some(t) = c["delta"]["content"].as_str() {
-                text.push_str(t);
-            }
-            for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-                let e = tools.entry(call["index"].as_i64().unwrap_or(0)).or_default();
-                if let Some(n) = call["function"]["name"].as_str() {
-                    e.0.push_str(n);
-                }
-                if let Some(a) = call["function"]["arguments"].as_str() {
-                    e.1.push_str(a);
-                }
-            }
-        }
-        if let Some(t) = v["delta"]["text"].as_str() {
-            text.push_str(t);
-        }
-        if !v["usage"].is_null() {
-            usage = Some(v["usage"].clone());
-        }
-    }
-    (text, tools.into_values().map(|(n, a)| format!("{n} {a}")).collect(), usage)
 }

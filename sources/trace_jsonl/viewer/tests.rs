@@ -1,6 +1,8 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::{Viewer, draw, load, osc52};
+use super::clipboard::osc52_for;
+use super::model::{load, reader};
+use super::{Focus, Viewer, draw};
 
 fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/traces")
@@ -72,8 +74,113 @@ fn search_finds_bodies_and_malformed_lines_are_listed_with_their_place() {
 }
 
 #[test]
-fn osc52_copies_small_payloads_and_refuses_huge_ones() {
-    let seq = osc52("hello").unwrap();
-    assert!(seq.contains("]52;c;aGVsbG8="), "{seq:?}");
-    assert!(osc52(&"x".repeat(100_000)).is_none());
+fn osc52_copies_small_payloads_wrapped_for_tmux_chunked_for_screen_and_refuses_huge_ones() {
+    let seq = osc52_for("hello", false, false).unwrap();
+    assert_eq!(seq, "\x1b]52;c;aGVsbG8=\x07");
+    // tmux: the plain sequence for its buffer, and a passthrough with every ESC doubled.
+    let tmux = osc52_for("hello", true, false).unwrap();
+    assert_eq!(tmux, "\x1b]52;c;aGVsbG8=\x07\x1bPtmux;\x1b\x1b]52;c;aGVsbG8=\x07\x1b\\");
+    // screen: device control strings of at most 76 bytes each, which together are the sequence.
+    let text = "x".repeat(300);
+    let screen = osc52_for(&text, false, true).unwrap();
+    let chunks: Vec<&str> = screen.split("\x1b\\").filter(|c| !c.is_empty()).collect();
+    assert!(chunks.len() > 4, "{screen:?}");
+    assert!(chunks.iter().all(|c| c.starts_with("\x1bP") && c.len() <= 78), "{chunks:?}");
+    let joined: String = chunks.iter().map(|c| &c[2..]).collect();
+    assert_eq!(joined, osc52_for(&text, false, false).unwrap());
+    assert!(osc52_for(&"x".repeat(100_000), false, false).is_none());
+}
+
+fn open_first_request(v: &mut Viewer) {
+    key(v, KeyCode::Enter);
+    key(v, KeyCode::Char('2'));
+    key(v, KeyCode::Char('3'));
+    assert!(v.records().iter().all(|r| r.record.kind.as_str() == "request"));
+    key(v, KeyCode::Tab);
+    assert_eq!(v.focus, Focus::Payload);
+}
+
+/// The visible line (cursor position) whose text contains `needle`.
+fn line_with(v: &Viewer, needle: &str) -> usize {
+    let visible = v.pane.payload.visible(&v.pane.folded);
+    visible.iter().position(|&i| v.pane.payload.lines[i].text().contains(needle)).expect(needle)
+}
+
+#[test]
+fn the_payload_folds_selects_lines_to_copy_and_is_coloured_unless_no_color() {
+    let mut v = Viewer::new(load(&fixtures()), false);
+    open_first_request(&mut v);
+    let all = v.pane.payload.visible(&v.pane.folded).len();
+    let at = line_with(&v, "\"messages\": [");
+    for _ in 0..at {
+        key(&mut v, KeyCode::Down);
+    }
+    assert_eq!(v.pane.cursor, at);
+    key(&mut v, KeyCode::Enter);
+    let folded = v.pane.payload.visible(&v.pane.folded).len();
+    assert!(folded < all, "folding the messages hides them: {folded} of {all}");
+    let s = screen(&v);
+    assert!(s.contains("\"messages\": [ …") && s.contains(" lines"), "{s}");
+    // Enter again unfolds it.
+    key(&mut v, KeyCode::Enter);
+    assert_eq!(v.pane.payload.visible(&v.pane.folded).len(), all);
+
+    // `v` on "model", two lines down: exactly those three lines are copied.
+    let at = line_with(&v, "\"model\":");
+    key(&mut v, KeyCode::Home);
+    for _ in 0..at {
+        key(&mut v, KeyCode::Down);
+    }
+    key(&mut v, KeyCode::Char('v'));
+    key(&mut v, KeyCode::Down);
+    key(&mut v, KeyCode::Down);
+    let copied = v.copy_text().unwrap();
+    assert_eq!(copied.lines().count(), 3, "{copied}");
+    assert!(copied.lines().next().unwrap().contains("\"model\": \"mock-1\""), "{copied}");
+    assert!(screen(&v).contains('┃'), "the selection is marked in the gutter");
+    // Esc drops the selection (then `c` takes the whole payload), a second Esc leaves the pane.
+    key(&mut v, KeyCode::Esc);
+    assert_eq!(v.copy_text().unwrap(), v.selected_payload().unwrap());
+    key(&mut v, KeyCode::Esc);
+    assert_eq!(v.focus, Focus::Records);
+
+    // Keys are cyan, strings green; NO_COLOR: none.
+    let colour_of_key = |v: &Viewer| {
+        let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(140, 40)).unwrap();
+        t.draw(|f| draw(f, v)).unwrap();
+        let buf = t.backend().buffer().clone();
+        let row = (0..40).find(|&y| (0..140).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("\"model\":")).unwrap();
+        let x = (0..140).find(|&x| buf[(x, row)].symbol() == "\"").unwrap();
+        buf[(x + 1, row)].fg
+    };
+    assert_eq!(colour_of_key(&v), ratatui::style::Color::Cyan);
+    v.color = false;
+    assert_eq!(colour_of_key(&v), ratatui::style::Color::Reset);
+}
+
+#[test]
+fn follow_reads_only_what_was_appended_with_trace_jsonl_s_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(fixtures().join("session-plain.jsonl")).unwrap();
+    let lines: Vec<&str> = src.lines().collect();
+    let file = dir.path().join("session-plain.jsonl");
+    std::fs::write(&file, format!("{}\n", lines[..2].join("\n"))).unwrap();
+    let mut r = reader(dir.path()).unwrap();
+    let mut v = Viewer::new(Default::default(), true);
+    v.add(r.read_new(true));
+    assert_eq!(v.traces.sessions[0].items.len(), 2);
+    v.open(&v.traces.sessions[0].id.clone());
+    // Nothing new: nothing read.
+    assert!(r.read_new(true).is_empty());
+    // Two more lines and a broken one: only those come back, the session stays open.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    use std::io::Write;
+    writeln!(f, "{}\n{}\n{{broken", lines[2], lines[3]).unwrap();
+    let found = r.read_new(false);
+    assert_eq!(found.len(), 3, "two records and the malformed line");
+    v.add(found);
+    assert_eq!(v.traces.sessions[0].items.len(), 4);
+    assert!(v.session.is_some());
+    assert_eq!(v.traces.bad.len(), 1);
+    assert_eq!((v.traces.bad[0].line, v.traces.bad[0].file.clone()), (5, file));
 }
