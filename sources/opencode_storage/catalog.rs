@@ -65,6 +65,15 @@ pub struct CSession {
     pub project: u32,
     pub title: u32,
     pub created: i64,
+    /// The session a sub-agent session was started from, or [`NO_PARENT`].
+    #[serde(default = "no_parent")]
+    pub parent: u32,
+}
+
+pub const NO_PARENT: u32 = u32::MAX;
+
+fn no_parent() -> u32 {
+    NO_PARENT
 }
 
 pub const ASSISTANT: u8 = 1;
@@ -111,6 +120,7 @@ impl Visitor for Builder {
             project: n.id(&project_key(&s)),
             title: n.id(&s.title),
             created: s.time_created,
+            parent: s.parent_id.as_deref().map_or(NO_PARENT, |p| n.id(p)),
         };
         self.cat.sessions.push(cs);
     }
@@ -335,5 +345,25 @@ impl Catalog {
     /// Session id -> title, for labelling rows.
     pub fn titles(&self) -> FxHashMap<&str, &str> {
         self.sessions.iter().map(|s| (self.names.name(s.id), self.names.name(s.title))).collect()
+    }
+
+    /// Each sub-agent session's parent, by id.
+    pub fn parents(&self) -> FxHashMap<&str, &str> {
+        self.sessions
+            .iter()
+            .filter(|s| s.parent != NO_PARENT)
+            .map(|s| (self.names.name(s.id), self.names.name(s.parent)))
+            .collect()
+    }
+
+    /// The first and last message time (milliseconds) of each session in `window`.
+    pub fn spans(&self, window: Window) -> FxHashMap<&str, (i64, i64)> {
+        let mut by_id: FxHashMap<u32, (i64, i64)> = FxHashMap::default();
+        for m in self.messages.iter().filter(|m| window.contains(m.created)) {
+            let e = by_id.entry(m.session).or_insert((m.created, m.created));
+            e.0 = e.0.min(m.created);
+            e.1 = e.1.max(m.created);
+        }
+        by_id.into_iter().map(|(id, span)| (self.names.name(id), span)).collect()
     }
 }

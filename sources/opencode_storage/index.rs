@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{ASSISTANT, CMessage, CSession, Catalog, Interner};
+use super::catalog::{ASSISTANT, CMessage, CSession, Catalog, Interner, NO_PARENT};
 use super::store::{Location, RawMessage, has_rows, has_table, open_read_only};
 use crate::event::SessionInfo;
 use crate::usage::project_key;
 
-const MAGIC: &[u8; 8] = b"OCPIDX3\n";
+const MAGIC: &[u8; 8] = b"OCPIDX4\n";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct FileStamp {
@@ -284,7 +284,7 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
     let mut marks = Vec::new();
     let mut changes = Changes::default();
     let mut found: Vec<(String, String, i64, String)> = Vec::new();
-    let mut session_rows: Vec<(String, String, String, i64, Option<String>)> = Vec::new();
+    let mut session_rows: Vec<SessionRow> = Vec::new();
     for old in &header.marks {
         let conn = open_read_only(&old.path).ok()?;
         let now = DbMark::read(&conn, &old.path);
@@ -323,13 +323,21 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
         msg_ids.sort();
         msg_ids.dedup();
         let mut st = conn
-            .prepare("SELECT s.project_id, s.title, s.time_created, p.worktree FROM session s LEFT JOIN project p ON p.id = s.project_id WHERE s.id = ?1")
+            .prepare("SELECT s.project_id, s.title, s.time_created, p.worktree, s.parent_id FROM session s LEFT JOIN project p ON p.id = s.project_id WHERE s.id = ?1")
             .ok()?;
         for id in ses_ids {
-            if let Ok((project_id, title, created, worktree)) =
-                st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            {
-                session_rows.push((id, project_id, title, created, worktree));
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok(SessionRow {
+                    id: id.clone(),
+                    project_id: r.get(0)?,
+                    title: r.get(1)?,
+                    created: r.get(2)?,
+                    worktree: r.get(3)?,
+                    parent: r.get(4)?,
+                })
+            };
+            if let Ok(s) = st.query_row([&id], row) {
+                session_rows.push(s);
             }
         }
         let mut st = conn.prepare("SELECT session_id, time_created, data FROM message WHERE id = ?1").ok()?;
@@ -349,11 +357,12 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
 
     let mut session_at: rustc_hash::FxHashMap<u32, usize> =
         cat.sessions.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-    for (id, project_id, title, created, worktree) in session_rows {
+    for SessionRow { id, project_id, title, created, worktree, parent } in session_rows {
         let info =
             SessionInfo { project: worktree.filter(|_| project_id != "global"), project_id, ..Default::default() };
         let n = &mut cat.names;
-        let s = CSession { id: n.id(&id), project: n.id(&project_key(&info)), title: n.id(&title), created };
+        let parent = parent.map_or(NO_PARENT, |p: String| n.id(&p));
+        let s = CSession { id: n.id(&id), project: n.id(&project_key(&info)), title: n.id(&title), created, parent };
         let at = *session_at.entry(s.id).or_insert_with(|| {
             cat.sessions.push(s);
             cat.sessions.len() - 1
@@ -396,6 +405,16 @@ fn catch_up(loc: &Location, header: &Header, cat: &mut Catalog) -> Option<(Vec<D
     Some((marks, changes))
 }
 
+/// A session row read while catching up.
+struct SessionRow {
+    id: String,
+    project_id: String,
+    title: String,
+    created: i64,
+    worktree: Option<String>,
+    parent: Option<String>,
+}
+
 pub fn compact(names: &mut Interner, session: &str, row_created: i64, m: &RawMessage<'_>) -> CMessage {
     let t = m.tokens();
     CMessage {
@@ -434,7 +453,7 @@ fn write(path: &Path, header: &Header, cat: &Catalog) -> io::Result<()> {
     }
     u32le(&mut out, cat.sessions.len() as u32)?;
     for s in &cat.sessions {
-        for v in [s.id, s.project, s.title] {
+        for v in [s.id, s.project, s.title, s.parent] {
             u32le(&mut out, v)?;
         }
         out.write_all(&s.created.to_le_bytes())?;
@@ -500,11 +519,12 @@ fn read(path: &Path, want_ids: impl Fn(&Header) -> bool) -> io::Result<Option<(H
     let mut cat = Catalog { names: Interner::from_names(names), ..Default::default() };
     let ns = read_u32(&mut r)? as usize;
     cat.sessions.reserve_exact(ns);
-    let mut s = [0u8; 20];
+    let mut s = [0u8; 24];
     for _ in 0..ns {
         r.read_exact(&mut s)?;
         let u = |at| u32::from_le_bytes(le(&s, at));
-        cat.sessions.push(CSession { id: u(0), project: u(4), title: u(8), created: i64::from_le_bytes(le(&s, 12)) });
+        let created = i64::from_le_bytes(le(&s, 16));
+        cat.sessions.push(CSession { id: u(0), project: u(4), title: u(8), parent: u(12), created });
     }
     let nm = read_u32(&mut r)? as usize;
     cat.messages.reserve_exact(nm);

@@ -60,6 +60,11 @@ pub struct Row {
     /// The session's title (Sessions view).
     pub label: String,
     pub usage: Usage,
+    /// Sessions view: the session a sub-agent session belongs to, how deep it sits under
+    /// sessions shown, and its first and last message time in the range (milliseconds).
+    pub parent: Option<String>,
+    pub depth: usize,
+    pub span: Option<(i64, i64)>,
 }
 
 /// One message of an opened session.
@@ -129,16 +134,21 @@ impl App {
         };
         let window = self.window();
         let (rows, totals, forks) = cat.aggregate(self.view.group(), window, false);
-        let titles = cat.titles();
+        let sessions = self.view == View::Sessions;
+        let (titles, parents, spans) = if sessions {
+            (cat.titles(), cat.parents(), cat.spans(window))
+        } else {
+            Default::default()
+        };
         self.rows = rows
             .into_iter()
-            .map(|(key, usage)| {
-                let label = if self.view == View::Sessions {
-                    titles.get(key.as_str()).copied().unwrap_or("").to_string()
-                } else {
-                    String::new()
-                };
-                Row { key, label, usage }
+            .map(|(key, usage)| Row {
+                label: titles.get(key.as_str()).copied().unwrap_or("").to_string(),
+                parent: parents.get(key.as_str()).map(|p| p.to_string()),
+                span: spans.get(key.as_str()).copied(),
+                depth: 0,
+                key,
+                usage,
             })
             .collect();
         self.sort_rows();
@@ -166,6 +176,9 @@ impl App {
                 self.rows.sort_by(|a, b| b.usage.messages.cmp(&a.usage.messages).then(a.key.cmp(&b.key)))
             }
             (Sort::Name, _) => self.rows.sort_by(|a, b| a.key.cmp(&b.key)),
+        }
+        if self.view == View::Sessions {
+            self.rows = nest(std::mem::take(&mut self.rows));
         }
     }
 
@@ -257,6 +270,35 @@ impl App {
         self.selected = 0;
         true
     }
+}
+
+/// Sub-agent sessions right under their parent (in the order they were sorted in), one level
+/// deeper; a sub-agent session whose parent has nothing in the range stands on its own.
+fn nest(rows: Vec<Row>) -> Vec<Row> {
+    let shown: rustc_hash::FxHashSet<String> = rows.iter().map(|r| r.key.clone()).collect();
+    let mut children: rustc_hash::FxHashMap<String, Vec<Row>> = Default::default();
+    let mut top = Vec::new();
+    for r in rows {
+        match r.parent.clone().filter(|p| shown.contains(p) && *p != r.key) {
+            Some(p) => children.entry(p).or_default().push(r),
+            None => top.push(r),
+        }
+    }
+    fn place(mut r: Row, depth: usize, children: &mut rustc_hash::FxHashMap<String, Vec<Row>>, out: &mut Vec<Row>) {
+        r.depth = depth;
+        let kids = children.remove(&r.key).unwrap_or_default();
+        out.push(r);
+        for k in kids {
+            place(k, depth + 1, children, out);
+        }
+    }
+    let mut out = Vec::with_capacity(shown.len());
+    for r in top {
+        place(r, 0, &mut children, &mut out);
+    }
+    // A cycle of parents (damaged data) has no top: its sessions are listed flat.
+    out.extend(children.into_values().flatten());
+    out
 }
 
 /// The messages of one session in the window, oldest first.

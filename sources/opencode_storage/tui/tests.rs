@@ -162,3 +162,66 @@ fn a_damaged_database_shows_no_totals_as_stats_prints_none() {
     assert!(s.contains("Nothing to show:") && s.contains("totals would be wrong"), "{s}");
     assert!(!s.contains("total 0"), "{s}");
 }
+
+#[test]
+fn sub_agent_sessions_sit_under_their_parent_with_their_time_span_also_from_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode.db");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/storage/v1.18.33-fork/opencode.db");
+    std::fs::copy(fixture, &db).unwrap();
+    let loc = Location { index_dir: Some(dir.path().join("cache")), ..Location::find(None, Some(&db)) };
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM session ORDER BY time_created")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // The last session becomes a sub-agent of the first.
+    conn.execute("UPDATE session SET parent_id = ?1 WHERE id = ?2", [&ids[0], &ids[4]]).unwrap();
+    let check = |cat: &Catalog, children: &[&str]| {
+        let mut app = App::new(RangeName::All, true);
+        app.view = View::Sessions;
+        app.refresh(cat, None);
+        let at = app.rows.iter().position(|r| r.key == ids[0]).expect("the parent");
+        for (i, child) in children.iter().enumerate() {
+            let r = &app.rows[at + 1 + i];
+            assert_eq!((r.key.as_str(), r.depth), (*child, 1), "{:?}", app.rows.iter().map(|r| (&r.key, r.depth)).collect::<Vec<_>>());
+        }
+        // Sorting again keeps them under it.
+        key(&mut app, cat, KeyCode::Char('s'));
+        let at = app.rows.iter().position(|r| r.key == ids[0]).unwrap();
+        assert_eq!(app.rows[at + 1].parent.as_deref(), Some(ids[0].as_str()));
+        let s = screen(&app, 140);
+        assert!(s.contains("└ Mock session title") && s.contains("TIME"), "{s}");
+        // The span: first and last message of the session, local time, in the row.
+        let (first, last) = app.rows[at].span.expect("a span");
+        assert!(first <= last);
+        let day = chrono::DateTime::from_timestamp_millis(first).unwrap().with_timezone(&chrono::Local);
+        assert!(s.contains(&day.format("%m-%d %H:%M–").to_string()), "{s}");
+    };
+    let built = super::super::index::load_or_build(&loc);
+    check(&built, &[&ids[4]]);
+    // From the index, unchanged.
+    check(&super::super::index::load_or_build(&loc), &[&ids[4]]);
+    // A new sub-agent session and its message, caught up from the database's new rows.
+    conn.execute_batch(&format!(
+        "INSERT INTO session (id, project_id, parent_id, slug, directory, title, version, time_created, time_updated)
+           SELECT 'ses_child2', project_id, '{p}', slug, directory, 'Sub-agent two', version, time_created + 1, time_updated
+           FROM session WHERE id = '{p}';
+         INSERT INTO message (id, session_id, time_created, time_updated, data)
+           SELECT 'msg_child2', 'ses_child2', time_created + 10, time_updated,
+             json_set(data, '$.id', 'msg_child2', '$.sessionID', 'ses_child2', '$.tokens.input', 4242, '$.time.created', time_created + 10) FROM message
+           WHERE session_id = '{p}' AND json_extract(data, '$.role') = 'assistant' LIMIT 1;",
+        p = ids[0]
+    ))
+    .unwrap();
+    let caught_up = super::super::index::load_or_build(&loc);
+    assert_eq!(caught_up.sessions.len(), built.sessions.len() + 1);
+    let mut app = App::new(RangeName::All, true);
+    app.view = View::Sessions;
+    app.refresh(&caught_up, None);
+    let child = app.rows.iter().find(|r| r.key == "ses_child2").expect("the new sub-agent session");
+    assert_eq!((child.parent.as_deref(), child.depth), (Some(ids[0].as_str()), 1));
+}

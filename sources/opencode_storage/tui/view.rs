@@ -191,10 +191,11 @@ fn table(f: &mut Frame<'_>, app: &App, area: Rect) {
     let visible = app.visible();
     let (header, widths): (Vec<&str>, Vec<Constraint>) = match (app.view, narrow) {
         (View::Sessions, false) => (
-            vec!["TITLE", "SESSION", "TOKENS", "MESSAGES", "COST"],
+            vec!["TITLE", "SESSION", "TIME", "TOKENS", "MESSAGES", "COST"],
             vec![
                 Constraint::Min(20),
-                Constraint::Length(32),
+                Constraint::Length(30),
+                Constraint::Length(19),
                 Constraint::Length(14),
                 Constraint::Length(9),
                 Constraint::Length(10),
@@ -231,18 +232,36 @@ fn table(f: &mut Frame<'_>, app: &App, area: Rect) {
     );
 }
 
+/// A sub-agent session's title, indented under its parent.
+fn nested(r: &Row, title: &str) -> String {
+    if r.depth == 0 { title.to_string() } else { format!("{}└ {title}", "  ".repeat(r.depth - 1)) }
+}
+
+/// A session's first and last message time, local: `11-21 15:58–16:40` (the day again when
+/// it differs).
+fn span((first, last): (i64, i64)) -> String {
+    let local = |ms| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.with_timezone(&chrono::Local));
+    let (Some(a), Some(b)) = (local(first), local(last)) else { return String::new() };
+    if a.date_naive() == b.date_naive() {
+        format!("{}–{}", a.format("%m-%d %H:%M"), b.format("%H:%M"))
+    } else {
+        format!("{}–{}", a.format("%m-%d %H:%M"), b.format("%m-%d"))
+    }
+}
+
 fn cells(view: View, narrow: bool, r: &Row) -> Vec<Cell<'static>> {
     let u = &r.usage;
     let v: Vec<String> = match (view, narrow) {
         (View::Sessions, false) => vec![
-            if r.label.is_empty() { "(untitled)".into() } else { r.label.clone() },
+            nested(r, if r.label.is_empty() { "(untitled)" } else { &r.label }),
             r.key.clone(),
+            r.span.map(span).unwrap_or_default(),
             thousands(u.total),
             thousands(u.messages),
             format!("${:.4}", u.cost),
         ],
         (View::Sessions, true) => vec![
-            if r.label.is_empty() { r.key.clone() } else { r.label.clone() },
+            nested(r, if r.label.is_empty() { &r.key } else { &r.label }),
             thousands(u.total),
             thousands(u.messages),
         ],
