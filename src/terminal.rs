@@ -26,3 +26,16 @@ pub fn fullscreen(run: impl FnOnce(&mut ratatui::DefaultTerminal) -> std::io::Re
         }
     }
 }
+
+/// What `draw` puts on a `width`×`height` screen, as lines of text without trailing blanks
+/// (`--snapshot` output, and tests).
+pub fn text_screen(width: u16, height: u16, draw: impl FnOnce(&mut ratatui::Frame<'_>)) -> String {
+    let backend = ratatui::backend::TestBackend::new(width, height);
+    let mut t = ratatui::Terminal::new(backend).expect("an in-memory terminal");
+    t.draw(draw).expect("drawing in memory");
+    let buf = t.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect::<String>().trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -183,14 +183,8 @@ pub async fn run_source_live(
     Outcome { events: got, metrics, per_event: false }
 }
 
-/// What a ratatui `draw` shows on a `width`×`height` terminal, as text (one line per row), for
-/// tests of the terminal programs.
+/// What a ratatui `draw` shows on a `width`×`height` terminal, as text (one line per row, no
+/// trailing blanks), for tests of the terminal programs.
 pub fn screen(width: u16, height: u16, draw: impl FnOnce(&mut ratatui::Frame<'_>)) -> String {
-    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height)).expect("a test terminal");
-    t.draw(draw).expect("drawing on a test terminal");
-    let buf = t.backend().buffer();
-    (0..buf.area.height)
-        .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::terminal::text_screen(width, height, draw)
 }

@@ -6,7 +6,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{Location, RawMessage, ReadReport, Visitor, read_all};
+use super::store::{Location, RawMessage, ReadReport, RowRange, Visitor, read_all};
 use crate::event::{SessionInfo, Tokens};
 use crate::usage::{GroupBy, Usage, Window, project_key};
 
@@ -79,7 +79,7 @@ fn no_parent() -> u32 {
 pub const ASSISTANT: u8 = 1;
 pub const FORK_COPY: u8 = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CMessage {
     pub session: u32,
     pub provider: u32,
@@ -134,9 +134,111 @@ impl Visitor for Builder {
     }
 }
 
+/// Messages of one rowid range, written into its own stretch of the catalog's arrays (sized
+/// by the range, so nothing grows or is copied), with names interned on its own.
+struct RangeBuilder<'a> {
+    names: &'a mut Interner,
+    messages: &'a mut [CMessage],
+    ids: &'a mut [u64],
+    filled: usize,
+    warnings: Vec<String>,
+}
+
+impl Visitor for RangeBuilder<'_> {
+    fn session(&mut self, _s: SessionInfo) {}
+
+    fn message(&mut self, id: &str, session: &str, row_created: i64, m: &RawMessage<'_>, _origin: &'static str) {
+        if let Some(w) = m.out_of_range(id) {
+            self.warnings.push(w);
+        }
+        // A range holds at most its length of rows.
+        if self.filled < self.messages.len() {
+            self.messages[self.filled] = super::index::compact(self.names, session, row_created, m);
+            self.ids[self.filled] = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+            self.filled += 1;
+        }
+    }
+}
+
 impl Catalog {
-    /// Reads everything at `loc` and marks fork copies.
+    /// Reads everything at `loc` and marks fork copies. A single database's messages are read
+    /// in as many rowid ranges as there are cores, at once.
     pub fn load(loc: &Location) -> Catalog {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let mut cat = match super::store::split_messages(loc, cores) {
+            Some(ranges) => Catalog::load_split(loc, &ranges),
+            None => Catalog::load_serial(loc),
+        };
+        cat.mark_fork_copies();
+        cat
+    }
+
+    pub(super) fn load_split(loc: &Location, ranges: &[RowRange]) -> Catalog {
+        let mut cat = Catalog::default();
+        cat.names.id("");
+        let mut b = Builder { cat };
+        let mut report = super::store::read_sessions(loc, &mut b);
+        let mut cat = b.cat;
+        let total: usize = ranges.iter().map(RowRange::len).sum();
+        cat.messages = vec![CMessage::default(); total];
+        cat.ids = vec![0; total];
+        // Each range's stretch of the arrays; the first range interns into the catalog's names.
+        let mut parts: Vec<(RowRange, &mut [CMessage], &mut [u64])> = Vec::new();
+        let (mut msgs, mut ids) = (cat.messages.as_mut_slice(), cat.ids.as_mut_slice());
+        for r in ranges {
+            let (m, rest_m) = std::mem::take(&mut msgs).split_at_mut(r.len());
+            let (i, rest_i) = std::mem::take(&mut ids).split_at_mut(r.len());
+            parts.push((*r, m, i));
+            (msgs, ids) = (rest_m, rest_i);
+        }
+        let db = &loc.dbs[0];
+        let mut own_names: Vec<Interner> = ranges.iter().skip(1).map(|_| Interner::default()).collect();
+        let results: Vec<(usize, Vec<String>, ReadReport)> = std::thread::scope(|s| {
+            let mut names_of = std::iter::once(&mut cat.names).chain(own_names.iter_mut());
+            let handles: Vec<_> = parts
+                .into_iter()
+                .map(|(range, messages, ids)| {
+                    let names = names_of.next().expect("one interner per range");
+                    s.spawn(move || {
+                        let mut b = RangeBuilder { names, messages, ids, filled: 0, warnings: Vec::new() };
+                        let report = super::store::read_message_range(db, range, &mut b);
+                        (b.filled, b.warnings, report)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a range reader panicked")).collect()
+        });
+        // Names of the other ranges to the catalog's; the stretches closed up.
+        let mut at = 0;
+        let mut start = 0;
+        for (k, (r, (filled, mut warnings, mut part))) in ranges.iter().zip(results).enumerate() {
+            if k > 0 {
+                let names = &own_names[k - 1];
+                let map: Vec<u32> = names.names().iter().map(|n| cat.names.id(n)).collect();
+                for m in &mut cat.messages[start..start + filled] {
+                    for v in [&mut m.session, &mut m.provider, &mut m.model, &mut m.agent] {
+                        *v = map[*v as usize];
+                    }
+                }
+            }
+            cat.messages.copy_within(start..start + filled, at);
+            cat.ids.copy_within(start..start + filled, at);
+            at += filled;
+            start += r.len();
+            report.messages += part.messages;
+            report.warnings.append(&mut part.warnings);
+            report.warnings.append(&mut warnings);
+            report.unreadable.append(&mut part.unreadable);
+        }
+        cat.messages.truncate(at);
+        cat.messages.shrink_to_fit();
+        cat.ids.truncate(at);
+        cat.ids.shrink_to_fit();
+        cat.report = report;
+        cat
+    }
+
+    pub(super) fn load_serial(loc: &Location) -> Catalog {
         let mut b = Builder { cat: Catalog::default() };
         b.cat.names.id("");
         // Size the arrays once: growing by doubling would hold twice the memory at the end.
@@ -152,7 +254,6 @@ impl Catalog {
         let mut cat = b.cat;
         report.warnings.append(&mut cat.report.warnings);
         cat.report = report;
-        cat.mark_fork_copies();
         cat
     }
 

@@ -98,16 +98,49 @@ pub fn index_path(loc: &Location) -> PathBuf {
 /// changed, the message id hashes are not read: `cat.ids` is then empty (see
 /// [`load_or_build_with_ids`]).
 pub fn load_or_build(loc: &Location) -> Catalog {
-    load(loc, false)
+    let (cat, pending) = load(loc, false);
+    if let Some(p) = pending {
+        p.write(&cat);
+    }
+    cat
+}
+
+/// [`load_or_build`] for `f`: a new index is written on another thread meanwhile (and done
+/// when this returns).
+pub fn with_catalog<R>(loc: &Location, f: impl FnOnce(&Catalog) -> R) -> R {
+    let (cat, pending) = load(loc, false);
+    std::thread::scope(|s| {
+        if let Some(p) = pending {
+            s.spawn(|| p.write(&cat));
+        }
+        f(&cat)
+    })
+}
+
+/// An index to write for a catalog just built.
+struct Pending {
+    path: PathBuf,
+    header: Header,
+}
+
+impl Pending {
+    fn write(self, cat: &Catalog) {
+        write_quietly(&self.path, &self.header, cat);
+    }
 }
 
 /// [`load_or_build`], with `cat.ids` always in step with `cat.messages` (the backfill looks fork
 /// copies up by message id).
 pub fn load_or_build_with_ids(loc: &Location) -> Catalog {
-    load(loc, true)
+    let (cat, pending) = load(loc, true);
+    if let Some(p) = pending {
+        p.write(&cat);
+    }
+    cat
 }
 
-fn load(loc: &Location, ids: bool) -> Catalog {
+/// The catalog, and the index to write when it was built anew.
+fn load(loc: &Location, ids: bool) -> (Catalog, Option<Pending>) {
     let path = index_path(loc);
     let now = stamps(loc);
     let delta = read_delta(&path);
@@ -127,7 +160,7 @@ fn load(loc: &Location, ids: bool) -> Catalog {
             if header.stamps == now {
                 cat.report.sessions = cat.sessions.len();
                 cat.report.messages = cat.messages.len();
-                return cat;
+                return (cat, None);
             }
             if loc.storage.is_none()
                 && let Some((marks, changes)) = catch_up(loc, &header, &mut cat)
@@ -144,7 +177,7 @@ fn load(loc: &Location, ids: bool) -> Catalog {
                 } else {
                     write_quietly(&path, &header, &cat);
                 }
-                return cat;
+                return (cat, None);
             }
         }
         Err(e) => tracing::debug!("ignoring index {}: {e}", path.display()),
@@ -153,10 +186,8 @@ fn load(loc: &Location, ids: bool) -> Catalog {
     let marks = marks_now(loc);
     let cat = Catalog::load(loc);
     // An incomplete read (a locked or damaged database) is not kept as the answer.
-    if cat.report.unreadable.is_empty() {
-        write_quietly(&path, &Header { stamps: now, marks }, &cat);
-    }
-    cat
+    let pending = cat.report.unreadable.is_empty().then_some(Pending { path, header: Header { stamps: now, marks } });
+    (cat, pending)
 }
 
 /// Positions (in the catalog) changed since the base snapshot was written.

@@ -85,7 +85,15 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let until = args.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
     let window = Window::resolve(args.range, since, until, Local::now());
     let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
-    let cat = if args.no_index { Catalog::load(&loc) } else { index::load_or_build(&loc) };
+    if args.no_index {
+        answer(args, &loc, window, &Catalog::load(&loc), out)
+    } else {
+        // The index is written while the answer is worked out and printed.
+        index::with_catalog(&loc, |cat| answer(args, &loc, window, cat, out))
+    }
+}
+
+fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: &mut dyn Write) -> anyhow::Result<()> {
     for w in &cat.report.warnings {
         eprintln!("warning: {w}");
     }
@@ -153,9 +161,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
     } else if args.by.is_none() {
-        overview(out, &loc, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
+        overview(out, loc, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
     } else {
-        table(out, &cat, group, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
+        table(out, cat, group, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
     }
     Ok(())
 }

@@ -505,16 +505,8 @@ pub fn read_all(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
         if sources > 1 || v2 {
             r.seen.get_or_insert_with(FxHashSet::default);
         }
-        if let Err(e) = read_db(&conn, db, v, &mut r, v2) {
-            r.report.unreadable.push(match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(
-                    format!("{} is locked by another process (waited {} s): {e}", db.display(), BUSY_WAIT.as_secs()),
-                ),
-                _ => Unreadable::Damaged(format!(
-                    "{}: reading stopped: {e} (damaged?); restore it from a backup or point `db` / --db elsewhere",
-                    db.display()
-                )),
-            });
+        if let Err(e) = read_db(&conn, db, v, &mut r, v2, Rows::All) {
+            r.report.unreadable.push(unreadable(db, &e));
         }
     }
     if let Some(storage) = &loc.storage {
@@ -584,8 +576,113 @@ struct Reading {
     projects: HashMap<String, String>,
 }
 
-/// Reads one database; `v2`: its `session_message` rows too.
-fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v2: bool) -> rusqlite::Result<()> {
+/// Which rows of a database a read takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    All,
+    /// Projects and sessions only.
+    Sessions,
+    /// Only the `message` rows of this range.
+    Messages(RowRange),
+}
+
+/// A stretch of a database's `message` table by rowid (both ends included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl RowRange {
+    /// At most this many rows fall in it.
+    pub fn len(&self) -> usize {
+        (self.last - self.first + 1).max(0) as usize
+    }
+}
+
+/// When `loc` is one database whose messages are all in its `message` table (the usual case:
+/// no JSON storage or newer rows to dedupe against), `parts` rowid ranges covering them, to be
+/// read at once; `None` when that does not hold, when rowids are too sparse for the ranges'
+/// lengths to size their output (more than a tenth deleted), or when it is small.
+pub fn split_messages(loc: &Location, parts: usize) -> Option<Vec<RowRange>> {
+    const WORTH_IT: i64 = 20_000;
+    let [db] = loc.dbs.as_slice() else { return None };
+    if loc.storage.is_some() || parts < 2 {
+        return None;
+    }
+    let conn = open_read_only(db).ok()?;
+    if !has_table(&conn, "message") || has_rows(&conn, "session_message") {
+        return None;
+    }
+    let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)).ok().flatten();
+    let (first, last) = (one("SELECT min(rowid) FROM message")?, one("SELECT max(rowid) FROM message")?);
+    let count = one("SELECT count(*) FROM message")?;
+    let span = last - first + 1;
+    if count < WORTH_IT || span > count + count / 10 {
+        return None;
+    }
+    let parts = parts as i64;
+    Some(
+        (0..parts)
+            .map(|k| RowRange { first: first + span * k / parts, last: first + span * (k + 1) / parts - 1 })
+            .collect(),
+    )
+}
+
+/// Projects and sessions of every generation at `loc`, no messages (see [`read_message_range`]).
+pub fn read_sessions(loc: &Location, v: &mut dyn Visitor) -> ReadReport {
+    let mut r = Reading::default();
+    for db in &loc.dbs {
+        match check(db) {
+            Ok(conn) => {
+                if let Err(e) = read_db(&conn, db, v, &mut r, false, Rows::Sessions) {
+                    r.report.unreadable.push(unreadable(db, &e));
+                }
+            }
+            Err(e) => r.report.unreadable.push(e),
+        }
+    }
+    r.report
+}
+
+/// The `message` rows of `range` in `db` (as [`split_messages`] gave it).
+pub fn read_message_range(db: &Path, range: RowRange, v: &mut dyn Visitor) -> ReadReport {
+    let mut r = Reading::default();
+    match check(db) {
+        Ok(conn) => {
+            if let Err(e) = read_db(&conn, db, v, &mut r, false, Rows::Messages(range)) {
+                r.report.unreadable.push(unreadable(db, &e));
+            }
+        }
+        Err(e) => r.report.unreadable.push(e),
+    }
+    r.report
+}
+
+/// Why a database could not be read to the end.
+fn unreadable(db: &Path, e: &rusqlite::Error) -> Unreadable {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Unreadable::Locked(format!(
+            "{} is locked by another process (waited {} s): {e}",
+            db.display(),
+            BUSY_WAIT.as_secs()
+        )),
+        _ => Unreadable::Damaged(format!(
+            "{}: reading stopped: {e} (damaged?); restore it from a backup or point `db` / --db elsewhere",
+            db.display()
+        )),
+    }
+}
+
+/// Reads one database (the `rows` of it); `v2`: its `session_message` rows too.
+fn read_db(
+    conn: &Connection,
+    db: &Path,
+    v: &mut dyn Visitor,
+    r: &mut Reading,
+    v2: bool,
+    rows: Rows,
+) -> rusqlite::Result<()> {
     let Reading { report, seen, seen_sessions, projects } = r;
     if !["session", "message", "session_message"].iter().any(|t| has_table(conn, t)) {
         report.warnings.push(format!(
@@ -594,7 +691,7 @@ fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v
         ));
         return Ok(());
     }
-    if has_table(conn, "project") {
+    if matches!(rows, Rows::All | Rows::Sessions) && has_table(conn, "project") {
         let mut st = conn.prepare("SELECT id, worktree FROM project")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
         for (id, wt) in rows.flatten() {
@@ -603,7 +700,7 @@ fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v
             }
         }
     }
-    if has_table(conn, "session") {
+    if matches!(rows, Rows::All | Rows::Sessions) && has_table(conn, "session") {
         let mut st = conn.prepare(
             "SELECT id, project_id, parent_id, title, directory, slug, version, time_created, time_updated FROM session",
         )?;
@@ -618,6 +715,9 @@ fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v
             v.session(s);
         }
     }
+    if rows == Rows::Sessions {
+        return Ok(());
+    }
     let mut tables = vec![("message", "sqlite")];
     if v2 {
         tables.push(("session_message", "sqlite-v2"));
@@ -626,8 +726,13 @@ fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v
         if !has_table(conn, table) {
             continue;
         }
-        let sql = format!("SELECT id, session_id, time_created, data FROM {table}");
-        for_each_row(db, &sql, &mut |id, session, created, data| {
+        let mut sql = format!("SELECT id, session_id, time_created, data FROM {table}");
+        if let Rows::Messages(range) = rows {
+            sql.push_str(&format!(" WHERE rowid BETWEEN {} AND {}", range.first, range.last));
+        }
+        // A range is read beside others: on this thread, since the others keep the cores busy.
+        let each_row = if matches!(rows, Rows::Messages(_)) { for_each_row_here } else { for_each_row };
+        each_row(db, &sql, &mut |id, session, created, data| {
             if let Some(seen) = seen.as_mut()
                 && !seen.insert(id_hash(id))
             {
@@ -648,7 +753,7 @@ fn read_db(conn: &Connection, db: &Path, v: &mut dyn Visitor, r: &mut Reading, v
             }
         })?;
     }
-    if v.wants_parts() && has_table(conn, "part") {
+    if rows == Rows::All && v.wants_parts() && has_table(conn, "part") {
         let mut st = conn.prepare("SELECT id, message_id, session_id, data FROM part")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -722,6 +827,18 @@ fn for_each_row(db: &Path, sql: &str, f: &mut RowFn<'_>) -> rusqlite::Result<()>
         }
         reader.join().unwrap_or(Ok(()))
     })
+}
+
+/// [`for_each_row`] on the calling thread.
+fn for_each_row_here(db: &Path, sql: &str, f: &mut RowFn<'_>) -> rusqlite::Result<()> {
+    let conn = open_read_only(db)?;
+    let mut st = conn.prepare(sql)?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+        f(text(0)?, text(1)?, r.get(2)?, r.get_ref(3)?.as_bytes()?);
+    }
+    Ok(())
 }
 
 fn project_of(project_id: &str, projects: &HashMap<String, String>) -> Option<String> {

@@ -30,6 +30,19 @@ pub struct TuiArgs {
     /// One database file to read instead.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Print the first screen of view N (1-6) as text and exit (no terminal needed): for
+    /// scripts, READMEs and timing the first screen.
+    #[arg(long, value_name = "VIEW", value_parser = clap::value_parser!(u8).range(1..=6))]
+    pub snapshot: Option<u8>,
+    /// The snapshot's size in columns and rows.
+    #[arg(long, default_value = "120x32", value_parser = parse_size)]
+    pub size: (u16, u16),
+}
+
+fn parse_size(s: &str) -> Result<(u16, u16), String> {
+    let (w, h) = s.split_once('x').ok_or("expected COLUMNSxROWS, e.g. 120x32")?;
+    let n = |v: &str| v.parse::<u16>().ok().filter(|n| (10..=1000).contains(n)).ok_or(format!("`{v}` is not a size between 10 and 1000"));
+    Ok((n(w)?, n(h)?))
 }
 
 crate::register_command!("tui", command, run);
@@ -49,15 +62,40 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
+    let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
+    if let Some(view) = args.snapshot {
+        return snapshot(&loc, args.range, view, args.size);
+    }
     if let Err(code) = crate::terminal::require_terminal("ocpipe tui", " (for a report, use `ocpipe stats`)") {
         return code;
     }
-    let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut app = App::new(args.range, color);
     let (tx, rx) = mpsc::channel();
     spawn_loaders(loc, tx);
     crate::terminal::fullscreen(|terminal| event_loop(terminal, &mut app, &rx))
+}
+
+/// The first screen of a view, as text.
+fn snapshot(loc: &Location, range: RangeName, view: u8, (width, height): (u16, u16)) -> ExitCode {
+    let mut app = App::new(range, false);
+    app.view = app::View::ALL[usize::from(view) - 1];
+    app.processes = crate::process::Scanner::with_defaults().scan();
+    index::with_catalog(loc, |cat| app.refresh(cat, why_empty(loc, cat)));
+    let screen = crate::terminal::text_screen(width, height, |f| view::draw(f, &app));
+    println!("{screen}");
+    ExitCode::SUCCESS
+}
+
+/// Why there is nothing to show, or no totals (as `ocpipe stats`: totals with a database
+/// missing would be wrong, so none).
+fn why_empty(loc: &Location, cat: &Catalog) -> Option<String> {
+    if !cat.report.unreadable.is_empty() {
+        let list: Vec<String> = cat.report.unreadable.iter().map(|u| u.to_string()).collect();
+        Some(format!("{}; totals would be wrong, so none are shown", list.join("; ")))
+    } else {
+        cat.messages.is_empty().then(|| loc.explain_empty())
+    }
 }
 
 fn event_loop(
@@ -148,13 +186,7 @@ fn spawn_loaders(loc: Location, tx: mpsc::Sender<Update>) {
         loop {
             let started = Instant::now();
             let cat = index::load_or_build(&loc);
-            // As `ocpipe stats`: totals with a database missing would be wrong, so none.
-            let why = if !cat.report.unreadable.is_empty() {
-                let list: Vec<String> = cat.report.unreadable.iter().map(|u| u.to_string()).collect();
-                Some(format!("{}; totals would be wrong, so none are shown", list.join("; ")))
-            } else {
-                cat.messages.is_empty().then(|| loc.explain_empty())
-            };
+            let why = why_empty(&loc, &cat);
             if tx.send(Update::Data(Box::new(cat), why)).is_err() {
                 return;
             }
