@@ -38,6 +38,12 @@ fn command() -> clap::Command {
         )
         .arg(arg!(--session <ID> "Open this session directly"))
         .arg(
+            Arg::new("snapshot")
+                .long("snapshot")
+                .action(ArgAction::SetTrue)
+                .help("Print the first screen as text (120x32) and exit (no terminal needed)"),
+        )
+        .arg(
             Arg::new("include-meta")
                 .long("include-meta")
                 .action(ArgAction::SetTrue)
@@ -493,9 +499,6 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
         eprintln!("error: {} is not a folder of traces (pass DIR, or set OPENCODE_API_TRACER_DIR)", dir.display());
         return ExitCode::FAILURE;
     }
-    if let Err(code) = crate::terminal::require_terminal("ocpipe traces", "") {
-        return code;
-    }
     let mut reader = match model::reader(&dir) {
         Ok(r) => r,
         Err(e) => {
@@ -511,6 +514,14 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
     {
         eprintln!("error: no session `{id}` in {}", dir.display());
         return ExitCode::FAILURE;
+    }
+    if m.get_flag("snapshot") {
+        v.color = false;
+        println!("{}", crate::terminal::text_screen(120, 32, |f| draw(f, &v)));
+        return ExitCode::SUCCESS;
+    }
+    if let Err(code) = crate::terminal::require_terminal("ocpipe traces", " (--snapshot prints the first screen)") {
+        return code;
     }
     // Follow: `trace_jsonl`'s reader, woken by its file notifications (or every second
     // where there are none).

@@ -98,9 +98,10 @@ pub fn load(dir: &Path) -> Traces {
 /// `trace_jsonl`'s reader over a tracer directory, for the viewer: from the beginning of every
 /// file, no checkpoint.
 pub fn reader(dir: &Path) -> anyhow::Result<Reader> {
+    let dir = std::path::absolute(dir)?;
     let path = toml::Value::from(dir.to_string_lossy().as_ref());
     let cfg: TraceJsonlConfig = toml::from_str(&format!("path = {path}"))?;
-    let cx = crate::component::Context::new("traces", std::env::temp_dir(), dir.to_path_buf());
+    let cx = crate::component::Context::new("traces", std::env::temp_dir(), dir.clone());
     Reader::unsaved(&cfg, &cx)
 }
 

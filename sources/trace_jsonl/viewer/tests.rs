@@ -51,6 +51,13 @@ fn sessions_list_their_counts_and_open_to_records_with_latency_and_growth() {
 }
 
 #[test]
+fn a_relative_folder_is_read_from_where_ocpipe_runs() {
+    // Tests run in the crate's folder.
+    let traces = load(std::path::Path::new("fixtures/traces"));
+    assert_eq!(traces.sessions.len(), 3);
+}
+
+#[test]
 fn search_finds_bodies_and_malformed_lines_are_listed_with_their_place() {
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(fixtures()).unwrap().flatten() {
