@@ -120,8 +120,10 @@ fn init_logging(level: Option<&str>, file: Option<&Path>) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let console =
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    // Nothing is written over a full-screen program (`--log-file` still gets it).
+    let stderr = std::io::stderr.with_filter(|_| !crate::terminal::screen_taken());
+    let console = tracing_subscriber::fmt::layer().with_writer(stderr).with_ansi(std::io::stderr().is_terminal());
     let file = file.map(|p| match crate::logfile::DailyFile::open(p) {
         Ok(f) => {
             tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || crate::logfile::Handle(f.clone()))

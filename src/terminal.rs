@@ -3,6 +3,14 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether a full-screen program has the terminal (logs are kept off it meanwhile).
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+pub fn screen_taken() -> bool {
+    TAKEN.load(Ordering::Relaxed)
+}
 
 /// Refuses (with what to use instead) when stdout is not a terminal.
 pub fn require_terminal(program: &str, instead: &str) -> Result<(), ExitCode> {
@@ -16,7 +24,9 @@ pub fn require_terminal(program: &str, instead: &str) -> Result<(), ExitCode> {
 /// Runs `run` on the alternate screen in raw mode, then restores the terminal.
 pub fn fullscreen(run: impl FnOnce(&mut ratatui::DefaultTerminal) -> std::io::Result<()>) -> ExitCode {
     let mut terminal = ratatui::init();
+    TAKEN.store(true, Ordering::Relaxed);
     let result = run(&mut terminal);
+    TAKEN.store(false, Ordering::Relaxed);
     ratatui::restore();
     match result {
         Ok(()) => ExitCode::SUCCESS,

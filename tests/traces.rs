@@ -30,7 +30,8 @@ fn the_trace_viewer_in_tmux_lists_opens_copies_and_follows() {
         all.extend_from_slice(args);
         tmux(&all)
     };
-    let cmd = format!("exec {} traces {}", bin(), dir.path().display());
+    // No display: the copy goes by OSC 52 (and the user's clipboard is left alone).
+    let cmd = format!("exec env -u DISPLAY -u WAYLAND_DISPLAY {} traces {}", bin(), dir.path().display());
     t(&["-f", "/dev/null", "new-session", "-d", "-s", "tv", "-x", "140", "-y", "40", &cmd]);
     t(&["set-option", "-g", "set-clipboard", "on"]);
     let session = "tv".to_string();

@@ -179,6 +179,11 @@ impl Catalog {
         let mut b = Builder { cat };
         let mut report = super::store::read_sessions(loc, &mut b);
         let mut cat = b.cat;
+        // Unreadable already: the ranges would only say so again.
+        if !report.unreadable.is_empty() {
+            cat.report = report;
+            return cat;
+        }
         let total: usize = ranges.iter().map(RowRange::len).sum();
         cat.messages = vec![CMessage::default(); total];
         cat.ids = vec![0; total];

@@ -579,6 +579,16 @@ fn read(path: &Path, want_ids: impl Fn(&Header) -> bool) -> io::Result<Option<(H
         }
         left -= n;
     }
+    // Every name a record points at exists (a damaged index is rebuilt, not trusted).
+    let n = cat.names.names().len() as u32;
+    let sessions_ok = cat
+        .sessions
+        .iter()
+        .all(|s| [s.id, s.project, s.title].iter().all(|&i| i < n) && (s.parent < n || s.parent == NO_PARENT));
+    let messages_ok = cat.messages.iter().all(|m| [m.session, m.provider, m.model, m.agent].iter().all(|&i| i < n));
+    if !sessions_ok || !messages_ok {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "a record names a string the index does not hold"));
+    }
     if want_ids(&header) {
         cat.ids.reserve_exact(nm);
         let mut b = [0u8; 8];

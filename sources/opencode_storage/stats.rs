@@ -160,12 +160,25 @@ fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: 
                 u.cost
             )?;
         }
-    } else if args.by.is_none() {
-        overview(out, loc, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
     } else {
-        table(out, cat, group, range_name, &rows, &totals, &forks, args.include_fork_copies)?;
+        let sums =
+            Sums { range: range_name, rows: &rows, t: &totals, forks: &forks, included: args.include_fork_copies };
+        match args.by {
+            None => overview(out, loc, &sums)?,
+            Some(_) => table(out, cat, group, &sums)?,
+        }
     }
     Ok(())
+}
+
+/// What a text answer prints: the range, its rows, totals and fork copies (counted in or not).
+#[derive(Clone, Copy)]
+struct Sums<'a> {
+    range: &'a str,
+    rows: &'a [(String, Usage)],
+    t: &'a Usage,
+    forks: &'a Usage,
+    included: bool,
 }
 
 fn merge(v: &mut serde_json::Value, u: &Usage) {
@@ -218,15 +231,8 @@ fn fork_note(out: &mut dyn Write, forks: &Usage, included: bool) -> std::io::Res
     }
 }
 
-fn overview(
-    out: &mut dyn Write,
-    loc: &Location,
-    range: &str,
-    models: &[(String, Usage)],
-    t: &Usage,
-    forks: &Usage,
-    included: bool,
-) -> std::io::Result<()> {
+fn overview(out: &mut dyn Write, loc: &Location, sums: &Sums<'_>) -> std::io::Result<()> {
+    let Sums { range, rows: models, t, forks, included } = *sums;
     writeln!(out, "OpenCode token usage, {}", range_title(range))?;
     let sources: Vec<String> = loc.dbs.iter().chain(loc.storage.iter()).map(|p| p.display().to_string()).collect();
     writeln!(
@@ -266,16 +272,8 @@ fn overview(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn table(
-    out: &mut dyn Write,
-    cat: &Catalog,
-    group: GroupBy,
-    range: &str,
-    rows: &[(String, Usage)],
-    t: &Usage,
-    forks: &Usage,
-    included: bool,
-) -> std::io::Result<()> {
+fn table(out: &mut dyn Write, cat: &Catalog, group: GroupBy, sums: &Sums<'_>) -> std::io::Result<()> {
+    let Sums { range, rows, t, forks, included } = *sums;
     writeln!(out, "OpenCode token usage by {}, {}\n", group.name(), range_title(range))?;
     let titles = cat.titles();
     let label = |k: &str| -> String {

@@ -835,7 +835,8 @@ fn for_each_row_here(db: &Path, sql: &str, f: &mut RowFn<'_>) -> rusqlite::Resul
     let mut st = conn.prepare(sql)?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+        // As `for_each_row`: a key that is not text reads as empty, not as a damaged database.
+        let text = |i| r.get_ref(i).and_then(|v| Ok(std::str::from_utf8(v.as_bytes()?).unwrap_or("")));
         f(text(0)?, text(1)?, r.get(2)?, r.get_ref(3)?.as_bytes()?);
     }
     Ok(())

@@ -27,6 +27,9 @@ const READ_BUDGET: usize = 1024 * 1024;
 /// Bytes read in one round from all files together (their events are held until sent); the
 /// next round starts after the last file this one read, so every file gets its turn.
 const ROUND_BUDGET: usize = 4 * 1024 * 1024;
+/// Rounds one [`Reader::read_new`] call reads at most (a file growing faster than that cannot
+/// keep a viewer from its keys).
+const VIEW_ROUNDS: usize = 16;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Checkpoint entries of files not seen for this long are forgotten.
 const FORGET_AFTER_SECS: i64 = 30 * 24 * 3600;
@@ -178,7 +181,9 @@ impl Reader {
 
     /// A reader that starts at the beginning of every file and keeps no checkpoint (a viewer's).
     pub fn unsaved(cfg: &TraceJsonlConfig, cx: &Context) -> anyhow::Result<Reader> {
-        Reader::with_checkpoint(cfg, cx, None)
+        let mut r = Reader::with_checkpoint(cfg, cx, None)?;
+        r.start_at_end = false;
+        Ok(r)
     }
 
     fn with_checkpoint(
@@ -585,15 +590,16 @@ impl Reader {
         events
     }
 
-    /// For a viewer: everything new in the files since the last call (all of them the first
-    /// time), each record counted as delivered at once; nothing is checkpointed.
-    pub fn read_new(&mut self, rescan: bool) -> Vec<Found> {
+    /// For a viewer: what is new in the files since the last call (everything the first time),
+    /// each record counted as delivered at once; nothing is checkpointed. Reads at most
+    /// [`VIEW_ROUNDS`] rounds; `true` with them when more is waiting (call again).
+    pub fn read_new(&mut self, rescan: bool) -> (Vec<Found>, bool) {
         let never = CancellationToken::new();
         let mut all = Vec::new();
         if rescan || self.first_scan {
             self.scan();
         }
-        loop {
+        for _ in 0..VIEW_ROUNDS {
             let (found, more) = self.read_all(&never, None);
             for f in &found {
                 if let Some((file, instance, seq)) = f.ack {
@@ -603,9 +609,10 @@ impl Reader {
             all.extend(found);
             self.drain_acks();
             if !more {
-                return all;
+                return (all, false);
             }
         }
+        (all, true)
     }
 
     fn on_ack(&mut self, (fp, instance, seq, status): Ack) {

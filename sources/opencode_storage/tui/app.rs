@@ -135,11 +135,8 @@ impl App {
         let window = self.window();
         let (rows, totals, forks) = cat.aggregate(self.view.group(), window, false);
         let sessions = self.view == View::Sessions;
-        let (titles, parents, spans) = if sessions {
-            (cat.titles(), cat.parents(), cat.spans(window))
-        } else {
-            Default::default()
-        };
+        let (titles, parents, spans) =
+            if sessions { (cat.titles(), cat.parents(), cat.spans(window)) } else { Default::default() };
         self.rows = rows
             .into_iter()
             .map(|(key, usage)| Row {

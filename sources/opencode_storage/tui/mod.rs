@@ -41,7 +41,12 @@ pub struct TuiArgs {
 
 fn parse_size(s: &str) -> Result<(u16, u16), String> {
     let (w, h) = s.split_once('x').ok_or("expected COLUMNSxROWS, e.g. 120x32")?;
-    let n = |v: &str| v.parse::<u16>().ok().filter(|n| (10..=1000).contains(n)).ok_or(format!("`{v}` is not a size between 10 and 1000"));
+    let n = |v: &str| {
+        v.parse::<u16>()
+            .ok()
+            .filter(|n| (10..=1000).contains(n))
+            .ok_or(format!("`{v}` is not a size between 10 and 1000"))
+    };
     Ok((n(w)?, n(h)?))
 }
 

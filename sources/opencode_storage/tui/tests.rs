@@ -187,7 +187,12 @@ fn sub_agent_sessions_sit_under_their_parent_with_their_time_span_also_from_the_
         let at = app.rows.iter().position(|r| r.key == ids[0]).expect("the parent");
         for (i, child) in children.iter().enumerate() {
             let r = &app.rows[at + 1 + i];
-            assert_eq!((r.key.as_str(), r.depth), (*child, 1), "{:?}", app.rows.iter().map(|r| (&r.key, r.depth)).collect::<Vec<_>>());
+            assert_eq!(
+                (r.key.as_str(), r.depth),
+                (*child, 1),
+                "{:?}",
+                app.rows.iter().map(|r| (&r.key, r.depth)).collect::<Vec<_>>()
+            );
         }
         // Sorting again keeps them under it.
         key(&mut app, cat, KeyCode::Char('s'));

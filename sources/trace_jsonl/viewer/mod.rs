@@ -187,14 +187,25 @@ impl Viewer {
         true
     }
 
-    /// Adds what the reader found, keeping the open session open.
+    /// Adds what the reader found, keeping the open session, the selected session or record
+    /// and the payload shown where they are.
     pub fn add(&mut self, found: Vec<super::files::Found>) {
         if found.is_empty() {
             return;
         }
         let open = self.session.and_then(|i| self.traces.sessions.get(i)).map(|s| s.id.clone());
+        let picked = match &open {
+            None => self.traces.sessions.get(self.selected).map(|s| s.id.clone()),
+            Some(_) => None,
+        };
         self.traces.add(found);
         self.session = open.and_then(|id| self.traces.sessions.iter().position(|s| s.id == id));
+        if let Some(id) = picked {
+            self.selected = self.traces.sessions.iter().position(|s| s.id == id).unwrap_or(self.selected);
+        } else if let Some((_, line, time)) = self.pane.of.clone() {
+            let at = self.records().iter().position(|i| i.line == line && i.record.timestamp == time);
+            self.selected = at.unwrap_or(self.selected);
+        }
         self.sync_pane();
     }
 
@@ -320,8 +331,7 @@ pub fn draw(f: &mut Frame<'_>, v: &Viewer) {
     } else if v.session.is_some() && v.focus == Focus::Payload {
         "↑↓ line  ←→ scroll  Enter fold  v select  c copy  w write  Tab/Esc records  q quit".into()
     } else if v.session.is_some() {
-        "↑↓ record  Tab payload  1 requests 2 responses 3 errors  / search  c copy  w write  Esc back  q quit"
-            .into()
+        "↑↓ record  Tab payload  1 requests 2 responses 3 errors  / search  c copy  w write  Esc back  q quit".into()
     } else {
         "↑↓ session  Enter open  q quit".into()
     };
@@ -464,7 +474,10 @@ fn draw_pane(f: &mut Frame<'_>, v: &Viewer, area: ratatui::layout::Rect) {
             let mut spans = vec![Span::raw(gutter), Span::raw("  ".repeat(l.indent))];
             spans.extend(l.spans.iter().map(|(t, s)| Span::styled(s.as_str(), style(*t))));
             if let Some(close) = l.close.filter(|_| p.folded.contains(&i)) {
-                spans.push(Span::styled(format!(" … {} lines", close - i - 1), Style::default().add_modifier(Modifier::DIM)));
+                spans.push(Span::styled(
+                    format!(" … {} lines", close - i - 1),
+                    Style::default().add_modifier(Modifier::DIM),
+                ));
             }
             let line = Line::from(spans);
             if in_selection { line.style(Style::default().add_modifier(Modifier::REVERSED)) } else { line }
@@ -508,7 +521,13 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
     };
     let mut v = Viewer::new(Traces::default(), m.get_flag("include-meta"));
     v.color = std::env::var_os("NO_COLOR").is_none_or(|c| c.is_empty());
-    v.add(reader.read_new(true));
+    loop {
+        let (found, more) = reader.read_new(true);
+        v.add(found);
+        if !more {
+            break;
+        }
+    }
     if let Some(id) = m.get_one::<String>("session")
         && !v.open(id)
     {
@@ -523,18 +542,20 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
     if let Err(code) = crate::terminal::require_terminal("ocpipe traces", " (--snapshot prints the first screen)") {
         return code;
     }
-    // Follow: `trace_jsonl`'s reader, woken by its file notifications (or every second
+    // Follow: `trace_jsonl`'s reader, woken by its file notifications (or at each 500 ms wake
     // where there are none).
     let mut watch = (!m.get_flag("static")).then(|| reader.watch());
     crate::terminal::fullscreen(|terminal| {
         // Drawn again only after a key, a resize or new records.
         let mut redraw = true;
+        // The reader stopped with more to read: read on without waiting for a notification.
+        let mut behind = false;
         loop {
             if redraw {
                 terminal.draw(|f| draw(f, &v))?;
                 redraw = false;
             }
-            if event::poll(Duration::from_millis(500))? {
+            if event::poll(Duration::from_millis(if behind { 0 } else { 500 }))? {
                 match event::read()? {
                     Event::Key(k) if k.kind == KeyEventKind::Press => {
                         v.message.clear();
@@ -547,8 +568,9 @@ fn run(m: &clap::ArgMatches) -> ExitCode {
             }
             if let Some(w) = watch.as_mut() {
                 let ch = w.take();
-                if ch.rescan || !ch.paths.is_empty() || !w.is_live() {
-                    let found = reader.read_new(true);
+                if behind || ch.rescan || !ch.paths.is_empty() || !w.is_live() {
+                    let (found, more) = reader.read_new(true);
+                    behind = more;
                     redraw |= !found.is_empty();
                     v.add(found);
                 }

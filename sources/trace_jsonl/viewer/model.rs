@@ -90,7 +90,13 @@ impl Traces {
 pub fn load(dir: &Path) -> Traces {
     let mut traces = Traces::default();
     if let Ok(mut reader) = reader(dir) {
-        traces.add(reader.read_new(true));
+        loop {
+            let (found, more) = reader.read_new(true);
+            traces.add(found);
+            if !more {
+                break;
+            }
+        }
     }
     traces
 }
@@ -141,6 +147,10 @@ fn finish(id: String, mut items: Vec<Item>) -> Session {
         (it.latency_ms, it.growth, it.meta) = (None, None, false);
     }
     items.sort_by(|a, b| a.record.timestamp.cmp(&b.record.timestamp).then(a.line.cmp(&b.line)));
+    // A file read again from its start (truncated or replaced) brings its records again.
+    let mut seen = std::collections::HashSet::new();
+    items
+        .retain(|i| seen.insert((i.record.kind, i.record.id_text().into_owned(), i.record.timestamp.clone(), i.bytes)));
     let mut requests: BTreeMap<String, (i64, bool)> = BTreeMap::new();
     let mut previous_request: Option<usize> = None;
     for it in &mut items {

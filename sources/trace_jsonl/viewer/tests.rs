@@ -156,7 +156,9 @@ fn the_payload_folds_selects_lines_to_copy_and_is_coloured_unless_no_color() {
         let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(140, 40)).unwrap();
         t.draw(|f| draw(f, v)).unwrap();
         let buf = t.backend().buffer().clone();
-        let row = (0..40).find(|&y| (0..140).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("\"model\":")).unwrap();
+        let row = (0..40)
+            .find(|&y| (0..140).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("\"model\":"))
+            .unwrap();
         let x = (0..140).find(|&x| buf[(x, row)].symbol() == "\"").unwrap();
         buf[(x + 1, row)].fg
     };
@@ -174,20 +176,28 @@ fn follow_reads_only_what_was_appended_with_trace_jsonl_s_reader() {
     std::fs::write(&file, format!("{}\n", lines[..2].join("\n"))).unwrap();
     let mut r = reader(dir.path()).unwrap();
     let mut v = Viewer::new(Default::default(), true);
-    v.add(r.read_new(true));
+    v.add(r.read_new(true).0);
     assert_eq!(v.traces.sessions[0].items.len(), 2);
     v.open(&v.traces.sessions[0].id.clone());
     // Nothing new: nothing read.
-    assert!(r.read_new(true).is_empty());
+    assert!(r.read_new(true).0.is_empty());
     // Two more lines and a broken one: only those come back, the session stays open.
     let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
     use std::io::Write;
     writeln!(f, "{}\n{}\n{{broken", lines[2], lines[3]).unwrap();
-    let found = r.read_new(false);
+    let (found, more) = r.read_new(false);
+    assert!(!more);
     assert_eq!(found.len(), 3, "two records and the malformed line");
     v.add(found);
     assert_eq!(v.traces.sessions[0].items.len(), 4);
     assert!(v.session.is_some());
     assert_eq!(v.traces.bad.len(), 1);
-    assert_eq!((v.traces.bad[0].line, v.traces.bad[0].file.clone()), (5, file));
+    assert_eq!((v.traces.bad[0].line, v.traces.bad[0].file.clone()), (5, file.clone()));
+
+    // The file truncated and written again from the start: read again, listed once.
+    let selected = v.records()[v.selected].record.timestamp.clone();
+    std::fs::write(&file, format!("{}\n", lines[..4].join("\n"))).unwrap();
+    v.add(r.read_new(true).0);
+    assert_eq!(v.traces.sessions[0].items.len(), 4, "records read again are not listed twice");
+    assert_eq!(v.records()[v.selected].record.timestamp, selected, "the selected record stays selected");
 }
