@@ -212,3 +212,56 @@ fn a_reader_that_stops_early_is_not_an_error() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("Broken pipe"), "{}", text(&out.stderr));
 }
+
+/// The usage ledger a page answers from (fed the storage source's events, as in
+/// `monitor.toml`) sums every range and grouping as `ocpipe stats --json` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_ledger_equals_stats_for_every_range_and_grouping() {
+    use ocpipe::event::Payload;
+    use ocpipe::usage::{GroupBy, Ledger, RangeName, Window};
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("fixtures/storage/v1.18.33-fork");
+    let body = format!("data_dir = \"{}\"\nfollow = false", data.display());
+    let Ok(ocpipe::registry::AnyConfig::Source(source)) =
+        ocpipe::testing::parse(ocpipe::registry::Kind::Source, "opencode_storage", &body)
+    else {
+        panic!("opencode_storage parses")
+    };
+    let out =
+        ocpipe::testing::run_source(source.as_ref(), dir.path(), std::time::Duration::from_secs(20), |_| false).await;
+    let mut ledger = Ledger::default();
+    for e in &out.events {
+        match &e.payload {
+            Payload::Session(s) => ledger.session(s),
+            Payload::Message(m) => ledger.message(m),
+            _ => {}
+        }
+    }
+    assert_eq!(ledger.len(), 15);
+    for (range, name) in [(RangeName::All, "all"), (RangeName::Month, "month"), (RangeName::Today, "today")] {
+        for by in [GroupBy::Model, GroupBy::Project, GroupBy::Agent, GroupBy::Session, GroupBy::Day] {
+            let got = ledger.sum(by, Window::resolve(range, None, None, chrono::Local::now()), false);
+            let args = ["stats", "--json", "--data-dir", data.to_str().unwrap(), "--range", name, "--by", by.name()];
+            let stats = ocpipe(dir.path(), &args);
+            let want: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+            assert_eq!(serde_json::to_value(&got.totals).unwrap(), want["totals"], "{name} {by:?}");
+            assert_eq!(serde_json::to_value(&got.fork_copies).unwrap(), want["fork_copies"], "{name} {by:?}");
+            let groups: Vec<serde_json::Value> = got
+                .rows
+                .iter()
+                .map(|(k, u)| {
+                    let mut v = serde_json::to_value(u).unwrap();
+                    v["key"] = k.clone().into();
+                    v
+                })
+                .collect();
+            let strip = |g: &serde_json::Value| {
+                let mut g = g.clone();
+                g.as_object_mut().unwrap().remove("title");
+                g
+            };
+            let want_groups: Vec<serde_json::Value> = want["groups"].as_array().unwrap().iter().map(strip).collect();
+            assert_eq!(groups, want_groups, "{name} {by:?}");
+        }
+    }
+}

@@ -2,6 +2,13 @@
 //! transform, the storage source's `ocpipe stats`): groupings, time ranges in the local time
 //! zone, and the sums of a group.
 
+mod keeper;
+mod ledger;
+pub mod state;
+
+pub use keeper::{FLUSH_EVERY, Keeper};
+pub use ledger::{Ledger, MessageRow, SessionSummary, Summary};
+
 use chrono::{DateTime, Datelike, Local, NaiveDate, TimeZone};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,12 @@
-//! The `aggregate` transform's state on disk, so its rollups come back right after a restart.
+//! Token usage state on disk, so what a component summed comes back right after a restart (the
+//! `aggregate` transform's rollups, the page's usage).
 //!
-//! What is kept is the input, not the sums: every session (its project) and every message (its
-//! model, agent, tokens, cost, fork flag) the transform has taken in, in a small SQLite file in
-//! the component's state directory. On start they are replayed, so a change of `group_by` or of
-//! the day (`range = "today"`) is computed afresh. The transform holds on to its input events'
-//! finalizers until what they brought is written here: the source's checkpoint never moves past
-//! state that would be lost.
+//! What is kept is the input, not the sums: every session (its project, title, directory,
+//! parent, times) and every message (its model, agent, tokens, cost, fork flag) the component
+//! has taken in, in a small SQLite file in its state directory. On start they are replayed, so a
+//! change of grouping or of the day (`range = "today"`) is computed afresh. The component holds
+//! on to its input events' finalizers until what they brought is written here
+//! ([`super::Keeper`]): the source's checkpoint never moves past state that would be lost.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,8 @@ pub struct StateFile {
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, project TEXT, title TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, project TEXT, title TEXT NOT NULL,
+  directory TEXT NOT NULL DEFAULT '', parent_id TEXT, created INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS message (
   id TEXT PRIMARY KEY, session_id TEXT NOT NULL, role TEXT NOT NULL, provider TEXT, model TEXT, agent TEXT,
   created INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
@@ -45,6 +47,16 @@ impl StateFile {
         // A commit is on disk before the finalizers it covers are released.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // Files from before sessions kept their directory, parent and times.
+        let has_parent = conn.prepare("SELECT parent_id FROM session LIMIT 0").is_ok();
+        if !has_parent {
+            conn.execute_batch(
+                "ALTER TABLE session ADD COLUMN directory TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE session ADD COLUMN parent_id TEXT;
+                 ALTER TABLE session ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE session ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -59,7 +71,9 @@ impl StateFile {
 
     /// Every session, then every message, as they were taken in.
     pub fn load(&self, f: &mut dyn FnMut(Record)) -> rusqlite::Result<()> {
-        let mut st = self.conn.prepare("SELECT id, project_id, project, title FROM session")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, project_id, project, title, directory, parent_id, created, updated FROM session")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             f(Record::Session(SessionInfo {
@@ -67,6 +81,10 @@ impl StateFile {
                 project_id: r.get(1)?,
                 project: r.get(2)?,
                 title: r.get(3)?,
+                directory: r.get(4)?,
+                parent_id: r.get(5)?,
+                time_created: r.get(6)?,
+                time_updated: r.get(7)?,
                 ..Default::default()
             }));
         }
@@ -105,11 +123,21 @@ impl StateFile {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO session (id, project_id, project, title) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(id) DO UPDATE SET project_id = ?2, project = ?3, title = ?4",
+                "INSERT INTO session (id, project_id, project, title, directory, parent_id, created, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO UPDATE SET project_id = ?2, project = ?3, \
+                 title = ?4, directory = ?5, parent_id = ?6, created = ?7, updated = ?8",
             )?;
             for s in sessions {
-                st.execute(params![s.id, s.project_id, s.project, s.title])?;
+                st.execute(params![
+                    s.id,
+                    s.project_id,
+                    s.project,
+                    s.title,
+                    s.directory,
+                    s.parent_id,
+                    s.time_created,
+                    s.time_updated
+                ])?;
             }
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO message (id, session_id, role, provider, model, agent, created, input, output, \
@@ -137,5 +165,51 @@ impl StateFile {
             }
         }
         tx.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_from_before_session_details_is_brought_up_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, project TEXT, title TEXT NOT NULL);
+             INSERT INTO session VALUES ('s1', 'p1', '/w/app', 'Old title');",
+        )
+        .unwrap();
+        drop(old);
+        let mut f = StateFile::open(&path).unwrap();
+        let session = SessionInfo {
+            id: "s2".into(),
+            project_id: "p1".into(),
+            title: "Child".into(),
+            directory: "/w/app".into(),
+            parent_id: Some("s1".into()),
+            time_created: 5,
+            time_updated: 9,
+            ..Default::default()
+        };
+        f.write(std::slice::from_ref(&session), &[]).unwrap();
+        let mut got = Vec::new();
+        f.load(&mut |r| {
+            if let Record::Session(s) = r {
+                got.push(s);
+            }
+        })
+        .unwrap();
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!((got[0].id.as_str(), got[0].title.as_str(), got[0].parent_id.as_deref()), ("s1", "Old title", None));
+        assert_eq!(
+            (got[1].parent_id.as_deref(), got[1].directory.as_str(), got[1].time_updated),
+            (Some("s1"), "/w/app", 9)
+        );
+        // Opened again: nothing to bring up twice.
+        drop(f);
+        StateFile::open(&path).unwrap();
     }
 }

@@ -9,16 +9,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-mod state;
-
 use chrono::{Local, NaiveDate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, Transform, TransformConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{DataType, Event, Finalizer, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
+use crate::event::{DataType, Event, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
 use crate::metrics::DropReason;
+use crate::usage::state::Record;
+use crate::usage::{FLUSH_EVERY, Keeper};
 pub use crate::usage::{GroupBy, RangeName, Usage, Window, local_day, parse_date, project_key};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -96,11 +96,7 @@ impl TransformConfig for AggregateConfig {
         let until = self.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
         Ok(Transform::Task(Box::new(Aggregator {
             state: Rollups::new(self.group_by.clone(), self.range, since, until, self.include_fork_copies),
-            file: None,
-            path: cx.data_dir()?.join("state.db"),
-            sessions: HashMap::new(),
-            messages: HashMap::new(),
-            held: Vec::new(),
+            keeper: Keeper::new(cx)?,
             throttle: Duration::from_millis(self.throttle_ms.max(1)),
             cx: cx.clone(),
         })))
@@ -302,63 +298,42 @@ impl Rollups {
     }
 }
 
-/// Input records taken in before they are written to the state file.
-const FLUSH_EVERY: usize = 10_000;
-
 struct Aggregator {
     state: Rollups,
-    file: Option<state::StateFile>,
-    path: std::path::PathBuf,
-    /// Taken in, not yet written.
-    sessions: HashMap<String, SessionInfo>,
-    messages: HashMap<String, MessageInfo>,
-    /// Finalizers of the input events whose records are not written yet.
-    held: Vec<Finalizer>,
+    /// What was taken in, written before the input events are released.
+    keeper: Keeper,
     throttle: Duration,
     cx: Context,
 }
 
 impl Aggregator {
-    /// Opens the state file and replays it (on a blocking thread).
+    /// Replays the state file into the rollups.
     async fn restore(&mut self) -> anyhow::Result<()> {
-        let path = self.path.clone();
-        let mut rollups = std::mem::replace(&mut self.state, Rollups::new(vec![], RangeName::All, None, None, false));
-        let (rollups, file) = tokio::task::spawn_blocking(move || {
-            let res = state::StateFile::open(&path).and_then(|f| {
-                f.load(&mut |rec| match rec {
-                    state::Record::Session(s) => rollups.session(&s),
-                    state::Record::Message(m) => rollups.message(&m),
-                })?;
-                Ok(f)
-            });
-            (rollups, res)
-        })
-        .await?;
-        self.state = rollups;
-        let file = file.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the aggregate's state {}: {e}; to start over, remove it together with the source's checkpoint (both in the data dir) so the history is read again",
-                self.path.display()
-            )
-        })?;
+        let empty = Rollups::new(vec![], RangeName::All, None, None, false);
+        let rollups = std::mem::replace(&mut self.state, empty);
+        self.state = self
+            .keeper
+            .restore(rollups, |r, rec| match rec {
+                Record::Session(s) => r.session(&s),
+                Record::Message(m) => r.message(&m),
+            })
+            .await?;
         let messages = self.state.len();
         if messages > 0 {
-            tracing::info!(component = &*self.cx.id, messages, "rollups restored from {}", file.path().display());
+            tracing::info!(
+                component = &*self.cx.id,
+                messages,
+                "rollups restored from {}",
+                self.keeper.path().display()
+            );
         }
-        self.file = Some(file);
         Ok(())
     }
 
     fn take(&mut self, mut ev: Event) {
         match &ev.payload {
-            Payload::Session(s) => {
-                self.state.session(s);
-                self.sessions.insert(s.id.clone(), (**s).clone());
-            }
-            Payload::Message(m) => {
-                self.state.message(m);
-                self.messages.insert(m.id.clone(), (**m).clone());
-            }
+            Payload::Session(s) => self.state.session(s),
+            Payload::Message(m) => self.state.message(m),
             // Nothing to sum: discarded on purpose.
             _ => {
                 self.cx.metrics.dropped(DropReason::Intentional, 1);
@@ -366,46 +341,11 @@ impl Aggregator {
             }
         }
         // Delivered once what it brought is on disk.
-        if let Some(f) = ev.meta.finalizer.take() {
-            self.held.push(f);
-        }
+        self.keeper.keep(&mut ev);
     }
 
-    /// Writes what was taken in, then releases the input events it came from.
     async fn flush(&mut self) {
-        if self.sessions.is_empty() && self.messages.is_empty() {
-            self.held.clear();
-            return;
-        }
-        // Taken whole (not drained): a burst's capacity is not kept for the rest of the day.
-        let sessions: Vec<SessionInfo> = std::mem::take(&mut self.sessions).into_values().collect();
-        let messages: Vec<MessageInfo> = std::mem::take(&mut self.messages).into_values().collect();
-        let held = std::mem::take(&mut self.held);
-        let Some(mut file) = self.file.take() else {
-            // The file was lost with a failed write: nothing can be kept, so nothing is delivered.
-            held.iter().for_each(Finalizer::fail);
-            return;
-        };
-        let res = tokio::task::spawn_blocking(move || {
-            let r = file.write(&sessions, &messages);
-            (file, r)
-        })
-        .await;
-        match res {
-            Ok((file, Ok(()))) => self.file = Some(file),
-            Ok((file, Err(e))) => {
-                self.file = Some(file);
-                self.cx.error(format_args!(
-                    "writing the aggregate's state {}: {e}; its input will be read again after a restart",
-                    self.path.display()
-                ));
-                held.iter().for_each(Finalizer::fail);
-            }
-            Err(e) => {
-                self.cx.error(format_args!("writing the aggregate's state: {e}"));
-                held.iter().for_each(Finalizer::fail);
-            }
-        }
+        self.keeper.flush().await;
     }
 
     async fn emit(&mut self, out: &mut Output) {
@@ -428,7 +368,7 @@ impl TaskTransform for Aggregator {
                     ev = input.recv() => match ev {
                         Some(ev) => {
                             self.take(ev);
-                            if self.messages.len() + self.sessions.len() >= FLUSH_EVERY {
+                            if self.keeper.pending() >= FLUSH_EVERY {
                                 self.flush().await;
                             }
                         }

@@ -1,0 +1,246 @@
+//! Token usage per message, kept compact, summed for any grouping and range when asked: what a
+//! page or an API answers (`/api/usage?range=week&by=model`) with the rules of
+//! [`crate::usage`], so its numbers are `ocpipe stats`'s. A message seen again (OpenCode fills
+//! in tokens at completion) replaces its earlier entry; fork copies are kept apart.
+
+use std::collections::HashMap;
+
+use chrono::TimeZone;
+use serde::Serialize;
+
+use crate::event::{MessageInfo, SessionInfo, Tokens};
+use crate::usage::{GroupBy, Usage, Window, project_key};
+
+/// A session as the ledger keeps it (names are ids into the ledger's strings).
+#[derive(Debug, Clone, Copy)]
+struct SessionRow {
+    project: u32,
+    title: u32,
+    directory: u32,
+    parent: Option<u32>,
+    created: i64,
+    updated: i64,
+}
+
+/// One message's part in the sums: 48 bytes whatever its strings.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    session: u32,
+    /// `provider/model`, as [`MessageInfo::model_key`].
+    model: u32,
+    agent: u32,
+    created: i64,
+    tokens: [u32; 5],
+    cost: f64,
+    assistant: bool,
+    fork_copy: bool,
+}
+
+/// The sums of one grouping over one window: rows (largest first; days newest first), totals
+/// and the fork copies left out of both.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub rows: Vec<(String, Usage)>,
+    pub totals: Usage,
+    pub fork_copies: Usage,
+}
+
+/// A session with its sums in a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub title: String,
+    pub directory: String,
+    pub project: String,
+    #[serde(rename = "parentID")]
+    pub parent_id: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+    /// First and last message time in the window (milliseconds).
+    pub first: i64,
+    pub last: i64,
+    pub usage: Usage,
+}
+
+/// One message of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub created: i64,
+    pub model: String,
+    pub agent: String,
+    pub assistant: bool,
+    pub fork_copy: bool,
+    pub tokens: Tokens,
+    pub total: u64,
+    pub cost: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u32>,
+    sessions: HashMap<u32, SessionRow>,
+    /// By a hash of the message id.
+    messages: HashMap<u64, Entry>,
+}
+
+impl Ledger {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.into());
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn session(&mut self, s: &SessionInfo) {
+        let row = SessionRow {
+            project: self.id(&project_key(s)),
+            title: self.id(&s.title),
+            directory: self.id(&s.directory),
+            parent: s.parent_id.as_deref().map(|p| self.id(p)),
+            created: s.time_created,
+            updated: s.time_updated,
+        };
+        let id = self.id(&s.id);
+        self.sessions.insert(id, row);
+    }
+
+    pub fn message(&mut self, m: &MessageInfo) {
+        let entry = Entry {
+            session: self.id(&m.session_id),
+            model: self.id(&m.model_key()),
+            agent: self.id(m.agent.as_deref().unwrap_or("unknown")),
+            created: m.time_created,
+            tokens: m.tokens.packed(),
+            cost: m.cost,
+            assistant: m.role == "assistant",
+            fork_copy: m.fork_copy,
+        };
+        self.messages.insert(xxhash_rust::xxh3::xxh3_64(m.id.as_bytes()), entry);
+    }
+
+    fn project_of(&self, session: u32) -> &str {
+        self.sessions.get(&session).map_or("(unknown)", |s| self.name(s.project))
+    }
+
+    /// The sums of `by` over `window` (fork copies counted only with `include_fork_copies`).
+    pub fn sum(&self, by: GroupBy, window: Window, include_fork_copies: bool) -> Summary {
+        #[derive(Default)]
+        struct Acc {
+            usage: Usage,
+            sessions: std::collections::HashSet<u32>,
+        }
+        impl Acc {
+            fn add(&mut self, e: &Entry) {
+                self.usage.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant);
+                self.sessions.insert(e.session);
+            }
+            fn finish(mut self) -> Usage {
+                self.usage.sessions = self.sessions.len() as u64;
+                self.usage
+            }
+        }
+        let mut groups: HashMap<String, Acc> = HashMap::new();
+        let (mut totals, mut forks) = (Acc::default(), Acc::default());
+        for e in self.messages.values().filter(|e| window.contains(e.created)) {
+            if e.fork_copy && !include_fork_copies {
+                forks.add(e);
+                continue;
+            }
+            totals.add(e);
+            let key = match by {
+                GroupBy::All => "all".to_string(),
+                GroupBy::Session => self.name(e.session).to_string(),
+                GroupBy::Project => self.project_of(e.session).to_string(),
+                GroupBy::Model => self.name(e.model).to_string(),
+                GroupBy::Agent => self.name(e.agent).to_string(),
+                GroupBy::Day => chrono::Local
+                    .timestamp_millis_opt(e.created)
+                    .earliest()
+                    .map_or("unknown".into(), |t| t.date_naive().to_string()),
+            };
+            groups.entry(key).or_default().add(e);
+        }
+        let mut rows: Vec<(String, Usage)> = groups.into_iter().map(|(k, a)| (k, a.finish())).collect();
+        if by == GroupBy::Day {
+            rows.sort_by(|a, b| b.0.cmp(&a.0));
+        } else {
+            rows.sort_by(|a, b| b.1.total.cmp(&a.1.total).then_with(|| a.0.cmp(&b.0)));
+        }
+        Summary { rows, totals: totals.finish(), fork_copies: forks.finish() }
+    }
+
+    /// Every session with messages in `window` (fork copies left out of the sums), largest
+    /// first.
+    pub fn sessions(&self, window: Window) -> Vec<SessionSummary> {
+        let mut by: HashMap<u32, (Usage, i64, i64)> = HashMap::new();
+        for e in self.messages.values().filter(|e| window.contains(e.created) && !e.fork_copy) {
+            let (u, first, last) = by.entry(e.session).or_insert((Usage::default(), i64::MAX, i64::MIN));
+            u.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant);
+            u.sessions = 1;
+            (*first, *last) = ((*first).min(e.created), (*last).max(e.created));
+        }
+        let mut out: Vec<SessionSummary> = by
+            .into_iter()
+            .map(|(id, (usage, first, last))| {
+                let s = self.sessions.get(&id);
+                let name = |f: fn(&SessionRow) -> u32| s.map_or(String::new(), |s| self.name(f(s)).to_string());
+                SessionSummary {
+                    id: self.name(id).to_string(),
+                    title: name(|s| s.title),
+                    directory: name(|s| s.directory),
+                    project: self.project_of(id).to_string(),
+                    parent_id: s.and_then(|s| s.parent).map(|p| self.name(p).to_string()),
+                    created: s.map_or(first, |s| s.created),
+                    updated: s.map_or(last, |s| s.updated),
+                    first,
+                    last,
+                    usage,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.usage.total.cmp(&a.usage.total).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The messages of one session, oldest first (`None`: no such session).
+    pub fn messages_of(&self, session: &str) -> Option<Vec<MessageRow>> {
+        let &id = self.index.get(session)?;
+        let mut rows: Vec<MessageRow> = self
+            .messages
+            .values()
+            .filter(|e| e.session == id)
+            .map(|e| {
+                let tokens = Tokens::from_packed(e.tokens);
+                MessageRow {
+                    created: e.created,
+                    model: self.name(e.model).to_string(),
+                    agent: self.name(e.agent).to_string(),
+                    assistant: e.assistant,
+                    fork_copy: e.fork_copy,
+                    total: tokens.total(),
+                    tokens,
+                    cost: e.cost,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| r.created);
+        Some(rows)
+    }
+}
