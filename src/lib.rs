@@ -16,6 +16,7 @@ pub mod jq;
 pub mod logfile;
 pub mod memory;
 pub mod metrics;
+pub mod permission;
 pub mod process;
 pub mod registry;
 pub mod runtime;

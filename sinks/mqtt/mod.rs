@@ -248,7 +248,7 @@ impl SinkConfig for MqttConfig {
             ha,
             overlay,
             brokers: HashMap::new(),
-            permissions: Vec::new(),
+            permissions: crate::permission::Desk::default(),
             http: reqwest::Client::new(),
             cx: cx.clone(),
         }))

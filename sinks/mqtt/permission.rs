@@ -1,34 +1,17 @@
-//! Permission replies: statuses asking for permission are remembered, and a message on the
-//! command topic answers the one it names (or the newest) on the OpenCode instance that asked.
-
-use std::time::Duration;
+//! Permission replies: statuses asking for permission are remembered (`permission::Desk`), and
+//! a message on the command topic answers the one it names (or the newest) on the OpenCode
+//! instance that asked, the path the page's buttons take too.
 
 use serde_json::{Value, json};
 
 use crate::event::StatusInfo;
+use crate::permission::{ServerAuth, Waiting, answer, valid_reply};
 
 use super::sink::MqttSink;
 
-/// A permission request waiting for a reply.
-pub(super) struct Waiting {
-    pub(super) instance: String,
-    pub(super) port: u16,
-    pub(super) session: Option<String>,
-    pub(super) id: String,
-}
-
 impl MqttSink {
     pub(super) fn track_permission(&mut self, s: &StatusInfo) {
-        let same = |w: &Waiting| w.instance == s.instance && w.session == s.session_id;
-        self.permissions.retain(|w| !same(w));
-        if let (Some(id), "permission") = (&s.permission_id, s.code.as_str()) {
-            self.permissions.push(Waiting {
-                instance: s.instance.clone(),
-                port: s.port,
-                session: s.session_id.clone(),
-                id: id.clone(),
-            });
-        }
+        self.permissions.track(s);
     }
 
     /// A message on the command topic: reply to the permission request it names (or the newest).
@@ -36,7 +19,7 @@ impl MqttSink {
         let text = String::from_utf8_lossy(raw);
         let cmd: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "reply": text.trim() }));
         let reply = cmd["reply"].as_str().unwrap_or("").to_string();
-        if !matches!(reply.as_str(), "once" | "always" | "reject") {
+        if !valid_reply(&reply) {
             self.cx.error(format_args!("command `{text}`: the reply must be once, always or reject"));
             return;
         }
@@ -45,21 +28,16 @@ impl MqttSink {
                 && cmd["sessionID"].as_str().is_none_or(|s| w.session.as_deref() == Some(s))
                 && cmd["port"].as_u64().is_none_or(|p| p == u64::from(w.port))
         };
-        let Some(pos) = self.permissions.iter().rposition(matches) else {
+        let Some(w) = self.permissions.take(matches) else {
             self.cx.error(format_args!("command `{text}`: no permission request waiting matches it"));
             return;
         };
-        let w = self.permissions.remove(pos);
-        let url = format!("{}/permission/{}/reply", w.instance.trim_end_matches('/'), w.id);
-        let mut req = self.http.post(&url).json(&json!({ "reply": reply }));
-        if let Some(pw) = &self.cfg.opencode_password {
-            req = req.basic_auth(&self.cfg.opencode_username, Some(pw));
-        }
-        let cx = self.cx.clone();
+        let auth = ServerAuth::resolve(Some(&self.cfg.opencode_username), self.cfg.opencode_password.as_deref());
+        let (http, cx) = (self.http.clone(), self.cx.clone());
         tokio::spawn(async move {
-            match req.timeout(Duration::from_secs(10)).send().await.and_then(|r| r.error_for_status()) {
-                Ok(_) => tracing::info!(component = &*cx.id, "permission {} answered `{reply}` ({url})", w.id),
-                Err(e) => cx.error(format_args!("permission reply to {url} failed: {e}")),
+            match answer(&http, &w, &reply, &auth).await {
+                Ok(()) => tracing::info!(component = &*cx.id, "permission {} answered `{reply}` ({})", w.id, w.instance),
+                Err(e) => cx.error(format_args!("{e}")),
             }
         });
     }

@@ -20,7 +20,6 @@ use crate::template::TopicTemplate;
 
 use super::broker::{Driver, close};
 use super::discovery::{discovery, discovery_topic};
-use super::permission::Waiting;
 use super::{MqttConfig, qos};
 
 /// One broker to publish to: from the config (`key` 0) or from the overlay (its id).
@@ -52,7 +51,7 @@ pub(super) struct MqttSink {
     pub(super) ha: Option<(String, TopicTemplate)>,
     pub(super) overlay: Option<Overlay>,
     pub(super) brokers: HashMap<u64, Broker>,
-    pub(super) permissions: Vec<Waiting>,
+    pub(super) permissions: crate::permission::Desk,
     pub(super) http: reqwest::Client,
     pub(super) cx: Context,
 }

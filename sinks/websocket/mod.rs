@@ -1,11 +1,15 @@
-//! `websocket`: the live status page, a WebSocket push of every status, and the REST API of the
-//! status monitor (axum).
+//! `websocket`: the page of the main job (usage, live status, processes, permission answers,
+//! push targets), a WebSocket push of every status and usage change, and the REST API behind
+//! them (axum).
 
 mod guard;
+mod permission;
 mod targets;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -24,15 +28,24 @@ use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::{DataType, Payload, ProcessInfo, StatusInfo};
 use crate::metrics::DropReason;
+use crate::permission::{Desk, ServerAuth};
+use crate::usage::{FLUSH_EVERY, Keeper, Ledger};
 
-/// Serves `/` (a live status page: a card per instance and session, no external assets),
-/// `/ws` (every status as JSON: `{port, status, code, timestamp}` plus `sessionID`, `title`,
-/// `tool`, `label`, `mode`, `instance`), `/api/health`, `/api/status` (the current state),
-/// `/api/processes` (OpenCode processes, when a `process_scan` feeds this sink), and the push
-/// target API `/api/mqtt[/:id]` and `/api/ble[/:id]` (GET, POST, PUT, DELETE; `{code, message,
-/// data}` envelopes). Push targets are kept in `push-targets.toml` in the sink's data
-/// directory: an overlay beside the pipeline files that the `mqtt` and `ble` sinks read (and
-/// re-read when it changes); editing them never rewrites the pipeline's own TOML.
+/// Serves `/` (the page: token usage by range with a chart per day and tables by model,
+/// project, agent, day and session; each OpenCode instance and session live with buttons to
+/// answer permission requests; processes; push targets — no external assets, English or
+/// Chinese), `/ws` (every status as JSON: `{port, status, code, timestamp}` plus `sessionID`,
+/// `title`, `tool`, `label`, `mode`, `instance`, `permissionID`; `{"usage": "changed"}` when
+/// usage changed; `{"rollup": …}` for each rollup it is fed), `/api/health`, `/api/status`,
+/// `/api/processes` (when a `process_scan` feeds it), `/api/usage?range=…&by=…`,
+/// `/api/sessions?range=…`, `/api/sessions/{id}/messages` (from the sessions and messages of an
+/// `opencode_storage` source it is fed, with `ocpipe stats`'s rules; kept in its state
+/// directory, so they are back after a restart), `/api/permissions` and `POST
+/// /api/permissions/reply`, and the push target API `/api/mqtt[/:id]` and `/api/ble[/:id]` (GET,
+/// POST, PUT, DELETE; `{code, message, data}` envelopes). Push targets are kept in
+/// `push-targets.toml` in the sink's data directory: an overlay beside the pipeline files that
+/// the `mqtt` and `ble` sinks read (and re-read when it changes); editing them never rewrites the
+/// pipeline's own TOML.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct WebsocketConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port, logged at start).
@@ -53,6 +66,11 @@ pub struct WebsocketConfig {
     /// How many messages a slow WebSocket client may fall behind before it misses some.
     #[serde(default = "default_client_buffer")]
     pub client_buffer: usize,
+    /// Basic-auth user for answering permission requests on `opencode serve` (default
+    /// `$OPENCODE_SERVER_USERNAME`, else `opencode`).
+    pub opencode_username: Option<String>,
+    /// Basic-auth password for them (default `$OPENCODE_SERVER_PASSWORD`; none: no auth).
+    pub opencode_password: Option<String>,
 }
 
 fn default_address() -> String {
@@ -73,7 +91,7 @@ crate::register_component!(
 
 impl SinkConfig for WebsocketConfig {
     fn input(&self) -> DataType {
-        DataType::STATUS | DataType::PROCESS
+        DataType::STATUS | DataType::PROCESS | DataType::SESSION | DataType::MESSAGE | DataType::ROLLUP
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -117,13 +135,18 @@ impl SinkConfig for WebsocketConfig {
             processes: RwLock::default(),
             tx,
             targets: Mutex::new(targets::Store::load(push_targets)?),
+            ledger: RwLock::default(),
+            desk: Mutex::default(),
+            http: reqwest::Client::new(),
+            auth: ServerAuth::resolve(self.opencode_username.as_deref(), self.opencode_password.as_deref()),
         });
         let guard = Arc::new(guard::Guard {
             token,
             allowed_hosts: self.allowed_hosts.clone(),
             cors_origins: self.cors_origins.clone(),
         });
-        Ok(Box::new(WebsocketSink { listener, shared, guard, cx: cx.clone() }))
+        let keeper = Keeper::new(cx)?;
+        Ok(Box::new(WebsocketSink { listener, shared, guard, keeper, cx: cx.clone() }))
     }
 }
 
@@ -138,14 +161,25 @@ struct Shared {
     processes: RwLock<BTreeMap<u32, ProcessInfo>>,
     tx: broadcast::Sender<Arc<str>>,
     targets: Mutex<targets::Store>,
+    /// Every session and message fed in, for the usage routes.
+    ledger: RwLock<Ledger>,
+    /// Permission requests waiting, for the page's buttons.
+    desk: Mutex<Desk>,
+    http: reqwest::Client,
+    auth: ServerAuth,
 }
 
 struct WebsocketSink {
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     guard: Arc<guard::Guard>,
+    /// The ledger's input on disk: written before the events it came from are released.
+    keeper: Keeper,
     cx: Context,
 }
+
+/// How often a usage change is told to the pages (and what was taken in written).
+const USAGE_TICK: Duration = Duration::from_millis(250);
 
 pub fn envelope(data: Value) -> Json<Value> {
     Json(json!({ "code": 0, "message": "ok", "data": data }))
@@ -158,48 +192,86 @@ pub fn failure(status: StatusCode, message: impl Into<String>) -> Response {
 impl Sink for WebsocketSink {
     fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
         Box::pin(async move {
-            let WebsocketSink { listener, shared, guard, cx } = *self;
+            let WebsocketSink { listener, shared, guard, mut keeper, cx } = *self;
+            // The ledger as it was: the source resumes after what was written here.
+            let ledger = keeper
+                .restore(Ledger::default(), |l, rec| match rec {
+                    crate::usage::state::Record::Session(s) => l.session(&s),
+                    crate::usage::state::Record::Message(m) => l.message(&m),
+                })
+                .await?;
+            if !ledger.is_empty() {
+                tracing::info!(component = &*cx.id, messages = ledger.len(), "usage restored");
+            }
+            *shared.ledger.write().unwrap() = ledger;
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let addr = listener.local_addr()?;
-            tracing::info!(component = &*cx.id, "status page at http://{addr}/ (WebSocket at ws://{addr}/ws)");
+            tracing::info!(component = &*cx.id, "page at http://{addr}/ (WebSocket at ws://{addr}/ws)");
             let app = router(shared.clone(), guard);
             let stop = CancellationToken::new();
             let server_stop = stop.clone();
             let server = tokio::spawn(async move {
                 axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await
             });
-            while let Some(ev) = input.recv().await {
-                match &ev.payload {
-                    Payload::Status(s) => {
-                        let key = s.session_id.clone().unwrap_or_default();
-                        shared
-                            .board
-                            .write()
-                            .unwrap()
-                            .instances
-                            .entry(s.instance.clone())
-                            .or_default()
-                            .insert(key, (**s).clone());
-                        let msg: Arc<str> = serde_json::to_string(&**s)?.into();
-                        // No receivers is fine: nobody is watching.
-                        let _ = shared.tx.send(msg);
-                    }
-                    Payload::Process(p) => {
-                        let mut procs = shared.processes.write().unwrap();
-                        if p.change == "exited" {
-                            procs.remove(&p.pid);
-                        } else {
-                            procs.insert(p.pid, (**p).clone());
+            let mut tick = tokio::time::interval(USAGE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut changed = false;
+            loop {
+                tokio::select! {
+                    ev = input.recv() => match ev {
+                        Some(ev) => {
+                            changed |= take(&shared, &mut keeper, &cx, ev)?;
+                            if keeper.pending() >= FLUSH_EVERY {
+                                keeper.flush().await;
+                            }
+                        }
+                        None => break,
+                    },
+                    // Only while there is something to do: an idle page costs nothing.
+                    _ = tick.tick(), if changed || keeper.pending() > 0 => {
+                        keeper.flush().await;
+                        if std::mem::take(&mut changed) {
+                            let _ = shared.tx.send(Arc::from(r#"{"usage":"changed"}"#));
                         }
                     }
-                    _ => cx.metrics.dropped(DropReason::Intentional, 1),
                 }
             }
+            keeper.flush().await;
             stop.cancel();
             server.await??;
             Ok(())
         })
     }
+}
+
+/// Takes one event in; whether usage changed.
+fn take(shared: &Shared, keeper: &mut Keeper, cx: &Context, mut ev: crate::event::Event) -> anyhow::Result<bool> {
+    match &ev.payload {
+        Payload::Status(s) => {
+            let key = s.session_id.clone().unwrap_or_default();
+            shared.desk.lock().unwrap().track(s);
+            shared.board.write().unwrap().instances.entry(s.instance.clone()).or_default().insert(key, (**s).clone());
+            let msg: Arc<str> = serde_json::to_string(&**s)?.into();
+            // No receivers is fine: nobody is watching.
+            let _ = shared.tx.send(msg);
+        }
+        Payload::Process(p) => {
+            let mut procs = shared.processes.write().unwrap();
+            if p.change == "exited" {
+                procs.remove(&p.pid);
+            } else {
+                procs.insert(p.pid, (**p).clone());
+            }
+        }
+        Payload::Session(s) => shared.ledger.write().unwrap().session(s),
+        Payload::Message(m) => shared.ledger.write().unwrap().message(m),
+        Payload::Rollup(r) => {
+            let _ = shared.tx.send(json!({ "rollup": r }).to_string().into());
+        }
+        _ => cx.metrics.dropped(DropReason::Intentional, 1),
+    }
+    // Sessions and messages are delivered once on disk.
+    Ok(keeper.keep(&mut ev))
 }
 
 fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>) -> Router {
@@ -226,6 +298,8 @@ fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>) -> Router {
         .route("/api/status", get(status))
         .route("/api/processes", get(processes))
         .merge(targets::routes())
+        .merge(usage::routes())
+        .merge(permission::routes())
         .with_state(shared);
     let app = match cors {
         Some(cors) => app.layer(cors),

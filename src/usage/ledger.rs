@@ -219,6 +219,11 @@ impl Ledger {
         out
     }
 
+    /// Session id -> title.
+    pub fn titles(&self) -> HashMap<String, String> {
+        self.sessions.iter().map(|(&id, s)| (self.name(id).to_string(), self.name(s.title).to_string())).collect()
+    }
+
     /// The messages of one session, oldest first (`None`: no such session).
     pub fn messages_of(&self, session: &str) -> Option<Vec<MessageRow>> {
         let &id = self.index.get(session)?;

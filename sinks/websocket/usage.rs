@@ -1,0 +1,119 @@
+//! The page's usage routes, answered from the sink's [`Ledger`] (every session and message it
+//! was fed, kept on disk by a `usage::Keeper` so it is whole again after a restart while the
+//! source resumes from its checkpoint), with the rules and JSON of `ocpipe stats --json`:
+//!
+//! - `GET /api/usage?range=today|week|month|all&by=all|model|project|agent|session|day`
+//!   (`&include_fork_copies=true` counts fork copies again): totals, fork copies, a group per key;
+//! - `GET /api/sessions?range=…`: sessions with title, directory, project, parent, first and last
+//!   message time and sums;
+//! - `GET /api/sessions/{id}/messages`: a session's messages.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Shared, envelope, failure};
+use crate::usage::{GroupBy, RangeName, Usage, Window};
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/usage", get(usage))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{id}/messages", get(messages))
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageQuery {
+    range: Option<String>,
+    by: Option<String>,
+    #[serde(default)]
+    include_fork_copies: bool,
+}
+
+fn range_of(q: Option<&str>) -> Result<RangeName, Response> {
+    match q.unwrap_or("all") {
+        "today" => Ok(RangeName::Today),
+        "week" => Ok(RangeName::Week),
+        "month" => Ok(RangeName::Month),
+        "all" => Ok(RangeName::All),
+        other => Err(failure(
+            StatusCode::BAD_REQUEST,
+            format!("range `{other}` is not one of today, week, month, all"),
+        )),
+    }
+}
+
+fn group_of(q: Option<&str>) -> Result<GroupBy, Response> {
+    match q.unwrap_or("all") {
+        "all" => Ok(GroupBy::All),
+        "model" => Ok(GroupBy::Model),
+        "project" => Ok(GroupBy::Project),
+        "agent" => Ok(GroupBy::Agent),
+        "session" => Ok(GroupBy::Session),
+        "day" => Ok(GroupBy::Day),
+        other => Err(failure(
+            StatusCode::BAD_REQUEST,
+            format!("by `{other}` is not one of all, model, project, agent, session, day"),
+        )),
+    }
+}
+
+/// A group as `ocpipe stats --json` lists it: its key beside its sums.
+fn group_json(key: &str, u: &Usage) -> Value {
+    let mut v = serde_json::to_value(u).unwrap_or_default();
+    v["key"] = key.into();
+    v
+}
+
+async fn usage(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -> Response {
+    let (range, by) = match (range_of(q.range.as_deref()), group_of(q.by.as_deref())) {
+        (Ok(r), Ok(b)) => (r, b),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let window = Window::resolve(range, None, None, chrono::Local::now());
+    let sum = shared.ledger.read().unwrap().sum(by, window, q.include_fork_copies);
+    let titles = (by == GroupBy::Session).then(|| shared.ledger.read().unwrap().titles());
+    let groups: Vec<Value> = sum
+        .rows
+        .iter()
+        .map(|(k, u)| {
+            let mut v = group_json(k, u);
+            if let Some(t) = &titles {
+                v["title"] = t.get(k).cloned().into();
+            }
+            v
+        })
+        .collect();
+    envelope(json!({
+        "range": window.name,
+        "group_by": by.name(),
+        "include_fork_copies": q.include_fork_copies,
+        "totals": sum.totals,
+        "fork_copies": sum.fork_copies,
+        "groups": groups,
+    }))
+    .into_response()
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -> Response {
+    let range = match range_of(q.range.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let window = Window::resolve(range, None, None, chrono::Local::now());
+    let list = shared.ledger.read().unwrap().sessions(window);
+    envelope(json!({ "range": window.name, "sessions": list })).into_response()
+}
+
+async fn messages(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match shared.ledger.read().unwrap().messages_of(&id) {
+        Some(list) => envelope(json!({ "sessionID": id, "messages": list })).into_response(),
+        None => failure(StatusCode::NOT_FOUND, format!("no session `{id}` has messages here")),
+    }
+}

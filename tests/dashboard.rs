@@ -1,0 +1,164 @@
+//! The main job's page as a user has it: `pipelines/monitor.toml` over a copy of the stored
+//! OpenCode 1.18.33 data (with a fork, and a title holding markup): `/api/usage` equals
+//! `ocpipe stats --json` for every range and grouping; a message committed while it runs is told
+//! over the WebSocket and counted within a second; after a restart the figures are back at once
+//! (not from zero, not twice); in headless Chromium the page shows those totals and the markup as
+//! text.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const MARKUP: &str = r#"<img src=x onerror="document.title='pwned'">"#;
+
+struct Dash {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Dash {
+    fn new() -> Dash {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data/opencode");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        std::fs::copy(root().join("fixtures/storage/v1.18.33-fork/opencode.db"), data.join("opencode.db")).unwrap();
+        let conn = rusqlite::Connection::open(data.join("opencode.db")).unwrap();
+        conn.execute("UPDATE session SET title = ?1 WHERE rowid = (SELECT min(rowid) FROM session)", [MARKUP]).unwrap();
+        Dash { dir, port: free_port() }
+    }
+
+    fn start(&self) -> Running {
+        let p = |s: &str| self.dir.path().join(s).display().to_string();
+        let env = [
+            ("XDG_DATA_HOME", p("data")),
+            ("HOME", p("home")),
+            ("OCPIPE_OUT", p("out")),
+            ("OCPIPE_DATA_DIR", p("state")),
+            ("OCPIPE_HTTP", format!("127.0.0.1:{}", self.port)),
+        ];
+        Running::start("pipelines/monitor.toml", &env)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data/opencode").display().to_string()
+    }
+
+    fn api(&self, path: &str) -> Option<Value> {
+        let body = http("GET", &format!("http://127.0.0.1:{}{path}", self.port), None)?;
+        (body["code"] == 0).then(|| body["data"].clone())
+    }
+
+    fn stats(&self, range: &str, by: &str) -> Value {
+        stats_json(&["--data-dir", &self.data(), "--range", range, "--by", by])
+    }
+
+    fn total_messages(&self) -> Option<i64> {
+        self.api("/api/usage?range=all&by=all")?["totals"]["messages"].as_i64()
+    }
+}
+
+fn same_as_stats(d: &Dash) {
+    for range in ["today", "week", "month", "all"] {
+        for by in ["model", "project", "agent", "session", "day"] {
+            let page = d.api(&format!("/api/usage?range={range}&by={by}")).expect("usage answers");
+            let stats = d.stats(range, by);
+            for k in ["totals", "fork_copies", "groups"] {
+                assert_eq!(page[k], stats[k], "{range} by {by}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_page_answers_usage_as_stats_live_and_after_a_restart() {
+    let d = Dash::new();
+    let want = d.stats("all", "model")["totals"]["messages"].as_i64().unwrap();
+    let run = d.start();
+    wait_for("the backfill on the page", Duration::from_secs(30), || (d.total_messages()? == want).then_some(()));
+    same_as_stats(&d);
+    let sessions = d.api("/api/sessions?range=all").unwrap();
+    let list = sessions["sessions"].as_array().unwrap();
+    assert!(list.iter().any(|s| s["title"] == MARKUP), "titles as stored: {sessions}");
+    let id = list[0]["id"].as_str().unwrap();
+    let msgs = d.api(&format!("/api/sessions/{id}/messages")).unwrap();
+    assert!(!msgs["messages"].as_array().unwrap().is_empty());
+    let bad = http("GET", &format!("http://127.0.0.1:{}/api/usage?range=year", d.port), None);
+    assert!(bad.is_none(), "an unknown range is a 400");
+
+    // Live: a message committed while the page is open is announced and counted within a second.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("ws://127.0.0.1:{}/ws", d.port);
+    let (mut ws, _) = rt.block_on(tokio_tungstenite::connect_async(&url)).expect("the WebSocket opens");
+    let db = d.dir.path().join("data/opencode/opencode.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let committed = Instant::now();
+    conn.execute_batch(
+        "INSERT INTO message (id, session_id, time_created, time_updated, data)
+           SELECT 'msg_live', session_id, time_created + 5, time_updated,
+                  json_set(data, '$.id', 'msg_live', '$.sessionID', session_id, '$.tokens.input', 4321,
+                           '$.time.created', time_created + 5)
+           FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;
+         INSERT INTO event (id, aggregate_id, seq, type, data)
+           SELECT 'evt_live', session_id, 9999, 'message.updated.1',
+                  json_object('sessionID', session_id, 'info', json(data))
+           FROM message WHERE id = 'msg_live';",
+    )
+    .unwrap();
+    let told = rt.block_on(async {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.to_text().is_ok_and(|t| t.contains("\"usage\"")) {
+                    return Some(committed.elapsed());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    });
+    let told = told.expect("the page is told usage changed");
+    assert!(told < Duration::from_secs(1), "told after {told:?}");
+    assert_eq!(d.total_messages(), Some(want + 1));
+    same_as_stats(&d);
+    run.stop();
+
+    // A restart: the figures are there at once (restored), counted once.
+    let again = d.start();
+    wait_for("the page after the restart", Duration::from_secs(30), || d.api("/api/usage?range=all&by=all"));
+    assert_eq!(d.total_messages(), Some(want + 1), "restored, not from zero and not twice");
+    same_as_stats(&d);
+
+    // The page in headless Chromium: the totals of `ocpipe stats`, markup shown as text.
+    if let Some(chromium) = require("chromium") {
+        let page = format!("http://127.0.0.1:{}/?range=all&lang=en", d.port);
+        let dom = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                &page,
+            ])
+            .output()
+            .unwrap();
+        let dom = text(&dom.stdout);
+        let totals = d.stats("all", "model")["totals"].clone();
+        for (attr, k) in [("input", "input"), ("output", "output"), ("total", "total"), ("messages", "messages")] {
+            let want = format!("data-{attr}=\"{}\"", totals[k]);
+            assert!(dom.contains(&want), "{want} on the page: {dom}");
+        }
+        assert!(dom.contains("&lt;img src=x onerror="), "the title shows as text: {dom}");
+        assert!(!dom.contains("<img") && !dom.contains("<title>pwned"), "markup never runs: {dom}");
+    }
+    again.stop();
+}
