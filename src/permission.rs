@@ -89,7 +89,10 @@ impl ServerAuth {
                 .map(str::to_string)
                 .or_else(|| env("OPENCODE_SERVER_USERNAME"))
                 .unwrap_or_else(|| "opencode".into()),
-            password: password.filter(|p| !p.is_empty()).map(str::to_string).or_else(|| env("OPENCODE_SERVER_PASSWORD")),
+            password: password
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .or_else(|| env("OPENCODE_SERVER_PASSWORD")),
         }
     }
 }

@@ -162,3 +162,75 @@ fn the_page_answers_usage_as_stats_live_and_after_a_restart() {
     }
     again.stop();
 }
+
+/// A bash call that needs permission, asked by a real `opencode serve` the main job found by
+/// itself: the page shows the request with its buttons, the answer it sends (same origin) goes
+/// to that server, and OpenCode carries on; another origin may not answer.
+#[test]
+fn a_permission_asked_by_a_real_opencode_serve_is_answered_from_the_page() {
+    let script = r#"[
+      {"tool": "bash", "arguments": {"command": "echo hi", "description": "Say hi"}, "usage": {"prompt": 3000, "completion": 20}},
+      {"text": "It printed hi.", "usage": {"prompt": 3100, "completion": 9}}
+    ]"#;
+    let Some(oc) = OpenCode::start(script) else { return };
+    oc.ask_before_bash();
+    let server = oc.serve(free_port());
+    let port = free_port();
+    let page = format!("http://127.0.0.1:{port}");
+    let mut env: Vec<(&str, String)> = vec![
+        ("OCPIPE_HTTP", format!("127.0.0.1:{port}")),
+        ("OCPIPE_OUT", oc.dir.path().join("out").display().to_string()),
+        ("OCPIPE_DATA_DIR", oc.dir.path().join("ocpipe-state").display().to_string()),
+    ];
+    let isolated = oc.env();
+    env.extend(isolated.iter().map(|(k, v)| (k.as_str(), v.display().to_string())));
+    let ocpipe = Running::start("pipelines/monitor.toml", &env);
+    wait_for("ocpipe to discover the server", Duration::from_secs(30), || {
+        ocpipe.log().contains(&format!("following {}", server.url)).then_some(())
+    });
+    let (session, permission) = start_bash_prompt(&server.url);
+    let id = permission["id"].as_str().unwrap().to_string();
+    let waiting = wait_for("the request on the page's API", Duration::from_secs(10), || {
+        let list = http("GET", &format!("{page}/api/permissions"), None)?;
+        list["data"].as_array()?.iter().find(|w| w["permissionID"] == id.as_str()).cloned()
+    });
+    assert_eq!((waiting["sessionID"].as_str(), waiting["tool"].as_str()), (Some(session.as_str()), Some("bash")));
+
+    if let Some(chromium) = require("chromium") {
+        let dom = Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            .args(["--virtual-time-budget=3000", "--dump-dom", &format!("{page}/?lang=en")])
+            .output()
+            .unwrap();
+        let dom = text(&dom.stdout);
+        assert!(dom.contains(&format!("data-permission=\"{id}\"")) && dom.contains("data-reply=\"once\""), "{dom}");
+    }
+
+    let reply = |origin: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                &format!("{page}/api/permissions/reply"),
+            ])
+            .args(["-H", "content-type: application/json", "-H", &format!("Origin: {origin}")])
+            .args(["-d", &serde_json::json!({"reply": "once", "permissionID": id}).to_string()])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    assert_eq!(reply("http://evil.example"), "403", "another origin may not answer");
+    assert_eq!(reply(&page), "200", "the page's own origin answers");
+    // OpenCode carries on: the bash call runs and the reply after it arrives.
+    wait_for("OpenCode to finish the session", Duration::from_secs(60), || {
+        let msgs = http("GET", &format!("{}/session/{session}/message", server.url), None)?;
+        msgs.to_string().contains("It printed hi.").then_some(())
+    });
+    assert!(http("GET", &format!("{page}/api/permissions"), None).unwrap()["data"].as_array().unwrap().is_empty());
+    ocpipe.stop();
+}

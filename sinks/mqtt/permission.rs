@@ -36,7 +36,9 @@ impl MqttSink {
         let (http, cx) = (self.http.clone(), self.cx.clone());
         tokio::spawn(async move {
             match answer(&http, &w, &reply, &auth).await {
-                Ok(()) => tracing::info!(component = &*cx.id, "permission {} answered `{reply}` ({})", w.id, w.instance),
+                Ok(()) => {
+                    tracing::info!(component = &*cx.id, "permission {} answered `{reply}` ({})", w.id, w.instance)
+                }
                 Err(e) => cx.error(format_args!("{e}")),
             }
         });

@@ -42,10 +42,9 @@ fn range_of(q: Option<&str>) -> Result<RangeName, Response> {
         "week" => Ok(RangeName::Week),
         "month" => Ok(RangeName::Month),
         "all" => Ok(RangeName::All),
-        other => Err(failure(
-            StatusCode::BAD_REQUEST,
-            format!("range `{other}` is not one of today, week, month, all"),
-        )),
+        other => {
+            Err(failure(StatusCode::BAD_REQUEST, format!("range `{other}` is not one of today, week, month, all")))
+        }
     }
 }
 
