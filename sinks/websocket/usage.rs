@@ -36,19 +36,17 @@ struct UsageQuery {
     include_fork_copies: bool,
 }
 
-fn range_of(q: Option<&str>) -> Result<RangeName, Response> {
+fn range_of(q: Option<&str>) -> Result<RangeName, String> {
     match q.unwrap_or("all") {
         "today" => Ok(RangeName::Today),
         "week" => Ok(RangeName::Week),
         "month" => Ok(RangeName::Month),
         "all" => Ok(RangeName::All),
-        other => {
-            Err(failure(StatusCode::BAD_REQUEST, format!("range `{other}` is not one of today, week, month, all")))
-        }
+        other => Err(format!("range `{other}` is not one of today, week, month, all")),
     }
 }
 
-fn group_of(q: Option<&str>) -> Result<GroupBy, Response> {
+fn group_of(q: Option<&str>) -> Result<GroupBy, String> {
     match q.unwrap_or("all") {
         "all" => Ok(GroupBy::All),
         "model" => Ok(GroupBy::Model),
@@ -56,10 +54,7 @@ fn group_of(q: Option<&str>) -> Result<GroupBy, Response> {
         "agent" => Ok(GroupBy::Agent),
         "session" => Ok(GroupBy::Session),
         "day" => Ok(GroupBy::Day),
-        other => Err(failure(
-            StatusCode::BAD_REQUEST,
-            format!("by `{other}` is not one of all, model, project, agent, session, day"),
-        )),
+        other => Err(format!("by `{other}` is not one of all, model, project, agent, session, day")),
     }
 }
 
@@ -73,7 +68,7 @@ fn group_json(key: &str, u: &Usage) -> Value {
 async fn usage(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -> Response {
     let (range, by) = match (range_of(q.range.as_deref()), group_of(q.by.as_deref())) {
         (Ok(r), Ok(b)) => (r, b),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return failure(StatusCode::BAD_REQUEST, e),
     };
     let window = Window::resolve(range, None, None, chrono::Local::now());
     let sum = shared.ledger.read().unwrap().sum(by, window, q.include_fork_copies);
@@ -103,7 +98,7 @@ async fn usage(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -
 async fn sessions(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -> Response {
     let range = match range_of(q.range.as_deref()) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, e),
     };
     let window = Window::resolve(range, None, None, chrono::Local::now());
     let list = shared.ledger.read().unwrap().sessions(window);
