@@ -138,20 +138,31 @@ fn the_page_answers_usage_as_stats_live_and_after_a_restart() {
     // The page in headless Chromium: the totals of `ocpipe stats`, markup shown as text.
     if let Some(chromium) = require("chromium") {
         let page = format!("http://127.0.0.1:{}/?range=all&lang=en", d.port);
+        let headless =
+            ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"];
         let dom = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                &page,
-            ])
+            .args(headless)
+            .args(["--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom", &page])
             .output()
             .unwrap();
+        let console = text(&dom.stderr);
+        assert!(!console.contains("Uncaught"), "a script error on the page: {console}");
         let dom = text(&dom.stdout);
+        // Screenshots at desktop and phone widths, kept as test artifacts (not committed).
+        let artifacts = root().join("target/test-artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        for (name, size) in [("dashboard-desktop.png", "1280,800"), ("dashboard-phone.png", "390,844")] {
+            let shot = artifacts.join(name);
+            let _ = std::fs::remove_file(&shot);
+            Command::new(&chromium)
+                .args(headless)
+                .args(["--virtual-time-budget=5000", &format!("--window-size={size}")])
+                .arg(format!("--screenshot={}", shot.display()))
+                .arg(&page)
+                .output()
+                .unwrap();
+            assert!(shot.metadata().is_ok_and(|m| m.len() > 10_000), "{name} taken");
+        }
         let totals = d.stats("all", "model")["totals"].clone();
         for (attr, k) in [("input", "input"), ("output", "output"), ("total", "total"), ("messages", "messages")] {
             let want = format!("data-{attr}=\"{}\"", totals[k]);
