@@ -99,8 +99,12 @@ impl ServerAuth {
 
 /// Sends `reply` (once, always or reject) to the instance that asked `w`.
 pub async fn answer(http: &reqwest::Client, w: &Waiting, reply: &str, auth: &ServerAuth) -> Result<(), String> {
-    let url = format!("{}/permission/{}/reply", w.instance.trim_end_matches('/'), w.id);
-    let mut req = http.post(&url).json(&json!({ "reply": reply })).timeout(Duration::from_secs(10));
+    let mut url = url::Url::parse(&w.instance).map_err(|e| format!("instance `{}`: {e}", w.instance))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("instance `{}` cannot take a path", w.instance))?
+        .pop_if_empty()
+        .extend(["permission", w.id.as_str(), "reply"]);
+    let mut req = http.post(url.clone()).json(&json!({ "reply": reply })).timeout(Duration::from_secs(10));
     if let Some(pw) = &auth.password {
         req = req.basic_auth(&auth.username, Some(pw));
     }

@@ -4,8 +4,8 @@
 //!
 //! - `GET /api/usage?range=today|week|month|all&by=all|model|project|agent|session|day`
 //!   (`&include_fork_copies=true` counts fork copies again): totals, fork copies, a group per key;
-//! - `GET /api/sessions?range=…`: sessions with title, directory, project, parent, first and last
-//!   message time and sums;
+//! - `GET /api/sessions?range=…[&limit=N]`: sessions (the N largest) with title, directory,
+//!   project, parent, first and last message time and sums;
 //! - `GET /api/sessions/{id}/messages`: a session's messages.
 
 use std::sync::Arc;
@@ -34,6 +34,8 @@ struct UsageQuery {
     by: Option<String>,
     #[serde(default)]
     include_fork_copies: bool,
+    /// Sessions: at most this many, the largest (default: all).
+    limit: Option<usize>,
 }
 
 fn range_of(q: Option<&str>) -> Result<RangeName, String> {
@@ -71,8 +73,17 @@ async fn usage(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>) -
         (Err(e), _) | (_, Err(e)) => return failure(StatusCode::BAD_REQUEST, e),
     };
     let window = Window::resolve(range, None, None, chrono::Local::now());
-    let sum = shared.ledger.read().unwrap().sum(by, window, q.include_fork_copies);
-    let titles = (by == GroupBy::Session).then(|| shared.ledger.read().unwrap().titles());
+    let include = q.include_fork_copies;
+    // A million messages take a while: summed off the async workers.
+    let summed = tokio::task::spawn_blocking(move || {
+        let ledger = shared.ledger.read().unwrap();
+        let titles = (by == GroupBy::Session).then(|| ledger.titles());
+        (ledger.sum(by, window, include), titles)
+    })
+    .await;
+    let Ok((sum, titles)) = summed else {
+        return failure(StatusCode::INTERNAL_SERVER_ERROR, "summing usage failed");
+    };
     let groups: Vec<Value> = sum
         .rows
         .iter()
@@ -101,12 +112,18 @@ async fn sessions(State(shared): State<Arc<Shared>>, Query(q): Query<UsageQuery>
         Err(e) => return failure(StatusCode::BAD_REQUEST, e),
     };
     let window = Window::resolve(range, None, None, chrono::Local::now());
-    let list = shared.ledger.read().unwrap().sessions(window);
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let Ok(list) = tokio::task::spawn_blocking(move || shared.ledger.read().unwrap().sessions(window, limit)).await
+    else {
+        return failure(StatusCode::INTERNAL_SERVER_ERROR, "listing sessions failed");
+    };
     envelope(json!({ "range": window.name, "sessions": list })).into_response()
 }
 
 async fn messages(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    match shared.ledger.read().unwrap().messages_of(&id) {
+    let key = id.clone();
+    let found = tokio::task::spawn_blocking(move || shared.ledger.read().unwrap().messages_of(&key)).await;
+    match found.ok().flatten() {
         Some(list) => envelope(json!({ "sessionID": id, "messages": list })).into_response(),
         None => failure(StatusCode::NOT_FOUND, format!("no session `{id}` has messages here")),
     }

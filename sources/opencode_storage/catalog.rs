@@ -408,9 +408,9 @@ impl Catalog {
                 GroupBy::Project => u64::from(project_of.get(&m.session).copied().unwrap_or(u32::MAX)),
                 GroupBy::Model => (u64::from(m.provider) << 32) | u64::from(m.model),
                 GroupBy::Agent => u64::from(m.agent),
-                // Local days, looked up once per UTC hour (an hour never straddles a local
-                // midnight in whole-hour time zones).
-                GroupBy::Day => *day_of_hour.entry(m.created.div_euclid(3_600_000)).or_insert_with(|| {
+                // Local days, looked up once per quarter hour (every time zone's offset is a
+                // multiple of one, so a quarter never straddles a local midnight).
+                GroupBy::Day => *day_of_hour.entry(m.created.div_euclid(900_000)).or_insert_with(|| {
                     chrono::Local
                         .timestamp_millis_opt(m.created)
                         .earliest()

@@ -544,7 +544,7 @@ mod tests {
         assert!(err.contains("p.toml:13:18 (transforms.st.inputs[1])"), "{err}");
         assert!(err.contains("read from one that gives live: `sse`"), "{err}");
         assert!(
-            err.contains("sink `page` (websocket) takes process, status, but `traces` (trace_jsonl) gives trace"),
+            err.contains("sink `page` (websocket) takes session, message, rollup, process, status, but `traces` (trace_jsonl) gives trace"),
             "{err}"
         );
         assert!(err.contains("p.toml:16:17 (sinks.page.inputs[1])"), "{err}");

@@ -121,3 +121,11 @@ impl Keeper {
         }
     }
 }
+
+impl Drop for Keeper {
+    /// Ending with records not written (an error, a cancelled run): their events are not
+    /// delivered, so the source reads them again.
+    fn drop(&mut self) {
+        self.held.iter().for_each(Finalizer::fail);
+    }
+}

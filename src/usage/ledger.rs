@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use chrono::TimeZone;
+use chrono::{Datelike, TimeZone};
 use serde::Serialize;
 
 use crate::event::{MessageInfo, SessionInfo, Tokens};
@@ -122,10 +122,17 @@ impl Ledger {
     }
 
     pub fn message(&mut self, m: &MessageInfo) {
+        // Named as `ocpipe stats` names them (an empty name is unknown).
+        let model = match (m.provider_id.as_deref().unwrap_or(""), m.model_id.as_deref().unwrap_or("")) {
+            ("", "") => "unknown".to_string(),
+            ("", model) => model.to_string(),
+            (provider, model) => format!("{provider}/{model}"),
+        };
+        let known = |s: &str| if s.is_empty() { "unknown" } else { s }.to_string();
         let entry = Entry {
-            session: self.id(&m.session_id),
-            model: self.id(&m.model_key()),
-            agent: self.id(m.agent.as_deref().unwrap_or("unknown")),
+            session: self.id(&known(&m.session_id)),
+            model: self.id(&model),
+            agent: self.id(&known(m.agent.as_deref().unwrap_or(""))),
             created: m.time_created,
             tokens: m.tokens.packed(),
             cost: m.cost,
@@ -156,7 +163,10 @@ impl Ledger {
                 self.usage
             }
         }
-        let mut groups: HashMap<String, Acc> = HashMap::new();
+        // Keys as numbers (names once per group at the end); local days looked up once per
+        // quarter hour (every time zone's offset is a multiple of one).
+        let mut groups: HashMap<u64, Acc> = HashMap::new();
+        let mut day_of_quarter: HashMap<i64, u64> = HashMap::new();
         let (mut totals, mut forks) = (Acc::default(), Acc::default());
         for e in self.messages.values().filter(|e| window.contains(e.created)) {
             if e.fork_copy && !include_fork_copies {
@@ -165,18 +175,31 @@ impl Ledger {
             }
             totals.add(e);
             let key = match by {
-                GroupBy::All => "all".to_string(),
-                GroupBy::Session => self.name(e.session).to_string(),
-                GroupBy::Project => self.project_of(e.session).to_string(),
-                GroupBy::Model => self.name(e.model).to_string(),
-                GroupBy::Agent => self.name(e.agent).to_string(),
-                GroupBy::Day => chrono::Local
-                    .timestamp_millis_opt(e.created)
-                    .earliest()
-                    .map_or("unknown".into(), |t| t.date_naive().to_string()),
+                GroupBy::All => 0,
+                GroupBy::Session => u64::from(e.session),
+                GroupBy::Project => self.sessions.get(&e.session).map_or(u64::MAX, |s| u64::from(s.project)),
+                GroupBy::Model => u64::from(e.model),
+                GroupBy::Agent => u64::from(e.agent),
+                GroupBy::Day => *day_of_quarter.entry(e.created.div_euclid(900_000)).or_insert_with(|| {
+                    chrono::Local
+                        .timestamp_millis_opt(e.created)
+                        .earliest()
+                        .map_or(u64::MAX, |t| t.date_naive().num_days_from_ce() as u64)
+                }),
             };
             groups.entry(key).or_default().add(e);
         }
+        let name = |k: u64| -> String {
+            match by {
+                GroupBy::All => "all".into(),
+                GroupBy::Day => {
+                    chrono::NaiveDate::from_num_days_from_ce_opt(k as i32).map_or("unknown".into(), |d| d.to_string())
+                }
+                GroupBy::Project if k == u64::MAX => "(unknown)".into(),
+                _ => self.name(k as u32).to_string(),
+            }
+        };
+        let groups: Vec<(String, Acc)> = groups.into_iter().map(|(k, a)| (name(k), a)).collect();
         let mut rows: Vec<(String, Usage)> = groups.into_iter().map(|(k, a)| (k, a.finish())).collect();
         if by == GroupBy::Day {
             rows.sort_by(|a, b| b.0.cmp(&a.0));
@@ -186,9 +209,9 @@ impl Ledger {
         Summary { rows, totals: totals.finish(), fork_copies: forks.finish() }
     }
 
-    /// Every session with messages in `window` (fork copies left out of the sums), largest
-    /// first.
-    pub fn sessions(&self, window: Window) -> Vec<SessionSummary> {
+    /// The sessions with messages in `window` (fork copies left out of the sums), largest
+    /// first, at most `limit`.
+    pub fn sessions(&self, window: Window, limit: usize) -> Vec<SessionSummary> {
         let mut by: HashMap<u32, (Usage, i64, i64)> = HashMap::new();
         for e in self.messages.values().filter(|e| window.contains(e.created) && !e.fork_copy) {
             let (u, first, last) = by.entry(e.session).or_insert((Usage::default(), i64::MAX, i64::MIN));
@@ -196,7 +219,10 @@ impl Ledger {
             u.sessions = 1;
             (*first, *last) = ((*first).min(e.created), (*last).max(e.created));
         }
-        let mut out: Vec<SessionSummary> = by
+        let mut top: Vec<(u32, (Usage, i64, i64))> = by.into_iter().collect();
+        top.sort_by(|a, b| b.1.0.total.cmp(&a.1.0.total).then_with(|| self.name(a.0).cmp(self.name(b.0))));
+        top.truncate(limit);
+        let mut out: Vec<SessionSummary> = top
             .into_iter()
             .map(|(id, (usage, first, last))| {
                 let s = self.sessions.get(&id);
