@@ -7,9 +7,10 @@ Generates (once, cached) a realistic opencode.db (benches/gen_opencode_db.py), r
 `ocpipe run pipelines/monitor.toml` over it until the page's usage equals `ocpipe stats`
 (the backfill), then times what a first visit asks for — `/` and the requests its script makes
 (`/api/usage?…&by=day`, `…&by=model`, `/api/sessions`, `/api/status`, `/api/processes`,
-push targets), for the week and for all — and a headless Chromium loading the page until its
-script has drawn the totals, beside Chromium loading `/api/health` (the browser's own start, the
-baseline). Prints medians, the page's cost over the baseline, and the pipeline's RSS.
+push targets), for the week and for all — and the page in headless Chromium: when its script
+has drawn the usage (`data-first-draw-ms`, from the navigation's start), and the whole run
+beside Chromium loading `/api/health` (the browser's own start, the baseline). Prints medians and
+the pipeline's RSS.
 Needs python3, sqlite3 and chromium.
 """
 import argparse
@@ -97,7 +98,7 @@ def main():
         results = {}
         for rng in ("week", "all"):
             paths = ["/", f"/api/usage?range={rng}&by=day", f"/api/usage?range={rng}&by=model",
-                     f"/api/sessions?range={rng}", "/api/status", "/api/processes", "/api/mqtt", "/api/ble"]
+                     f"/api/sessions?range={rng}&limit=500", "/api/status", "/api/processes", "/api/mqtt", "/api/ble"]
             for p in paths[1:4]:
                 results[f"{p}"] = median_time(lambda: get(base + p), args.runs)
             results[f"all requests of a first visit ({rng})"] = median_time(lambda: [get(base + p) for p in paths], args.runs)
@@ -107,15 +108,21 @@ def main():
         if chromium:
             flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                      "--no-first-run", "--virtual-time-budget=2000", "--dump-dom"]
-            def load(url, needle):
+            def load(url):
                 out = subprocess.run(flags + [url], capture_output=True, text=True).stdout
-                assert needle in out, f"{needle} not in the page"
-            baseline = median_time(lambda: load(base + "/api/health", "ok"), args.runs)
+                return out
+            def first_draw(url):
+                dom = load(url)
+                assert 'data-first-draw-ms="' in dom, "the page drew no usage"
+                return int(dom.split('data-first-draw-ms="')[1].split('"')[0]) / 1000
+            baseline = median_time(lambda: load(base + "/api/health"), args.runs)
             for rng in ("week", "all"):
-                page = median_time(lambda: load(base + f"/?range={rng}&lang=en", 'data-total="'), args.runs)
-                print(f"Chromium first load, {rng:5}: {page:.3f} s; baseline (the browser on /api/health) "
-                      f"{baseline:.3f} s; the page's own cost {page - baseline:.3f} s (target <= 1 s: "
-                      f"{'met' if page - baseline <= 1 else 'NOT met'}), {page / baseline:.2f}x the baseline")
+                url = base + f"/?range={rng}&lang=en"
+                whole = median_time(lambda: load(url), args.runs)
+                drawn = statistics.median(first_draw(url) for _ in range(args.runs))
+                print(f"page, {rng:5}: usage drawn {drawn:.3f} s after navigation start (target <= 1 s: "
+                      f"{'met' if drawn <= 1 else 'NOT met'}); Chromium start to end {whole:.3f} s beside "
+                      f"{baseline:.3f} s for /api/health (the browser's own start), {whole / baseline:.2f}x")
     finally:
         if proc:
             proc.terminate()

@@ -245,3 +245,80 @@ fn a_permission_asked_by_a_real_opencode_serve_is_answered_from_the_page() {
     assert!(http("GET", &format!("{page}/api/permissions"), None).unwrap()["data"].as_array().unwrap().is_empty());
     ocpipe.stop();
 }
+
+/// The page in a running headless Chromium (driven over the DevTools protocol): a message
+/// committed while it is open changes the total it shows within a second, without a reload.
+#[test]
+fn the_open_page_shows_a_new_message_within_a_second_without_a_reload() {
+    let Some(chromium) = require("chromium") else { return };
+    let d = Dash::new();
+    let want = d.stats("all", "model")["totals"]["total"].as_i64().unwrap();
+    let run = d.start();
+    wait_for("the backfill on the page", Duration::from_secs(30), || {
+        (d.api("/api/usage?range=all&by=all")?["totals"]["total"].as_i64()? == want).then_some(())
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        .arg("--remote-debugging-port=0")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://127.0.0.1:{}/?range=all&lang=en", d.port))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
+    let stderr = browser.stderr.take().unwrap();
+    let devtools = {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split("DevTools listening on ").nth(1).map(str::to_string))
+            .expect("Chromium says where DevTools listen")
+    };
+    let http_base = devtools.replace("ws://", "http://");
+    let http_base = &http_base[..http_base.find("/devtools").unwrap()];
+    let page_ws = wait_for("the page target", Duration::from_secs(10), || {
+        let list = http("GET", &format!("{http_base}/json/list"), None)?;
+        list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(str::to_string)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let shown = |rt: &tokio::runtime::Runtime| -> Option<i64> {
+        rt.block_on(async {
+            use futures::{SinkExt, StreamExt};
+            let (mut ws, _) = tokio_tungstenite::connect_async(page_ws.as_str()).await.ok()?;
+            let ask = serde_json::json!({"id": 1, "method": "Runtime.evaluate",
+                "params": {"expression": "document.getElementById('totals')?.dataset.total ?? ''", "returnByValue": true}});
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(ask.to_string().into())).await.ok()?;
+            while let Some(Ok(m)) = ws.next().await {
+                let v: Value = serde_json::from_str(m.to_text().ok()?).ok()?;
+                if v["id"] == 1 {
+                    return v["result"]["result"]["value"].as_str()?.parse().ok();
+                }
+            }
+            None
+        })
+    };
+    wait_for("the page to show the total", Duration::from_secs(20), || (shown(&rt)? == want).then_some(()));
+    let conn = rusqlite::Connection::open(d.dir.path().join("data/opencode/opencode.db")).unwrap();
+    conn.execute_batch(
+        "INSERT INTO message (id, session_id, time_created, time_updated, data)
+           SELECT 'msg_seen', session_id, time_created + 7, time_updated,
+                  json_set(data, '$.id', 'msg_seen', '$.sessionID', session_id, '$.tokens.input', 1000,
+                           '$.time.created', time_created + 7)
+           FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;
+         INSERT INTO event (id, aggregate_id, seq, type, data)
+           SELECT 'evt_seen', session_id, 9998, 'message.updated.1', json_object('sessionID', session_id, 'info', json(data))
+           FROM message WHERE id = 'msg_seen';",
+    )
+    .unwrap();
+    let committed = Instant::now();
+    let grown = d.stats("all", "model")["totals"]["total"].as_i64().unwrap();
+    assert!(grown > want);
+    wait_for("the page to show the new total", Duration::from_secs(5), || (shown(&rt)? == grown).then_some(()));
+    let took = committed.elapsed();
+    assert!(took < Duration::from_secs(1), "the open page showed it after {took:?}");
+    let _ = browser.kill();
+    let _ = browser.wait();
+    run.stop();
+}
