@@ -13,6 +13,73 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
+/// A headless Chromium showing one page, driven over the DevTools protocol.
+struct Browser {
+    child: std::process::Child,
+    page_ws: String,
+    rt: tokio::runtime::Runtime,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(chromium: &std::path::Path, url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            .arg("--remote-debugging-port=0")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = l.split("DevTools listening on ").nth(1) {
+                    let _ = tx.send(at.to_string());
+                }
+            }
+        });
+        let devtools = rx.recv_timeout(Duration::from_secs(20)).expect("Chromium says where DevTools listen");
+        let base = devtools.replace("ws://", "http://");
+        let base = base[..base.find("/devtools").unwrap()].to_string();
+        let page_ws = wait_for("the page target", Duration::from_secs(10), || {
+            let list = http("GET", &format!("{base}/json/list"), None)?;
+            list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(str::to_string)
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Browser { child, page_ws, rt, _profile: profile }
+    }
+
+    /// The value of a JavaScript expression on the page.
+    fn eval(&self, expression: &str) -> Option<Value> {
+        self.rt.block_on(async {
+            use futures::{SinkExt, StreamExt};
+            let (mut ws, _) = tokio_tungstenite::connect_async(self.page_ws.as_str()).await.ok()?;
+            let ask = serde_json::json!({"id": 1, "method": "Runtime.evaluate",
+                "params": {"expression": expression, "returnByValue": true, "awaitPromise": true}});
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(ask.to_string().into())).await.ok()?;
+            while let Some(Ok(m)) = ws.next().await {
+                let v: Value = serde_json::from_str(m.to_text().ok()?).ok()?;
+                if v["id"] == 1 {
+                    return Some(v["result"]["result"]["value"].clone());
+                }
+            }
+            None
+        })
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 const MARKUP: &str = r#"<img src=x onerror="document.title='pwned'">"#;
 
 struct Dash {
@@ -28,8 +95,32 @@ impl Dash {
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         std::fs::copy(root().join("fixtures/storage/v1.18.33-fork/opencode.db"), data.join("opencode.db")).unwrap();
         let conn = rusqlite::Connection::open(data.join("opencode.db")).unwrap();
+        // Markup in every name the page shows: a title, a directory, a model, an agent.
         conn.execute("UPDATE session SET title = ?1 WHERE rowid = (SELECT min(rowid) FROM session)", [MARKUP]).unwrap();
+        conn.execute("UPDATE session SET directory = ?1 WHERE rowid = (SELECT max(rowid) FROM session)", [MARKUP])
+            .unwrap();
+        conn.execute(
+            "UPDATE message SET data = json_set(data, '$.modelID', ?1, '$.agent', ?1)
+             WHERE rowid = (SELECT max(rowid) FROM message WHERE json_extract(data, '$.role') = 'assistant')",
+            [MARKUP],
+        )
+        .unwrap();
         Dash { dir, port: free_port() }
+    }
+
+    /// Over a generated history of the last 90 days (so every range has something).
+    fn generated() -> Dash {
+        let d = Dash::new();
+        let db = d.dir.path().join("data/opencode/opencode.db");
+        std::fs::remove_file(&db).unwrap();
+        let made = Command::new("python3")
+            .arg(root().join("benches/gen_opencode_db.py"))
+            .arg(&db)
+            .args(["3000", "11"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        d
     }
 
     fn start(&self) -> Running {
@@ -62,16 +153,64 @@ impl Dash {
     }
 }
 
+/// Equal, costs to the last few bits (sums of floats in another order).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-9 * x.abs().max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 fn same_as_stats(d: &Dash) {
     for range in ["today", "week", "month", "all"] {
         for by in ["model", "project", "agent", "session", "day"] {
             let page = d.api(&format!("/api/usage?range={range}&by={by}")).expect("usage answers");
             let stats = d.stats(range, by);
             for k in ["totals", "fork_copies", "groups"] {
-                assert_eq!(page[k], stats[k], "{range} by {by}: {k}");
+                assert!(same(&page[k], &stats[k]), "{range} by {by}: {k}:\n{}\n{}", page[k], stats[k]);
             }
         }
     }
+}
+
+/// The page of every range over a generated 90-day history: its totals and model rows are
+/// `ocpipe stats`'s, as its API's are for every grouping.
+#[test]
+fn every_range_on_the_page_equals_stats_over_a_generated_history() {
+    let Some(_) = require("python3") else { return };
+    let d = Dash::generated();
+    let want = d.stats("all", "model")["totals"]["messages"].as_i64().unwrap();
+    let run = d.start();
+    wait_for("the backfill on the page", Duration::from_secs(60), || (d.total_messages()? == want).then_some(()));
+    same_as_stats(&d);
+    let Some(chromium) = require("chromium") else { return };
+    for range in ["today", "week", "month", "all"] {
+        let stats = d.stats(range, "model");
+        let page = format!("http://127.0.0.1:{}/?range={range}&lang=en", d.port);
+        let dom = Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            .args(["--virtual-time-budget=5000", "--dump-dom", &page])
+            .output()
+            .unwrap();
+        let dom = text(&dom.stdout);
+        assert!(dom.contains(&format!("data-range=\"{range}\"")), "{range}: {dom}");
+        for k in ["input", "output", "total", "messages", "sessions"] {
+            let want = format!("data-{k}=\"{}\"", stats["totals"][k]);
+            assert!(dom.contains(&want), "{range}: {want} on the page");
+        }
+        for g in stats["groups"].as_array().unwrap() {
+            let row = format!("data-key=\"{}\" data-total=\"{}\"", g["key"].as_str().unwrap(), g["total"]);
+            assert!(dom.contains(&row), "{range}: {row} on the page");
+        }
+    }
+    run.stop();
 }
 
 #[test]
@@ -168,7 +307,8 @@ fn the_page_answers_usage_as_stats_live_and_after_a_restart() {
             let want = format!("data-{attr}=\"{}\"", totals[k]);
             assert!(dom.contains(&want), "{want} on the page: {dom}");
         }
-        assert!(dom.contains("&lt;img src=x onerror="), "the title shows as text: {dom}");
+        // The title, the directory and the model name show as text, and never run.
+        assert!(dom.matches("&lt;img src=x onerror=").count() >= 3, "names show as text: {dom}");
         assert!(!dom.contains("<img") && !dom.contains("<title>pwned"), "markup never runs: {dom}");
     }
     again.stop();
@@ -207,16 +347,6 @@ fn a_permission_asked_by_a_real_opencode_serve_is_answered_from_the_page() {
     });
     assert_eq!((waiting["sessionID"].as_str(), waiting["tool"].as_str()), (Some(session.as_str()), Some("bash")));
 
-    if let Some(chromium) = require("chromium") {
-        let dom = Command::new(&chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-            .args(["--virtual-time-budget=3000", "--dump-dom", &format!("{page}/?lang=en")])
-            .output()
-            .unwrap();
-        let dom = text(&dom.stdout);
-        assert!(dom.contains(&format!("data-permission=\"{id}\"")) && dom.contains("data-reply=\"once\""), "{dom}");
-    }
-
     let reply = |origin: &str| {
         let out = Command::new("curl")
             .args([
@@ -236,7 +366,22 @@ fn a_permission_asked_by_a_real_opencode_serve_is_answered_from_the_page() {
         text(&out.stdout)
     };
     assert_eq!(reply("http://evil.example"), "403", "another origin may not answer");
-    assert_eq!(reply(&page), "200", "the page's own origin answers");
+    // The page shows the request; its "Allow once" button answers it.
+    if let Some(chromium) = require("chromium") {
+        let browser = Browser::open(&chromium, &format!("{page}/?lang=en"));
+        let button = format!("document.querySelector('[data-permission=\"{id}\"] [data-reply=once]')");
+        wait_for("the request's buttons on the page", Duration::from_secs(10), || {
+            browser.eval(&format!("!!{button}"))?.as_bool()?.then_some(())
+        });
+        browser.eval(&format!("{button}.click()"));
+        let answered = wait_for("the page to say it was answered", Duration::from_secs(10), || {
+            let v = browser.eval("document.body.dataset.lastAnswer ?? ''")?;
+            v.as_str().filter(|a| !a.is_empty()).map(str::to_string)
+        });
+        assert_eq!(answered, format!("{id}:once"));
+    } else {
+        assert_eq!(reply(&page), "200", "the page's own origin answers");
+    }
     // OpenCode carries on: the bash call runs and the reply after it arrives.
     wait_for("OpenCode to finish the session", Duration::from_secs(60), || {
         let msgs = http("GET", &format!("{}/session/{session}/message", server.url), None)?;
@@ -257,49 +402,10 @@ fn the_open_page_shows_a_new_message_within_a_second_without_a_reload() {
     wait_for("the backfill on the page", Duration::from_secs(30), || {
         (d.api("/api/usage?range=all&by=all")?["totals"]["total"].as_i64()? == want).then_some(())
     });
-    let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new(&chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        .arg("--remote-debugging-port=0")
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://127.0.0.1:{}/?range=all&lang=en", d.port))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
-    let stderr = browser.stderr.take().unwrap();
-    let devtools = {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split("DevTools listening on ").nth(1).map(str::to_string))
-            .expect("Chromium says where DevTools listen")
-    };
-    let http_base = devtools.replace("ws://", "http://");
-    let http_base = &http_base[..http_base.find("/devtools").unwrap()];
-    let page_ws = wait_for("the page target", Duration::from_secs(10), || {
-        let list = http("GET", &format!("{http_base}/json/list"), None)?;
-        list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(str::to_string)
-    });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let shown = |rt: &tokio::runtime::Runtime| -> Option<i64> {
-        rt.block_on(async {
-            use futures::{SinkExt, StreamExt};
-            let (mut ws, _) = tokio_tungstenite::connect_async(page_ws.as_str()).await.ok()?;
-            let ask = serde_json::json!({"id": 1, "method": "Runtime.evaluate",
-                "params": {"expression": "document.getElementById('totals')?.dataset.total ?? ''", "returnByValue": true}});
-            ws.send(tokio_tungstenite::tungstenite::Message::Text(ask.to_string().into())).await.ok()?;
-            while let Some(Ok(m)) = ws.next().await {
-                let v: Value = serde_json::from_str(m.to_text().ok()?).ok()?;
-                if v["id"] == 1 {
-                    return v["result"]["result"]["value"].as_str()?.parse().ok();
-                }
-            }
-            None
-        })
-    };
-    wait_for("the page to show the total", Duration::from_secs(20), || (shown(&rt)? == want).then_some(()));
+    let browser = Browser::open(&chromium, &format!("http://127.0.0.1:{}/?range=all&lang=en", d.port));
+    let shown =
+        || browser.eval("document.getElementById('totals')?.dataset.total ?? ''")?.as_str()?.parse::<i64>().ok();
+    wait_for("the page to show the total", Duration::from_secs(20), || (shown()? == want).then_some(()));
     let conn = rusqlite::Connection::open(d.dir.path().join("data/opencode/opencode.db")).unwrap();
     conn.execute_batch(
         "INSERT INTO message (id, session_id, time_created, time_updated, data)
@@ -315,10 +421,9 @@ fn the_open_page_shows_a_new_message_within_a_second_without_a_reload() {
     let committed = Instant::now();
     let grown = d.stats("all", "model")["totals"]["total"].as_i64().unwrap();
     assert!(grown > want);
-    wait_for("the page to show the new total", Duration::from_secs(5), || (shown(&rt)? == grown).then_some(()));
+    wait_for("the page to show the new total", Duration::from_secs(5), || (shown()? == grown).then_some(()));
     let took = committed.elapsed();
     assert!(took < Duration::from_secs(1), "the open page showed it after {took:?}");
-    let _ = browser.kill();
-    let _ = browser.wait();
+    drop(browser);
     run.stop();
 }

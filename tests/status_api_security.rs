@@ -270,7 +270,7 @@ fn listening_beyond_loopback_without_a_token_is_warned_about() {
         Running::start(p.to_str().unwrap(), &[("OCPIPE_DATA_DIR", dir.path().join("state").display().to_string())]);
     let said = wait_for("the start", std::time::Duration::from_secs(10), || {
         let log = run.log();
-        log.contains("status page at").then_some(log)
+        log.contains("page at http://").then_some(log)
     });
     run.stop();
     assert!(said.contains("without a token"), "{said}");
