@@ -202,6 +202,15 @@ impl Sink for WebsocketSink {
                 .await?;
             if !ledger.is_empty() {
                 tracing::info!(component = &*cx.id, messages = ledger.len(), "usage restored");
+            } else {
+                // Sources resume after what they sent before: a page new to a pipeline that ran
+                // already sees only what comes from now on.
+                tracing::info!(
+                    component = &*cx.id,
+                    "the page's usage is empty and fills from what the storage source sends; if this pipeline \
+                     read OpenCode's history before (an upgrade), stop it and remove the storage source's folder \
+                     in the data dir so the history is read again"
+                );
             }
             *shared.ledger.write().unwrap() = ledger;
             let listener = tokio::net::TcpListener::from_std(listener)?;
