@@ -25,15 +25,30 @@ struct SessionRow {
 /// One message's part in the sums: 48 bytes whatever its strings.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    session: u32,
-    /// `provider/model`, as [`MessageInfo::model_key`].
-    model: u32,
-    agent: u32,
     created: i64,
-    tokens: [u32; 5],
     cost: f64,
-    assistant: bool,
-    fork_copy: bool,
+    tokens: [u32; 5],
+    session: u32,
+    /// `provider/model`, as `ocpipe stats` names it.
+    model: u32,
+    /// The agent's name (the low 30 bits), [`ASSISTANT`] and [`FORK_COPY`].
+    agent_flags: u32,
+}
+
+const ASSISTANT: u32 = 1 << 31;
+const FORK_COPY: u32 = 1 << 30;
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+
+impl Entry {
+    fn agent(&self) -> u32 {
+        self.agent_flags & !(ASSISTANT | FORK_COPY)
+    }
+    fn assistant(&self) -> bool {
+        self.agent_flags & ASSISTANT != 0
+    }
+    fn fork_copy(&self) -> bool {
+        self.agent_flags & FORK_COPY != 0
+    }
 }
 
 /// The sums of one grouping over one window: rows (largest first; days newest first), totals
@@ -80,8 +95,10 @@ pub struct Ledger {
     names: Vec<Box<str>>,
     index: HashMap<Box<str>, u32>,
     sessions: HashMap<u32, SessionRow>,
-    /// By a hash of the message id.
-    messages: HashMap<u64, Entry>,
+    /// Every message once, in the order first seen…
+    entries: Vec<Entry>,
+    /// …found by a hash of its id (an update replaces its entry).
+    at: HashMap<u64, u32>,
 }
 
 impl Ledger {
@@ -90,6 +107,8 @@ impl Ledger {
             return i;
         }
         let i = self.names.len() as u32;
+        // Agent ids share their word with two flags.
+        assert!(i < FORK_COPY, "more than 2^30 names");
         self.names.push(s.into());
         self.index.insert(s.into(), i);
         i
@@ -101,11 +120,11 @@ impl Ledger {
 
     /// Messages kept.
     pub fn len(&self) -> usize {
-        self.messages.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn session(&mut self, s: &SessionInfo) {
@@ -129,17 +148,23 @@ impl Ledger {
             (provider, model) => format!("{provider}/{model}"),
         };
         let known = |s: &str| if s.is_empty() { "unknown" } else { s }.to_string();
+        let agent = self.id(&known(m.agent.as_deref().unwrap_or("")));
+        let flags = if m.role == "assistant" { ASSISTANT } else { 0 } | if m.fork_copy { FORK_COPY } else { 0 };
         let entry = Entry {
+            created: m.time_created,
+            cost: m.cost,
+            tokens: m.tokens.packed(),
             session: self.id(&known(&m.session_id)),
             model: self.id(&model),
-            agent: self.id(&known(m.agent.as_deref().unwrap_or(""))),
-            created: m.time_created,
-            tokens: m.tokens.packed(),
-            cost: m.cost,
-            assistant: m.role == "assistant",
-            fork_copy: m.fork_copy,
+            agent_flags: agent | flags,
         };
-        self.messages.insert(xxhash_rust::xxh3::xxh3_64(m.id.as_bytes()), entry);
+        match self.at.entry(xxhash_rust::xxh3::xxh3_64(m.id.as_bytes())) {
+            std::collections::hash_map::Entry::Occupied(o) => self.entries[*o.get() as usize] = entry,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.entries.len() as u32);
+                self.entries.push(entry);
+            }
+        }
     }
 
     fn project_of(&self, session: u32) -> &str {
@@ -155,7 +180,7 @@ impl Ledger {
         }
         impl Acc {
             fn add(&mut self, e: &Entry) {
-                self.usage.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant);
+                self.usage.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant());
                 self.sessions.insert(e.session);
             }
             fn finish(mut self) -> Usage {
@@ -168,8 +193,8 @@ impl Ledger {
         let mut groups: HashMap<u64, Acc> = HashMap::new();
         let mut day_of_quarter: HashMap<i64, u64> = HashMap::new();
         let (mut totals, mut forks) = (Acc::default(), Acc::default());
-        for e in self.messages.values().filter(|e| window.contains(e.created)) {
-            if e.fork_copy && !include_fork_copies {
+        for e in self.entries.iter().filter(|e| window.contains(e.created)) {
+            if e.fork_copy() && !include_fork_copies {
                 forks.add(e);
                 continue;
             }
@@ -179,7 +204,7 @@ impl Ledger {
                 GroupBy::Session => u64::from(e.session),
                 GroupBy::Project => self.sessions.get(&e.session).map_or(u64::MAX, |s| u64::from(s.project)),
                 GroupBy::Model => u64::from(e.model),
-                GroupBy::Agent => u64::from(e.agent),
+                GroupBy::Agent => u64::from(e.agent()),
                 GroupBy::Day => *day_of_quarter.entry(e.created.div_euclid(900_000)).or_insert_with(|| {
                     chrono::Local
                         .timestamp_millis_opt(e.created)
@@ -213,9 +238,9 @@ impl Ledger {
     /// first, at most `limit`.
     pub fn sessions(&self, window: Window, limit: usize) -> Vec<SessionSummary> {
         let mut by: HashMap<u32, (Usage, i64, i64)> = HashMap::new();
-        for e in self.messages.values().filter(|e| window.contains(e.created) && !e.fork_copy) {
+        for e in self.entries.iter().filter(|e| window.contains(e.created) && !e.fork_copy()) {
             let (u, first, last) = by.entry(e.session).or_insert((Usage::default(), i64::MAX, i64::MIN));
-            u.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant);
+            u.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant());
             u.sessions = 1;
             (*first, *last) = ((*first).min(e.created), (*last).max(e.created));
         }
@@ -254,17 +279,17 @@ impl Ledger {
     pub fn messages_of(&self, session: &str) -> Option<Vec<MessageRow>> {
         let &id = self.index.get(session)?;
         let mut rows: Vec<MessageRow> = self
-            .messages
-            .values()
+            .entries
+            .iter()
             .filter(|e| e.session == id)
             .map(|e| {
                 let tokens = Tokens::from_packed(e.tokens);
                 MessageRow {
                     created: e.created,
                     model: self.name(e.model).to_string(),
-                    agent: self.name(e.agent).to_string(),
-                    assistant: e.assistant,
-                    fork_copy: e.fork_copy,
+                    agent: self.name(e.agent()).to_string(),
+                    assistant: e.assistant(),
+                    fork_copy: e.fork_copy(),
                     total: tokens.total(),
                     tokens,
                     cost: e.cost,
