@@ -182,9 +182,3 @@ pub async fn run_source_live(
     assert_eq!(metrics.sent, got.len() as u64, "source must count every event sent");
     Outcome { events: got, metrics, per_event: false }
 }
-
-/// What a ratatui `draw` shows on a `width`×`height` terminal, as text (one line per row, no
-/// trailing blanks), for tests of the terminal programs.
-pub fn screen(width: u16, height: u16, draw: impl FnOnce(&mut ratatui::Frame<'_>)) -> String {
-    crate::terminal::text_screen(width, height, draw)
-}

@@ -135,6 +135,24 @@ impl Dash {
         Running::start("pipelines/monitor.toml", &env)
     }
 
+    /// OpenCode commits an assistant message (a copy of one, `input` tokens) as 1.18 does: the
+    /// row and its `message.updated` change-feed entry.
+    fn commit_message(&self, name: &str, input: u64) {
+        let conn = rusqlite::Connection::open(self.dir.path().join("data/opencode/opencode.db")).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO message (id, session_id, time_created, time_updated, data)
+               SELECT 'msg_{name}', session_id, time_created + 5, time_updated,
+                      json_set(data, '$.id', 'msg_{name}', '$.sessionID', session_id, '$.tokens.input', {input},
+                               '$.time.created', time_created + 5)
+               FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;
+             INSERT INTO event (id, aggregate_id, seq, type, data)
+               SELECT 'evt_{name}', session_id, (SELECT count(*) FROM event) + 10000, 'message.updated.1',
+                      json_object('sessionID', session_id, 'info', json(data))
+               FROM message WHERE id = 'msg_{name}';"
+        ))
+        .unwrap();
+    }
+
     fn data(&self) -> String {
         self.dir.path().join("data/opencode").display().to_string()
     }
@@ -233,21 +251,8 @@ fn the_page_answers_usage_as_stats_live_and_after_a_restart() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let url = format!("ws://127.0.0.1:{}/ws", d.port);
     let (mut ws, _) = rt.block_on(tokio_tungstenite::connect_async(&url)).expect("the WebSocket opens");
-    let db = d.dir.path().join("data/opencode/opencode.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
     let committed = Instant::now();
-    conn.execute_batch(
-        "INSERT INTO message (id, session_id, time_created, time_updated, data)
-           SELECT 'msg_live', session_id, time_created + 5, time_updated,
-                  json_set(data, '$.id', 'msg_live', '$.sessionID', session_id, '$.tokens.input', 4321,
-                           '$.time.created', time_created + 5)
-           FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;
-         INSERT INTO event (id, aggregate_id, seq, type, data)
-           SELECT 'evt_live', session_id, 9999, 'message.updated.1',
-                  json_object('sessionID', session_id, 'info', json(data))
-           FROM message WHERE id = 'msg_live';",
-    )
-    .unwrap();
+    d.commit_message("live", 4321);
     let told = rt.block_on(async {
         use futures::StreamExt;
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -406,18 +411,7 @@ fn the_open_page_shows_a_new_message_within_a_second_without_a_reload() {
     let shown =
         || browser.eval("document.getElementById('totals')?.dataset.total ?? ''")?.as_str()?.parse::<i64>().ok();
     wait_for("the page to show the total", Duration::from_secs(20), || (shown()? == want).then_some(()));
-    let conn = rusqlite::Connection::open(d.dir.path().join("data/opencode/opencode.db")).unwrap();
-    conn.execute_batch(
-        "INSERT INTO message (id, session_id, time_created, time_updated, data)
-           SELECT 'msg_seen', session_id, time_created + 7, time_updated,
-                  json_set(data, '$.id', 'msg_seen', '$.sessionID', session_id, '$.tokens.input', 1000,
-                           '$.time.created', time_created + 7)
-           FROM message WHERE json_extract(data, '$.role') = 'assistant' LIMIT 1;
-         INSERT INTO event (id, aggregate_id, seq, type, data)
-           SELECT 'evt_seen', session_id, 9998, 'message.updated.1', json_object('sessionID', session_id, 'info', json(data))
-           FROM message WHERE id = 'msg_seen';",
-    )
-    .unwrap();
+    d.commit_message("seen", 1000);
     let committed = Instant::now();
     let grown = d.stats("all", "model")["totals"]["total"].as_i64().unwrap();
     assert!(grown > want);

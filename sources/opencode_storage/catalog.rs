@@ -1,14 +1,13 @@
 //! A compact in-memory catalog of every session and message, for answering token views fast
 //! and in little memory: strings are interned, a message is 56 bytes.
 
-use chrono::{Datelike, TimeZone};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::store::{Location, RawMessage, ReadReport, RowRange, Visitor, read_all};
 use crate::event::{SessionInfo, Tokens};
-use crate::usage::{GroupBy, Usage, Window, project_key};
+use crate::usage::{GroupBy, LocalDays, Usage, Window, model_name, project_key};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Interner {
@@ -391,7 +390,7 @@ impl Catalog {
         }
         let project_of: FxHashMap<u32, u32> = self.sessions.iter().map(|s| (s.id, s.project)).collect();
         let mut groups: FxHashMap<u64, Acc> = FxHashMap::default();
-        let mut day_of_hour: FxHashMap<i64, u64> = FxHashMap::default();
+        let mut days = LocalDays::default();
         let (mut totals, mut forks) = (Acc::default(), Acc::default());
         for m in &self.messages {
             if !window.contains(m.created) {
@@ -408,14 +407,7 @@ impl Catalog {
                 GroupBy::Project => u64::from(project_of.get(&m.session).copied().unwrap_or(u32::MAX)),
                 GroupBy::Model => (u64::from(m.provider) << 32) | u64::from(m.model),
                 GroupBy::Agent => u64::from(m.agent),
-                // Local days, looked up once per quarter hour (every time zone's offset is a
-                // multiple of one, so a quarter never straddles a local midnight).
-                GroupBy::Day => *day_of_hour.entry(m.created.div_euclid(900_000)).or_insert_with(|| {
-                    chrono::Local
-                        .timestamp_millis_opt(m.created)
-                        .earliest()
-                        .map_or(0, |t| t.date_naive().num_days_from_ce() as u64)
-                }),
+                GroupBy::Day => days.day(m.created).map_or(0, |d| d as u64),
             };
             groups.entry(key).or_default().add(m);
         }
@@ -438,11 +430,7 @@ impl Catalog {
             GroupBy::Day => {
                 chrono::NaiveDate::from_num_days_from_ce_opt(key as i32).map_or("unknown".into(), |d| d.to_string())
             }
-            GroupBy::Model => match (n(high), n(low)) {
-                ("", "") => "unknown".into(),
-                ("", m) => m.into(),
-                (p, m) => format!("{p}/{m}"),
-            },
+            GroupBy::Model => model_name(n(high), n(low)),
             _ if n(low).is_empty() => "unknown".into(),
             _ => n(low).into(),
         }

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, TimeZone};
 use serde::Serialize;
 
 use crate::event::{MessageInfo, SessionInfo, Tokens};
-use crate::usage::{GroupBy, Usage, Window, project_key};
+use crate::usage::{GroupBy, LocalDays, Usage, Window, model_name, project_key};
 
 /// A session as the ledger keeps it (names are ids into the ledger's strings).
 #[derive(Debug, Clone, Copy)]
@@ -142,11 +141,7 @@ impl Ledger {
 
     pub fn message(&mut self, m: &MessageInfo) {
         // Named as `ocpipe stats` names them (an empty name is unknown).
-        let model = match (m.provider_id.as_deref().unwrap_or(""), m.model_id.as_deref().unwrap_or("")) {
-            ("", "") => "unknown".to_string(),
-            ("", model) => model.to_string(),
-            (provider, model) => format!("{provider}/{model}"),
-        };
+        let model = model_name(m.provider_id.as_deref().unwrap_or(""), m.model_id.as_deref().unwrap_or(""));
         let known = |s: &str| if s.is_empty() { "unknown" } else { s }.to_string();
         let agent = self.id(&known(m.agent.as_deref().unwrap_or("")));
         let flags = if m.role == "assistant" { ASSISTANT } else { 0 } | if m.fork_copy { FORK_COPY } else { 0 };
@@ -188,10 +183,9 @@ impl Ledger {
                 self.usage
             }
         }
-        // Keys as numbers (names once per group at the end); local days looked up once per
-        // quarter hour (every time zone's offset is a multiple of one).
+        // Keys as numbers (names once per group at the end).
         let mut groups: HashMap<u64, Acc> = HashMap::new();
-        let mut day_of_quarter: HashMap<i64, u64> = HashMap::new();
+        let mut days = LocalDays::default();
         let (mut totals, mut forks) = (Acc::default(), Acc::default());
         for e in self.entries.iter().filter(|e| window.contains(e.created)) {
             if e.fork_copy() && !include_fork_copies {
@@ -205,12 +199,7 @@ impl Ledger {
                 GroupBy::Project => self.sessions.get(&e.session).map_or(u64::MAX, |s| u64::from(s.project)),
                 GroupBy::Model => u64::from(e.model),
                 GroupBy::Agent => u64::from(e.agent()),
-                GroupBy::Day => *day_of_quarter.entry(e.created.div_euclid(900_000)).or_insert_with(|| {
-                    chrono::Local
-                        .timestamp_millis_opt(e.created)
-                        .earliest()
-                        .map_or(u64::MAX, |t| t.date_naive().num_days_from_ce() as u64)
-                }),
+                GroupBy::Day => days.day(e.created).map_or(u64::MAX, |d| d as u64),
             };
             groups.entry(key).or_default().add(e);
         }

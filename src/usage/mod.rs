@@ -101,6 +101,30 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("`{s}` is not a date (YYYY-MM-DD): {e}"))
 }
 
+/// Local days of times (days from the common era), looked up once per quarter hour: every time
+/// zone's offset is a multiple of one, so a quarter never straddles a local midnight.
+#[derive(Debug, Default)]
+pub struct LocalDays(rustc_hash::FxHashMap<i64, Option<i32>>);
+
+impl LocalDays {
+    pub fn day(&mut self, ms: i64) -> Option<i32> {
+        *self
+            .0
+            .entry(ms.div_euclid(900_000))
+            .or_insert_with(|| Local.timestamp_millis_opt(ms).earliest().map(|t| t.date_naive().num_days_from_ce()))
+    }
+}
+
+/// `provider/model` as `ocpipe stats` names a model: the model alone without a provider,
+/// `unknown` without either.
+pub fn model_name(provider: &str, model: &str) -> String {
+    match (provider, model) {
+        ("", "") => "unknown".into(),
+        ("", m) => m.into(),
+        (p, m) => format!("{p}/{m}"),
+    }
+}
+
 pub fn local_day(ms: i64) -> String {
     Local
         .timestamp_millis_opt(ms)

@@ -15,7 +15,7 @@ fn fixture() -> Catalog {
 }
 
 fn screen(app: &App, width: u16) -> String {
-    crate::testing::screen(width, 30, |f| view::draw(f, app))
+    crate::terminal::text_screen(width, 30, |f| view::draw(f, app))
 }
 
 fn key(app: &mut App, cat: &Catalog, code: KeyCode) {

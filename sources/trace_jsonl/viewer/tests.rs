@@ -9,7 +9,7 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn screen(v: &Viewer) -> String {
-    crate::testing::screen(140, 40, |f| draw(f, v))
+    crate::terminal::text_screen(140, 40, |f| draw(f, v))
 }
 
 fn key(v: &mut Viewer, code: KeyCode) {
