@@ -38,26 +38,26 @@ struct UsageQuery {
     limit: Option<usize>,
 }
 
+/// A query parameter naming one of `T`'s values (`all` when absent), as the command line takes
+/// them.
+fn choice<T: clap::ValueEnum>(what: &str, q: Option<&str>) -> Result<T, String> {
+    let q = q.unwrap_or("all");
+    T::from_str(q, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        format!("{what} `{q}` is not one of {}", names.join(", "))
+    })
+}
+
 fn range_of(q: Option<&str>) -> Result<RangeName, String> {
-    match q.unwrap_or("all") {
-        "today" => Ok(RangeName::Today),
-        "week" => Ok(RangeName::Week),
-        "month" => Ok(RangeName::Month),
-        "all" => Ok(RangeName::All),
-        other => Err(format!("range `{other}` is not one of today, week, month, all")),
-    }
+    choice("range", q)
 }
 
 fn group_of(q: Option<&str>) -> Result<GroupBy, String> {
-    match q.unwrap_or("all") {
-        "all" => Ok(GroupBy::All),
-        "model" => Ok(GroupBy::Model),
-        "project" => Ok(GroupBy::Project),
-        "agent" => Ok(GroupBy::Agent),
-        "session" => Ok(GroupBy::Session),
-        "day" => Ok(GroupBy::Day),
-        other => Err(format!("by `{other}` is not one of all, model, project, agent, session, day")),
-    }
+    choice("by", q)
 }
 
 /// A group as `ocpipe stats --json` lists it: its key beside its sums.
