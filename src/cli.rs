@@ -210,6 +210,13 @@ pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: 
             Ok(l) => l,
             Err(e) => return fail(format_args!("{e:#}")),
         };
+        let api = match &pipeline.api {
+            Some(api) => match api_listener(api).await {
+                Ok(l) => Some(l),
+                Err(e) => return fail(format_args!("{e:#}")),
+            },
+            None => None,
+        };
         let topology = match Topology::build(pipeline, &RunOptions { data_dir: data_dir.clone(), base_dir }) {
             Ok(t) => t,
             Err(e) => return fail(format_args!("{e:#}")),
@@ -217,6 +224,9 @@ pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: 
         let shutdown = CancellationToken::new();
         let control_stop = CancellationToken::new();
         tokio::spawn(control::serve(listener, topology.handles(), control_stop.clone()));
+        if let Some(api) = api {
+            tokio::spawn(crate::telemetry::serve(api, topology.telemetry(), control_stop.clone()));
+        }
         tokio::spawn(signals(shutdown.clone()));
         tracing::info!(data_dir = %data_dir.display(), "pipeline running; `ocpipe tap ID` and `ocpipe top` watch it");
         let summary = topology.run(shutdown).await;
@@ -232,6 +242,16 @@ pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: 
         }
         if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     })
+}
+
+/// The metrics server's socket, bound before anything runs so a taken port stops the start.
+async fn api_listener(api: &crate::telemetry::ApiConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = api.socket_addr().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} for `api` (/metrics, /health): {e}; change `api.address` or stop what uses it")
+    })?;
+    tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+    Ok(listener)
 }
 
 async fn signals(shutdown: CancellationToken) {

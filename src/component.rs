@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{FieldError, WhenFull};
 use crate::event::{DataType, Event};
 use crate::metrics::{ComponentMetrics, DropReason};
+use crate::telemetry::Telemetry;
 
 pub type RunResult = anyhow::Result<()>;
 pub type ComponentFuture = BoxFuture<'static, RunResult>;
@@ -117,12 +118,18 @@ impl Context {
     /// by whichever asks first): e.g. the push targets of a `websocket` sink, for the `mqtt`
     /// and `ble` sinks that name it in `targets_from` (the loader checks such names).
     pub fn shared<T: Shared>(&self, owner: &str) -> Arc<T> {
-        let mut map = self.resources.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.resources.by_owner.lock().unwrap_or_else(|e| e.into_inner());
         let any = map
             .entry((owner.to_string(), TypeId::of::<T>()))
             .or_insert_with(|| Arc::new(T::new(self.data_root.join(owner))))
             .clone();
         any.downcast::<T>().expect("keyed by its type")
+    }
+
+    /// What the pipeline tells about itself (`/metrics`, `/health`): components hand in their
+    /// domain figures here, under their id.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.resources.telemetry
     }
 
     /// The component's private state directory (`DATA_DIR/<id>`), created with mode 0700.
@@ -153,13 +160,17 @@ pub trait Shared: Any + Send + Sync {
     fn new(dir: PathBuf) -> Self;
 }
 
-/// What the components of one pipeline share, by owner id and type.
+/// What the components of one pipeline share: state by owner id and type, and the pipeline's
+/// [`Telemetry`].
 #[derive(Default)]
-pub struct Resources(Mutex<HashMap<(String, TypeId), Arc<dyn Any + Send + Sync>>>);
+pub struct Resources {
+    by_owner: Mutex<HashMap<(String, TypeId), Arc<dyn Any + Send + Sync>>>,
+    pub telemetry: Arc<Telemetry>,
+}
 
 impl std::fmt::Debug for Resources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        let n = self.by_owner.lock().map(|m| m.len()).unwrap_or(0);
         write!(f, "Resources({n})")
     }
 }
@@ -342,13 +353,16 @@ async fn deliver(target: &Target, event: Event) {
         WhenFull::Block => {
             // The consumer is gone (it failed, or the shutdown deadline passed): the event is
             // not delivered, so its source must not checkpoint past it.
-            if let Err(returned) = target.tx.send(event).await {
-                returned.0.fail();
+            match target.tx.send(event).await {
+                Ok(()) => target.metrics.enqueued(),
+                Err(returned) => returned.0.fail(),
             }
         }
         WhenFull::DropNewest => {
-            if let Err(TrySendError::Full(_)) = target.tx.try_send(event) {
-                target.metrics.dropped(DropReason::Full, 1);
+            match target.tx.try_send(event) {
+                Ok(()) => target.metrics.enqueued(),
+                Err(TrySendError::Full(_)) => target.metrics.dropped(DropReason::Full, 1),
+                Err(TrySendError::Closed(returned)) => returned.fail(),
             }
         }
     }

@@ -20,6 +20,7 @@ pub mod permission;
 pub mod process;
 pub mod registry;
 pub mod runtime;
+pub mod telemetry;
 pub mod template;
 pub mod terminal;
 pub mod testing;

@@ -1,7 +1,7 @@
 //! The counters every component has. The host counts what crosses component boundaries
 //! (received, sent, drops at a full buffer); components add intentional drops and errors.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -12,6 +12,29 @@ pub struct ComponentMetrics {
     dropped: [AtomicU64; 3],
     errors: AtomicU64,
     caught_up: AtomicBool,
+    /// Events put into this component's input buffer (so the fill is this less `received`).
+    enqueued: AtomicU64,
+    state: AtomicU8,
+}
+
+/// Where a component's task is (for `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Built,
+    Running,
+    Finished,
+    Failed,
+}
+
+impl RunState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Built => "built",
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+        }
+    }
 }
 
 /// Why an event was discarded.
@@ -74,6 +97,26 @@ impl ComponentMetrics {
     }
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+    /// An event was put into this component's input buffer.
+    pub fn enqueued(&self) {
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Events waiting in the input buffer now.
+    pub fn buffered(&self) -> u64 {
+        let received = self.received.load(Ordering::Relaxed);
+        self.enqueued.load(Ordering::Relaxed).saturating_sub(received)
+    }
+    pub fn set_state(&self, state: RunState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+    pub fn state(&self) -> RunState {
+        match self.state.load(Ordering::Acquire) {
+            1 => RunState::Running,
+            2 => RunState::Finished,
+            3 => RunState::Failed,
+            _ => RunState::Built,
+        }
     }
     pub fn snapshot(&self) -> MetricsSnapshot {
         let dropped = |why: DropReason| self.dropped[why as usize].load(Ordering::Relaxed);

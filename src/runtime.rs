@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::component::{Context, Input, Output, Resources, SourceContext, TapPoint, Target, Transform};
 use crate::config::{Pipeline, TRANSFORM_BUFFER, WhenFull};
 use crate::event::DataType;
-use crate::metrics::{ComponentMetrics, MetricsSnapshot};
+use crate::metrics::{ComponentMetrics, MetricsSnapshot, RunState};
+use crate::telemetry::Telemetry;
 use crate::registry::{AnyConfig, Kind};
 
 pub struct RunOptions {
@@ -41,6 +42,8 @@ pub struct ComponentHandle {
     pub type_name: &'static str,
     pub metrics: Arc<ComponentMetrics>,
     pub tap: Arc<TapPoint>,
+    /// The input buffer's capacity (0 for a source, which has none).
+    pub buffer_capacity: usize,
 }
 
 impl Handles {
@@ -81,6 +84,7 @@ pub struct Topology {
     /// Cancelled to stop the sources (shutdown, or a component failed).
     sources_token: CancellationToken,
     shutdown_timeout: Duration,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Topology {
@@ -97,15 +101,20 @@ impl Topology {
         for c in &pipeline.components {
             let cx =
                 Context::new(&c.id, opts.data_dir.clone(), opts.base_dir.clone()).with_resources(resources.clone());
+            let capacity = match c.kind {
+                Kind::Source => 0,
+                Kind::Transform => TRANSFORM_BUFFER,
+                Kind::Sink => c.buffer.max_events,
+            };
             handles.components.push(ComponentHandle {
                 id: c.id.clone(),
                 kind: c.kind,
                 type_name: c.type_name,
                 metrics: cx.metrics.clone(),
                 tap: Arc::default(),
+                buffer_capacity: capacity,
             });
             if c.kind != Kind::Source {
-                let capacity = if c.kind == Kind::Sink { c.buffer.max_events } else { TRANSFORM_BUFFER };
                 let (tx, rx) = mpsc::channel(capacity);
                 senders.insert(c.id.clone(), tx);
                 inputs.insert(c.id.clone(), Input::new(rx, cx.metrics.clone()));
@@ -164,11 +173,24 @@ impl Topology {
         if !errors.is_empty() {
             return Err(anyhow!("could not build the pipeline:\n  {}", errors.join("\n  ")));
         }
-        Ok(Topology { handles, sources, others, sources_token, shutdown_timeout: pipeline.shutdown_timeout })
+        resources.telemetry.set_handles(handles.clone());
+        Ok(Topology {
+            handles,
+            sources,
+            others,
+            sources_token,
+            shutdown_timeout: pipeline.shutdown_timeout,
+            telemetry: resources.telemetry.clone(),
+        })
     }
 
     pub fn handles(&self) -> Handles {
         self.handles.clone()
+    }
+
+    /// What `/metrics` and `/health` read.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
     }
 
     /// Runs until every source has finished (or `shutdown` fires) and everything downstream has
@@ -188,7 +210,13 @@ impl Topology {
         let mut set: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
         let mut running: Vec<String> = Vec::new();
         let mut failed = Vec::new();
+        let state = |id: &str, s: RunState| {
+            if let Some(h) = self.handles.get(id) {
+                h.metrics.set_state(s);
+            }
+        };
         for (id, task) in self.others.into_iter().chain(self.sources) {
+            state(&id, RunState::Running);
             running.push(id.clone());
             set.spawn(async move { (id, task.await) });
         }
@@ -212,6 +240,7 @@ impl Topology {
                 joined = set.join_next() => match joined {
                     Some(Ok((id, result))) => {
                         running.retain(|r| r != &id);
+                        state(&id, if result.is_ok() { RunState::Finished } else { RunState::Failed });
                         if let Err(e) = result {
                             tracing::error!(component = %id, "stopped with an error: {e:#}");
                             failed.push((id, format!("{e:#}")));

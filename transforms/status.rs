@@ -236,7 +236,13 @@ impl TaskTransform for StatusTask {
                             self.cx.metrics.dropped(DropReason::Intentional, 1);
                             continue;
                         };
+                        match live.event_type.as_str() {
+                            "instance.connected" => self.cx.telemetry().instance(&self.cx.id, &live.instance, true),
+                            "instance.disconnected" => self.cx.telemetry().instance(&self.cx.id, &live.instance, false),
+                            _ => {}
+                        }
                         for s in self.mapper.map(live) {
+                            self.cx.telemetry().set_status(&self.cx.id, &s);
                             if self.debounce.is_zero() {
                                 let e = self.event(s);
                                 out.send(e).await;

@@ -216,7 +216,7 @@ impl Sink for WebsocketSink {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let addr = listener.local_addr()?;
             tracing::info!(component = &*cx.id, "page at http://{addr}/ (WebSocket at ws://{addr}/ws)");
-            let app = router(shared.clone(), guard);
+            let app = router(shared.clone(), guard, cx.telemetry().clone());
             let stop = CancellationToken::new();
             let server_stop = stop.clone();
             let server = tokio::spawn(async move {
@@ -283,7 +283,7 @@ fn take(shared: &Shared, keeper: &mut Keeper, cx: &Context, mut ev: crate::event
     Ok(keeper.keep(&mut ev))
 }
 
-fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>) -> Router {
+fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>, telemetry: Arc<crate::telemetry::Telemetry>) -> Router {
     use axum::http::Method;
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let origins = &guard.cors_origins;
@@ -309,7 +309,8 @@ fn router(shared: Arc<Shared>, guard: Arc<guard::Guard>) -> Router {
         .merge(targets::routes())
         .merge(usage::routes())
         .merge(permission::routes())
-        .with_state(shared);
+        .with_state(shared)
+        .merge(crate::telemetry::routes(telemetry));
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,

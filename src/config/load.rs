@@ -12,8 +12,9 @@ use super::topology::{self, Node};
 use super::wiring::{self, Wired};
 use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
 use crate::registry::{self, AnyConfig, Kind};
+use crate::telemetry::ApiConfig;
 
-const TOP_LEVEL: [&str; 5] = ["data_dir", "shutdown_timeout_secs", "sources", "transforms", "sinks"];
+const TOP_LEVEL: [&str; 6] = ["data_dir", "shutdown_timeout_secs", "api", "sources", "transforms", "sinks"];
 
 /// Loads and checks the given files. `Ok` carries warnings (possibly none).
 pub fn load(paths: &[PathBuf]) -> Result<(Pipeline, Report), Report> {
@@ -64,6 +65,7 @@ struct Loader<'e> {
     first_seen: HashMap<String, usize>,
     data_dir: Option<(PathBuf, usize)>,
     shutdown_timeout: Duration,
+    api: Option<ApiConfig>,
 }
 
 fn load_texts(
@@ -79,6 +81,7 @@ fn load_texts(
         first_seen: HashMap::new(),
         data_dir: None,
         shutdown_timeout: Duration::from_secs(60),
+        api: None,
     };
     if inputs.is_empty() {
         l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
@@ -146,6 +149,7 @@ impl Loader<'_> {
             match (key.as_str(), Kind::from_table(&key)) {
                 (_, Some(kind)) => self.components(file, kind, &path, value),
                 ("data_dir", _) => self.data_dir(file, &path, value),
+                ("api", _) => self.api(file, &path, value),
                 ("shutdown_timeout_secs", _) => match value.as_integer() {
                     Some(n) if n > 0 => self.shutdown_timeout = Duration::from_secs(n as u64),
                     _ => self.error_at(
@@ -234,6 +238,28 @@ impl Loader<'_> {
             self.error_at(file, path, false, message, Some("set it in one file only".into()));
         }
         self.data_dir = Some((dir, file));
+    }
+
+    /// `api = { address = "…" }`: the metrics and health server.
+    fn api(&mut self, file: usize, path: &FieldPath, mut value: toml::Value) {
+        let mut errs = Vec::new();
+        interpolate_value(&mut value, &FieldPath::default(), self.env, &mut errs);
+        if !errs.is_empty() {
+            return self.field_errors(file, path, errs);
+        }
+        match registry::parse_strict::<ApiConfig>(value) {
+            Ok(api) => match api.socket_addr() {
+                Ok(_) => self.api = Some(api),
+                Err(e) => self.error_at(
+                    file,
+                    &path.clone().child("address"),
+                    false,
+                    e,
+                    Some("e.g. api = { address = \"127.0.0.1:9598\" }".into()),
+                ),
+            },
+            Err(errs) => self.field_errors(file, path, errs),
+        }
     }
 
     /// Inputs that name nothing, sinks used as inputs, cycles, a pipeline without a source.
@@ -343,7 +369,12 @@ impl Loader<'_> {
             })
             .collect();
         let pipeline =
-            Pipeline { data_dir: self.data_dir.map(|(d, _)| d), shutdown_timeout: self.shutdown_timeout, components };
+            Pipeline {
+                data_dir: self.data_dir.map(|(d, _)| d),
+                shutdown_timeout: self.shutdown_timeout,
+                api: self.api,
+                components,
+            };
         Ok((pipeline, report))
     }
 }

@@ -142,6 +142,8 @@ pub struct ComponentDef {
 pub struct Pipeline {
     pub data_dir: Option<PathBuf>,
     pub shutdown_timeout: Duration,
+    /// The metrics and health server (`api = { address = "…" }`), off when absent.
+    pub api: Option<crate::telemetry::ApiConfig>,
     pub components: Vec<ComponentDef>,
 }
 

@@ -17,6 +17,7 @@ use crate::component::{ComponentFuture, Context, Input, Output, TaskTransform, T
 use crate::config::{FieldError, FieldPath};
 use crate::event::{DataType, Event, MessageInfo, Payload, Rollup, SessionInfo, Tokens};
 use crate::metrics::DropReason;
+use crate::telemetry::UsageRow;
 use crate::usage::state::Record;
 use crate::usage::{FLUSH_EVERY, Keeper};
 pub use crate::usage::{GroupBy, RangeName, Usage, Window, local_day, parse_date, project_key};
@@ -110,6 +111,8 @@ struct Contribution {
     /// One key per `group_by` entry, in order (at most one entry per grouping).
     keys: [u32; GROUPINGS],
     session: u32,
+    /// provider, model, agent, project: the labels of the pipeline's token metrics.
+    labels: [u32; 4],
     /// Saturated to `TOKEN_MAX` (u32) like every stored count.
     tokens: [u32; 5],
     cost: f64,
@@ -164,6 +167,9 @@ pub struct Rollups {
     messages: HashMap<u64, Contribution>,
     groups: HashMap<(GroupBy, u32), Acc>,
     dirty: HashSet<(GroupBy, u32)>,
+    /// Usage by provider, model, agent and project (fork copies apart), for `/metrics`.
+    labelled: HashMap<[u32; 4], UsageRow>,
+    labelled_dirty: bool,
 }
 
 impl Rollups {
@@ -185,6 +191,8 @@ impl Rollups {
             messages: HashMap::new(),
             groups: HashMap::new(),
             dirty: HashSet::new(),
+            labelled: HashMap::new(),
+            labelled_dirty: false,
         }
     }
 
@@ -231,7 +239,14 @@ impl Rollups {
                 GroupBy::Day => self.names.id(&local_day(m.time_created)),
             };
         }
+        let labels = [
+            self.names.id(m.provider_id.as_deref().unwrap_or("unknown")),
+            self.names.id(m.model_id.as_deref().unwrap_or("unknown")),
+            self.names.id(m.agent.as_deref().unwrap_or("unknown")),
+            project,
+        ];
         let c = Contribution {
+            labels,
             keys,
             session,
             tokens: m.tokens.packed(),
@@ -244,6 +259,9 @@ impl Rollups {
     }
 
     fn apply(&mut self, c: &Contribution, add: bool) {
+        if !c.fork_copy {
+            self.label(c, add);
+        }
         for (g, &k) in self.group_by.iter().zip(c.keys.iter()) {
             let key = (*g, k);
             let acc = self.groups.entry(key).or_default();
@@ -270,6 +288,38 @@ impl Rollups {
             acc.usage.sessions = acc.sessions.len() as u64;
             self.dirty.insert(key);
         }
+    }
+
+    fn label(&mut self, c: &Contribution, add: bool) {
+        let names = &self.names;
+        let row = self.labelled.entry(c.labels).or_insert_with(|| UsageRow {
+            provider: names.name(c.labels[0]).to_string(),
+            model: names.name(c.labels[1]).to_string(),
+            agent: names.name(c.labels[2]).to_string(),
+            project: names.name(c.labels[3]).to_string(),
+            ..Default::default()
+        });
+        let tokens = Tokens::from_packed(c.tokens);
+        if add {
+            row.messages += 1;
+            row.tokens.add(&tokens);
+            row.cost.stored += c.cost;
+        } else {
+            row.messages = row.messages.saturating_sub(1);
+            row.tokens.sub(&tokens);
+            row.cost.stored -= c.cost;
+        }
+        self.labelled_dirty = true;
+    }
+
+    /// Usage by provider, model, agent and project, when it changed since the last call.
+    pub fn take_labelled(&mut self) -> Option<Vec<UsageRow>> {
+        if !std::mem::take(&mut self.labelled_dirty) {
+            return None;
+        }
+        let mut rows: Vec<UsageRow> = self.labelled.values().filter(|r| r.messages > 0).cloned().collect();
+        rows.sort_by(|a, b| (&a.provider, &a.model, &a.agent, &a.project).cmp(&(&b.provider, &b.model, &b.agent, &b.project)));
+        Some(rows)
     }
 
     /// The rollups that changed since the last call.
@@ -349,6 +399,9 @@ impl Aggregator {
     }
 
     async fn emit(&mut self, out: &mut Output) {
+        if let Some(rows) = self.state.take_labelled() {
+            self.cx.telemetry().set_usage(&self.cx.id, rows);
+        }
         for r in self.state.take_changed() {
             let id = r.natural_id();
             out.send(Event::new(self.cx.id.clone(), chrono::Utc::now(), Payload::Rollup(Box::new(r))).with_id(id))
