@@ -2,6 +2,7 @@
 
 pub mod ble;
 pub mod capture_dir;
+pub mod exec;
 pub mod html_report;
 pub mod jsonl;
 pub mod mqtt;

@@ -2,6 +2,7 @@
 //! is the only place that names it.
 
 pub mod docker_capture;
+pub mod exec;
 pub mod opencode_sse;
 pub mod opencode_storage;
 pub mod process_scan;

@@ -21,6 +21,7 @@ pub mod process;
 pub mod registry;
 pub mod runtime;
 pub mod telemetry;
+pub mod plugin;
 pub mod template;
 pub mod terminal;
 pub mod testing;

@@ -163,12 +163,22 @@ pub fn parse_sink<T: SinkConfig + DeserializeOwned + JsonSchema + 'static>(
 /// and the first type error, each with its path.
 pub fn parse_strict<T: DeserializeOwned + JsonSchema>(value: toml::Value) -> Result<T, Vec<FieldError>> {
     let mut unknown: Vec<FieldPath> = Vec::new();
+    let schema = serde_json::to_value(schema_of::<T>()).unwrap_or(Value::Null);
+    // Top-level keys the schema does not list: serde_ignored cannot see past `#[serde(flatten)]`.
+    let top = known_fields(&schema, &FieldPath::default());
+    if let (toml::Value::Table(t), false) = (&value, top.is_empty()) {
+        unknown.extend(t.keys().filter(|k| !top.contains(k)).map(|k| FieldPath::key(k)));
+    }
     let mut track = serde_path_to_error::Track::new();
     let result = {
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
-        serde_ignored::deserialize(de, |path| unknown.push(ignored_path(&path)))
+        serde_ignored::deserialize(de, |path| {
+            let path = ignored_path(&path);
+            if !unknown.contains(&path) {
+                unknown.push(path);
+            }
+        })
     };
-    let schema = serde_json::to_value(schema_of::<T>()).unwrap_or(Value::Null);
     let mut errors: Vec<FieldError> = unknown
         .into_iter()
         .map(|path| {

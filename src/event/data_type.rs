@@ -74,6 +74,66 @@ impl DataType {
     }
 }
 
+/// One kind of event, by name (as configs and the JSON-lines protocols name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Trace,
+    Session,
+    Message,
+    Part,
+    Rollup,
+    Live,
+    Process,
+    Status,
+    Json,
+    Capture,
+}
+
+impl EventKind {
+    pub fn data_type(self) -> DataType {
+        NAMES[self as usize].0
+    }
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize].1
+    }
+    /// The kind of one payload.
+    pub fn of(payload: &Payload) -> EventKind {
+        let bit = DataType::of(payload).bits().trailing_zeros() as usize;
+        ALL_KINDS[bit]
+    }
+
+    /// Builds the typed payload of this kind from its JSON view (what `Event::to_json` gives).
+    pub fn payload(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
+        use serde_json::from_value as from;
+        Ok(match self {
+            EventKind::Trace => Payload::Trace(Box::new(from(view)?)),
+            EventKind::Session => Payload::Session(Box::new(from(view)?)),
+            EventKind::Message => Payload::Message(Box::new(from(view)?)),
+            EventKind::Part => Payload::Part(Box::new(from(view)?)),
+            EventKind::Rollup => Payload::Rollup(Box::new(from(view)?)),
+            EventKind::Live => Payload::Live(Box::new(from(view)?)),
+            EventKind::Process => Payload::Process(Box::new(from(view)?)),
+            EventKind::Status => Payload::Status(Box::new(from(view)?)),
+            EventKind::Capture => Payload::Capture(Box::new(from(view)?)),
+            EventKind::Json => Payload::Json(view),
+        })
+    }
+}
+
+const ALL_KINDS: [EventKind; 10] = [
+    EventKind::Trace,
+    EventKind::Session,
+    EventKind::Message,
+    EventKind::Part,
+    EventKind::Rollup,
+    EventKind::Live,
+    EventKind::Process,
+    EventKind::Status,
+    EventKind::Json,
+    EventKind::Capture,
+];
+
 impl fmt::Display for DataType {
     /// `any`, `nothing`, or the kinds joined: `session, message, part`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,5 +162,19 @@ mod tests {
         assert_eq!(all, DataType::ANY);
         assert_eq!((DataType::OPENCODE | DataType::STATUS).to_string(), "session, message, part, status");
         assert_eq!(DataType::ANY.to_string(), "any kind");
+        for k in ALL_KINDS {
+            assert_eq!(k.data_type().to_string(), k.name());
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
+
+    #[test]
+    fn a_json_view_comes_back_as_its_typed_payload() {
+        let m = crate::event::MessageInfo { id: "msg_1".into(), role: "assistant".into(), ..Default::default() };
+        let view = serde_json::to_value(&m).unwrap();
+        let back = EventKind::Message.payload(view).unwrap();
+        assert!(matches!(&back, Payload::Message(b) if **b == m));
+        assert_eq!(EventKind::of(&back), EventKind::Message);
+        assert!(EventKind::Message.payload(serde_json::json!({"id": 3})).is_err());
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use data_type::DataType;
+pub use data_type::{DataType, EventKind};
 pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
 pub use opencode::{
     COST_MAX, LiveEvent, MessageInfo, PartInfo, ProcessInfo, Rollup, SessionInfo, StatusInfo, TOKEN_MAX, Tokens,
