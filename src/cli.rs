@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the `[[tests]]` of pipeline files without touching their real sources or sinks:
+    /// events in at components, conditions on what others give. Each FILE is a pipeline (with
+    /// `NAME.tests.toml` beside it when there is one). A line per test; exit 1 on a failure.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// List every component type with its description.
     List {
         /// Machine-readable: kind, type, description, example and JSON schema of each.
@@ -99,6 +106,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { files, data_dir } => run(files, data_dir),
         Command::Validate { files } => validate(files),
+        Command::Test { files } => {
+            let load = |group: &[PathBuf]| load_files(group).map(|(p, _)| p).map_err(|report| report.to_string());
+            if crate::pipeline_test::run_files(&files, &load) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Command::List { json } => list(json),
         Command::Doc { out } => match crate::docs::write_docs(&out) {
             Ok(n) => {
@@ -248,7 +259,9 @@ pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: 
 async fn api_listener(api: &crate::telemetry::ApiConfig) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = api.socket_addr().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {addr} for `api` (/metrics, /health): {e}; change `api.address` or stop what uses it")
+        anyhow::anyhow!(
+            "cannot listen on {addr} for `api` (/metrics, /health): {e}; change `api.address` or stop what uses it"
+        )
     })?;
     tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
     Ok(listener)

@@ -358,12 +358,10 @@ async fn deliver(target: &Target, event: Event) {
                 Err(returned) => returned.0.fail(),
             }
         }
-        WhenFull::DropNewest => {
-            match target.tx.try_send(event) {
-                Ok(()) => target.metrics.enqueued(),
-                Err(TrySendError::Full(_)) => target.metrics.dropped(DropReason::Full, 1),
-                Err(TrySendError::Closed(returned)) => returned.fail(),
-            }
-        }
+        WhenFull::DropNewest => match target.tx.try_send(event) {
+            Ok(()) => target.metrics.enqueued(),
+            Err(TrySendError::Full(_)) => target.metrics.dropped(DropReason::Full, 1),
+            Err(TrySendError::Closed(returned)) => returned.fail(),
+        },
     }
 }

@@ -19,8 +19,8 @@ use crate::component::{Context, Input, Output, Resources, SourceContext, TapPoin
 use crate::config::{Pipeline, TRANSFORM_BUFFER, WhenFull};
 use crate::event::DataType;
 use crate::metrics::{ComponentMetrics, MetricsSnapshot, RunState};
-use crate::telemetry::Telemetry;
 use crate::registry::{AnyConfig, Kind};
+use crate::telemetry::Telemetry;
 
 pub struct RunOptions {
     /// Root of the components' state directories.

@@ -136,7 +136,10 @@ fn garbage_lines_are_located_counted_and_skipped() {
     assert_eq!(lines(&dir.path().join("out.jsonl")).len(), EVENTS);
     assert_eq!(final_counter(&log, "t", "errors"), (EVENTS / 10) as u64);
     // The 4th event's answer starts at output line 7: n=0,1,2 took two lines each.
-    assert!(log.contains("output line 7, column 2: not JSON (expected ident); write one JSON document per line"), "{log}");
+    assert!(
+        log.contains("output line 7, column 2: not JSON (expected ident); write one JSON document per line"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -213,8 +216,11 @@ fn the_python_example_of_docs_plugins_md_runs_as_printed() {
          [sinks.out]\ntype = \"jsonl\"\ninputs = [\"totals\"]\npath = \"out.jsonl\"\n",
     );
     let got = lines(&dir.path().join("out.jsonl"));
-    assert_eq!(got, [
-        serde_json::json!({"id": "msg_1", "model": "m1", "total": 13}),
-        serde_json::json!({"id": "msg_2", "model": "m1", "total": 23}),
-    ]);
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"id": "msg_1", "model": "m1", "total": 13}),
+            serde_json::json!({"id": "msg_2", "model": "m1", "total": 23}),
+        ]
+    );
 }

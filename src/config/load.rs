@@ -11,10 +11,11 @@ use super::interpolate::interpolate_value;
 use super::topology::{self, Node};
 use super::wiring::{self, Wired};
 use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
+use crate::pipeline_test::TestSpec;
 use crate::registry::{self, AnyConfig, Kind};
 use crate::telemetry::ApiConfig;
 
-const TOP_LEVEL: [&str; 6] = ["data_dir", "shutdown_timeout_secs", "api", "sources", "transforms", "sinks"];
+const TOP_LEVEL: [&str; 7] = ["data_dir", "shutdown_timeout_secs", "api", "sources", "transforms", "sinks", "tests"];
 
 /// Loads and checks the given files. `Ok` carries warnings (possibly none).
 pub fn load(paths: &[PathBuf]) -> Result<(Pipeline, Report), Report> {
@@ -66,6 +67,8 @@ struct Loader<'e> {
     data_dir: Option<(PathBuf, usize)>,
     shutdown_timeout: Duration,
     api: Option<ApiConfig>,
+    /// `[[tests]]`: (file, index in that file's list, the test).
+    tests: Vec<(usize, usize, TestSpec)>,
 }
 
 fn load_texts(
@@ -82,6 +85,7 @@ fn load_texts(
         data_dir: None,
         shutdown_timeout: Duration::from_secs(60),
         api: None,
+        tests: Vec::new(),
     };
     if inputs.is_empty() {
         l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
@@ -94,6 +98,7 @@ fn load_texts(
     }
     let checked = l.check_graph();
     l.check_references();
+    l.check_tests();
     l.check_wiring(&checked.matched);
     l.warn_unused(&checked.unused);
     l.finish(checked.inputs)
@@ -150,6 +155,7 @@ impl Loader<'_> {
                 (_, Some(kind)) => self.components(file, kind, &path, value),
                 ("data_dir", _) => self.data_dir(file, &path, value),
                 ("api", _) => self.api(file, &path, value),
+                ("tests", _) => self.tests(file, &path, value),
                 ("shutdown_timeout_secs", _) => match value.as_integer() {
                     Some(n) if n > 0 => self.shutdown_timeout = Duration::from_secs(n as u64),
                     _ => self.error_at(
@@ -262,6 +268,33 @@ impl Loader<'_> {
         }
     }
 
+    /// `[[tests]]` of one file (checked against the components once all files are read).
+    fn tests(&mut self, file: usize, path: &FieldPath, mut value: toml::Value) {
+        let mut errs = Vec::new();
+        interpolate_value(&mut value, &FieldPath::default(), self.env, &mut errs);
+        if !errs.is_empty() {
+            return self.field_errors(file, path, errs);
+        }
+        if !value.is_array() {
+            let help = Some("write [[tests]] tables".to_string());
+            return self.error_at(file, path, false, "`tests` must be a list of tables".into(), help);
+        }
+        match registry::parse_strict::<Vec<TestSpec>>(value) {
+            Ok(list) => self.tests.extend(list.into_iter().enumerate().map(|(i, t)| (file, i, t))),
+            Err(errs) => self.field_errors(file, path, errs),
+        }
+    }
+
+    /// What the tests name must exist; their events and conditions must be valid.
+    fn check_tests(&mut self) {
+        let ids: Vec<&str> = self.pending.iter().map(|p| p.id.as_str()).collect();
+        let errors: Vec<(usize, usize, Vec<FieldError>)> =
+            self.tests.iter().map(|(file, i, t)| (*file, *i, t.check(&ids))).collect();
+        for (file, i, errs) in errors {
+            self.field_errors(file, &FieldPath::key("tests").index(i), errs);
+        }
+    }
+
     /// Inputs that name nothing, sinks used as inputs, cycles, a pipeline without a source.
     fn check_graph(&mut self) -> topology::Checked {
         let nodes: Vec<Node<'_>> =
@@ -368,13 +401,13 @@ impl Loader<'_> {
                 config: p.config.expect("no errors means every component parsed"),
             })
             .collect();
-        let pipeline =
-            Pipeline {
-                data_dir: self.data_dir.map(|(d, _)| d),
-                shutdown_timeout: self.shutdown_timeout,
-                api: self.api,
-                components,
-            };
+        let pipeline = Pipeline {
+            data_dir: self.data_dir.map(|(d, _)| d),
+            shutdown_timeout: self.shutdown_timeout,
+            api: self.api,
+            tests: self.tests.into_iter().map(|(_, _, t)| t).collect(),
+            components,
+        };
         Ok((pipeline, report))
     }
 }

@@ -144,6 +144,8 @@ pub struct Pipeline {
     pub shutdown_timeout: Duration,
     /// The metrics and health server (`api = { address = "…" }`), off when absent.
     pub api: Option<crate::telemetry::ApiConfig>,
+    /// `[[tests]]` for `ocpipe test` (ignored by `run`).
+    pub tests: Vec<crate::pipeline_test::TestSpec>,
     pub components: Vec<ComponentDef>,
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Token counts as OpenCode stores them: `input` excludes cached tokens, `output` excludes
 /// reasoning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tokens {
     pub input: u64,
     pub output: u64,
@@ -67,6 +68,7 @@ impl Tokens {
 
 /// An OpenCode session.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
     pub id: String,
@@ -89,6 +91,7 @@ pub struct SessionInfo {
 
 /// An OpenCode message (user or assistant) with its token usage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageInfo {
     pub id: String,
@@ -130,6 +133,7 @@ impl MessageInfo {
 
 /// The facts of a message part that token views need: tool calls and step-finish tokens.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct PartInfo {
     pub id: String,
@@ -150,6 +154,7 @@ pub struct PartInfo {
 
 /// Token usage of one group over one range, as the `aggregate` transform emits it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollup {
     /// session / project / model / agent / day / all
@@ -176,6 +181,7 @@ impl Rollup {
 
 /// One event from a running OpenCode server (`GET /event`), tagged with the instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveEvent {
     /// The server's base URL, e.g. `http://127.0.0.1:4096`.
@@ -203,6 +209,7 @@ impl LiveEvent {
 
 /// A running OpenCode process, as the process scan sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
     /// `started`, `updated` or `exited`.
@@ -223,6 +230,7 @@ pub struct ProcessInfo {
 
 /// A status, as the status lights and pages show it (the seed's codes and labels).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StatusInfo {
     pub port: u16,
     pub instance: String,

@@ -50,7 +50,8 @@ impl Telemetry {
             received.get_or_create(&labels).inc_by(m.received);
             sent.get_or_create(&labels).inc_by(m.sent);
             errors.get_or_create(&labels).inc_by(m.errors);
-            for (reason, n) in [("full", m.dropped.full), ("intentional", m.dropped.intentional), ("error", m.dropped.error)]
+            for (reason, n) in
+                [("full", m.dropped.full), ("intentional", m.dropped.intentional), ("error", m.dropped.error)]
             {
                 let mut l = labels.clone();
                 l.push(("reason", reason.to_string()));
@@ -125,7 +126,11 @@ impl Telemetry {
                 }
             }
         }
-        registry.register("ocpipe_tokens", "Tokens of OpenCode messages, all time, by kind (the kinds sum to the total)", tokens);
+        registry.register(
+            "ocpipe_tokens",
+            "Tokens of OpenCode messages, all time, by kind (the kinds sum to the total)",
+            tokens,
+        );
         registry.register("ocpipe_messages", "OpenCode messages counted (fork copies apart)", messages);
         registry.register(
             "ocpipe_cost_usd",
@@ -148,7 +153,8 @@ impl Telemetry {
                 instances.get_or_create(&vec![("instance", instance.clone()), ("status", lead.to_string())]).set(1);
                 for (session, code) in list {
                     *by_code.entry(code).or_default() += 1;
-                    let l = vec![("instance", instance.clone()), ("session", session.clone()), ("status", code.clone())];
+                    let l =
+                        vec![("instance", instance.clone()), ("session", session.clone()), ("status", code.clone())];
                     working.get_or_create(&l).set(1);
                 }
             }
@@ -156,7 +162,11 @@ impl Telemetry {
         for (code, n) in by_code {
             sessions.get_or_create(&vec![("status", code.to_string())]).set(n);
         }
-        registry.register("ocpipe_opencode_instance_status", "1 for each OpenCode instance followed, labelled with its status", instances);
+        registry.register(
+            "ocpipe_opencode_instance_status",
+            "1 for each OpenCode instance followed, labelled with its status",
+            instances,
+        );
         registry.register("ocpipe_opencode_sessions", "OpenCode sessions working now, by status", sessions);
         registry.register(
             "ocpipe_opencode_session_status",

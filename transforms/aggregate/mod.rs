@@ -318,7 +318,9 @@ impl Rollups {
             return None;
         }
         let mut rows: Vec<UsageRow> = self.labelled.values().filter(|r| r.messages > 0).cloned().collect();
-        rows.sort_by(|a, b| (&a.provider, &a.model, &a.agent, &a.project).cmp(&(&b.provider, &b.model, &b.agent, &b.project)));
+        rows.sort_by(|a, b| {
+            (&a.provider, &a.model, &a.agent, &a.project).cmp(&(&b.provider, &b.model, &b.agent, &b.project))
+        });
         Some(rows)
     }
 
