@@ -25,6 +25,7 @@ use crate::config::{FieldError, WhenFull};
 use crate::event::{DataType, Event};
 use crate::metrics::{ComponentMetrics, DropReason};
 use crate::telemetry::Telemetry;
+use crate::usage::Prices;
 
 pub type RunResult = anyhow::Result<()>;
 pub type ComponentFuture = BoxFuture<'static, RunResult>;
@@ -132,6 +133,11 @@ impl Context {
         &self.resources.telemetry
     }
 
+    /// What a message without a stored cost costs (the built-in table and the pipeline's own).
+    pub fn prices(&self) -> &Arc<Prices> {
+        &self.resources.prices
+    }
+
     /// The component's private state directory (`DATA_DIR/<id>`), created with mode 0700.
     pub fn data_dir(&self) -> io::Result<PathBuf> {
         let dir = self.data_root.join(&*self.id);
@@ -160,12 +166,26 @@ pub trait Shared: Any + Send + Sync {
     fn new(dir: PathBuf) -> Self;
 }
 
-/// What the components of one pipeline share: state by owner id and type, and the pipeline's
-/// [`Telemetry`].
-#[derive(Default)]
+/// What the components of one pipeline share: state by owner id and type, the pipeline's
+/// [`Telemetry`] and its prices.
 pub struct Resources {
     by_owner: Mutex<HashMap<(String, TypeId), Arc<dyn Any + Send + Sync>>>,
     pub telemetry: Arc<Telemetry>,
+    /// What messages without a stored cost cost: the built-in table with the pipeline's own
+    /// `[prices]` over it.
+    pub prices: Arc<Prices>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { by_owner: Mutex::default(), telemetry: Arc::default(), prices: Prices::builtin() }
+    }
+}
+
+impl Resources {
+    pub fn with_prices(prices: Arc<Prices>) -> Self {
+        Resources { prices, ..Resources::default() }
+    }
 }
 
 impl std::fmt::Debug for Resources {

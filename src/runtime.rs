@@ -96,7 +96,11 @@ impl Topology {
         let mut contexts: HashMap<String, Context> = HashMap::new();
         let mut senders: HashMap<String, mpsc::Sender<crate::event::Event>> = HashMap::new();
         let mut inputs: HashMap<String, Input> = HashMap::new();
-        let resources = Arc::new(Resources::default());
+        let prices = match pipeline.prices.is_empty() {
+            true => crate::usage::Prices::builtin(),
+            false => Arc::new(crate::usage::Prices::builtin().with(&pipeline.prices)),
+        };
+        let resources = Arc::new(Resources::with_prices(prices));
 
         for c in &pipeline.components {
             let cx =

@@ -195,7 +195,7 @@ impl Sink for WebsocketSink {
             let WebsocketSink { listener, shared, guard, mut keeper, cx } = *self;
             // The ledger as it was: the source resumes after what was written here.
             let ledger = keeper
-                .restore(Ledger::default(), |l, rec| match rec {
+                .restore(Ledger::with_prices(cx.prices().clone()), |l, rec| match rec {
                     crate::usage::state::Record::Session(s) => l.session(&s),
                     crate::usage::state::Record::Message(m) => l.message(&m),
                 })

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Location, RawMessage, ReadReport, RowRange, Visitor, read_all};
 use crate::event::{SessionInfo, Tokens};
-use crate::usage::{GroupBy, LocalDays, Usage, Window, model_name, project_key};
+use crate::usage::prices::price_with;
+use crate::usage::{GroupBy, LocalDays, MessageCost, Price, Prices, Usage, Window, model_name, project_key};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Interner {
@@ -367,6 +368,7 @@ impl Catalog {
         group: GroupBy,
         window: Window,
         include_fork_copies: bool,
+        prices: &Prices,
     ) -> (Vec<(String, Usage)>, Usage, Usage) {
         /// A group's sums; `last` skips the set for runs of one session's messages.
         #[derive(Default)]
@@ -376,8 +378,8 @@ impl Catalog {
             last: Option<u32>,
         }
         impl Acc {
-            fn add(&mut self, m: &CMessage) {
-                self.usage.add_message(&m.tokens(), m.cost, m.flags & ASSISTANT != 0);
+            fn add(&mut self, m: &CMessage, cost: MessageCost) {
+                self.usage.add_message(&m.tokens(), cost, m.flags & ASSISTANT != 0);
                 if self.last != Some(m.session) {
                     self.sessions.insert(m.session);
                     self.last = Some(m.session);
@@ -392,15 +394,22 @@ impl Catalog {
         let mut groups: FxHashMap<u64, Acc> = FxHashMap::default();
         let mut days = LocalDays::default();
         let (mut totals, mut forks) = (Acc::default(), Acc::default());
+        // Prices by (provider, model), looked up once each.
+        let mut price_of: FxHashMap<(u32, u32), Option<Price>> = FxHashMap::default();
         for m in &self.messages {
             if !window.contains(m.created) {
                 continue;
             }
+            let cost = price_with(m.cost, &m.tokens(), || {
+                *price_of
+                    .entry((m.provider, m.model))
+                    .or_insert_with(|| prices.find(self.names.name(m.provider), self.names.name(m.model)))
+            });
             if m.flags & FORK_COPY != 0 && !include_fork_copies {
-                forks.add(m);
+                forks.add(m, cost);
                 continue;
             }
-            totals.add(m);
+            totals.add(m, cost);
             let key = match group {
                 GroupBy::All => 0,
                 GroupBy::Session => u64::from(m.session),
@@ -409,7 +418,7 @@ impl Catalog {
                 GroupBy::Agent => u64::from(m.agent),
                 GroupBy::Day => days.day(m.created).map_or(0, |d| d as u64),
             };
-            groups.entry(key).or_default().add(m);
+            groups.entry(key).or_default().add(m, cost);
         }
         let mut rows: Vec<(String, Usage)> =
             groups.into_iter().map(|(k, acc)| (self.key_name(group, k), acc.finish())).collect();

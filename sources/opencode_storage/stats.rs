@@ -11,7 +11,9 @@ use serde_json::json;
 use super::catalog::Catalog;
 use super::index;
 use super::store::Location;
-use crate::usage::{GroupBy, RangeName, Usage, Window, parse_date};
+use std::sync::Arc;
+
+use crate::usage::{GroupBy, PriceOverrides, Prices, RangeName, Usage, Window, parse_date};
 
 /// Token usage from OpenCode's storage (every generation), fork copies counted once.
 #[derive(Args, Debug)]
@@ -47,6 +49,30 @@ pub struct StatsArgs {
     /// Read everything again instead of using ocpipe's index of already-read rows.
     #[arg(long)]
     pub no_index: bool,
+    /// Your own model prices over the built-in table, for messages OpenCode stored no cost for:
+    /// a TOML file of `[prices."provider/model"]` tables (input, output, cache_read, cache_write
+    /// in dollars per million tokens), as a pipeline's top-level `prices`.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+}
+
+/// The built-in prices with the ones in `file` over them.
+fn load_prices(file: Option<&std::path::Path>) -> anyhow::Result<Arc<Prices>> {
+    let builtin = Prices::builtin();
+    let Some(file) = file else { return Ok(builtin) };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PriceFile {
+        prices: PriceOverrides,
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let parsed: PriceFile = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}write [prices.\"provider/model\"] tables with input, output, cache_read, cache_write (dollars per million tokens)",
+            file.display()
+        )
+    })?;
+    Ok(Arc::new(builtin.with(&parsed.prices)))
 }
 
 fn command() -> clap::Command {
@@ -85,15 +111,26 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let until = args.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
     let window = Window::resolve(args.range, since, until, Local::now());
     let loc = Location::find(args.data_dir.as_deref(), args.db.as_deref());
+    let prices = load_prices(args.prices.as_deref())?;
+    let q = Question { args, loc: &loc, window, prices: &prices };
     if args.no_index {
-        answer(args, &loc, window, &Catalog::load(&loc), out)
+        answer(&q, &Catalog::load(&loc), out)
     } else {
         // The index is written while the answer is worked out and printed.
-        index::with_catalog(&loc, |cat| answer(args, &loc, window, cat, out))
+        index::with_catalog(&loc, |cat| answer(&q, cat, out))
     }
 }
 
-fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: &mut dyn Write) -> anyhow::Result<()> {
+/// What was asked, and how messages without a stored cost are priced.
+struct Question<'a> {
+    args: &'a StatsArgs,
+    loc: &'a Location,
+    window: Window,
+    prices: &'a Prices,
+}
+
+fn answer(q: &Question<'_>, cat: &Catalog, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Question { args, loc, window, prices } = *q;
     for w in &cat.report.warnings {
         eprintln!("warning: {w}");
     }
@@ -110,7 +147,7 @@ fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: 
         eprintln!("note: no OpenCode data found: {}", loc.explain_empty());
     }
     let group = args.by.unwrap_or(GroupBy::Model);
-    let (mut rows, totals, forks) = cat.aggregate(group, window, args.include_fork_copies);
+    let (mut rows, totals, forks) = cat.aggregate(group, window, args.include_fork_copies, prices);
     if args.by.is_none() {
         rows.truncate(args.top);
     }
@@ -137,16 +174,20 @@ fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: 
             "fork_copies": forks,
             "groups": groups,
             "sources": {"dbs": loc.dbs, "storage": loc.storage},
+            "prices": prices.origin,
             "warnings": cat.report.warnings,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else if args.csv {
-        writeln!(out, "key,sessions,messages,responses,input,output,reasoning,cache_read,cache_write,total,cost")?;
+        writeln!(
+            out,
+            "key,sessions,messages,responses,input,output,reasoning,cache_read,cache_write,total,cost,cost_stored,cost_priced,unpriced_messages"
+        )?;
         for (k, u) in rows.iter().chain(std::iter::once(&("TOTAL".to_string(), totals.clone()))) {
             let t = &u.tokens;
             writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{:.6}",
+                "{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{}",
                 csv_field(k),
                 u.sessions,
                 u.messages,
@@ -157,12 +198,21 @@ fn answer(args: &StatsArgs, loc: &Location, window: Window, cat: &Catalog, out: 
                 t.cache_read,
                 t.cache_write,
                 u.total,
-                u.cost
+                u.cost,
+                u.cost_stored,
+                u.cost_priced,
+                u.unpriced_messages
             )?;
         }
     } else {
-        let sums =
-            Sums { range: range_name, rows: &rows, t: &totals, forks: &forks, included: args.include_fork_copies };
+        let sums = Sums {
+            range: range_name,
+            rows: &rows,
+            t: &totals,
+            forks: &forks,
+            included: args.include_fork_copies,
+            prices: &prices.origin,
+        };
         match args.by {
             None => overview(out, loc, &sums)?,
             Some(_) => table(out, cat, group, &sums)?,
@@ -179,6 +229,8 @@ struct Sums<'a> {
     t: &'a Usage,
     forks: &'a Usage,
     included: bool,
+    /// Where the estimated costs' prices came from.
+    prices: &'a str,
 }
 
 fn merge(v: &mut serde_json::Value, u: &Usage) {
@@ -214,6 +266,27 @@ fn range_title(range: &str) -> &str {
     }
 }
 
+/// Where the cost came from, when not all of it was stored by OpenCode.
+fn cost_note(out: &mut dyn Write, t: &Usage, prices: &str) -> std::io::Result<()> {
+    if t.cost_priced > 0.0 {
+        writeln!(
+            out,
+            "\n* Cost: ${:.2} as OpenCode stored it + ${:.2} estimated for the messages it stored none for, from {prices}.",
+            t.cost_stored, t.cost_priced
+        )?;
+    }
+    if t.unpriced_messages > 0 {
+        writeln!(
+            out,
+            "{}{} message{} with tokens but no stored cost and no known price counted as $0 (give prices with --prices FILE).",
+            if t.cost_priced > 0.0 { "  " } else { "\n* " },
+            thousands(t.unpriced_messages),
+            if t.unpriced_messages == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(())
+}
+
 fn fork_note(out: &mut dyn Write, forks: &Usage, included: bool) -> std::io::Result<()> {
     if included {
         writeln!(out, "\nFork copies are counted (--include-fork-copies), as OpenCode's own sums do.")
@@ -232,7 +305,7 @@ fn fork_note(out: &mut dyn Write, forks: &Usage, included: bool) -> std::io::Res
 }
 
 fn overview(out: &mut dyn Write, loc: &Location, sums: &Sums<'_>) -> std::io::Result<()> {
-    let Sums { range, rows: models, t, forks, included } = *sums;
+    let Sums { range, rows: models, t, forks, included, prices } = *sums;
     writeln!(out, "OpenCode token usage, {}", range_title(range))?;
     let sources: Vec<String> = loc.dbs.iter().chain(loc.storage.iter()).map(|p| p.display().to_string()).collect();
     writeln!(
@@ -254,7 +327,8 @@ fn overview(out: &mut dyn Write, loc: &Location, sums: &Sums<'_>) -> std::io::Re
     }
     writeln!(out, "{}", "─".repeat(13 + w))?;
     writeln!(out, "{:<12} {:>w$}", "Total", thousands(t.total))?;
-    writeln!(out, "{:<12} {:>w$}", "Cost", format!("${:.2}", t.cost))?;
+    let estimated = if t.cost_priced > 0.0 || t.unpriced_messages > 0 { " *" } else { "" };
+    writeln!(out, "{:<12} {:>w$}{estimated}", "Cost", format!("${:.2}", t.cost))?;
     if !models.is_empty() {
         writeln!(out, "\nTop models")?;
         let kw = models.iter().map(|m| m.0.chars().count()).max().unwrap_or(0);
@@ -268,12 +342,13 @@ fn overview(out: &mut dyn Write, loc: &Location, sums: &Sums<'_>) -> std::io::Re
             )?;
         }
     }
+    cost_note(out, t, prices)?;
     fork_note(out, forks, included)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn table(out: &mut dyn Write, cat: &Catalog, group: GroupBy, sums: &Sums<'_>) -> std::io::Result<()> {
-    let Sums { range, rows, t, forks, included } = *sums;
+    let Sums { range, rows, t, forks, included, prices } = *sums;
     writeln!(out, "OpenCode token usage by {}, {}\n", group.name(), range_title(range))?;
     let titles = cat.titles();
     let label = |k: &str| -> String {
@@ -320,6 +395,7 @@ fn table(out: &mut dyn Write, cat: &Catalog, group: GroupBy, sums: &Sums<'_>) ->
     }
     writeln!(out, "{}", "─".repeat(kw + widths.iter().map(|w| w + 2).sum::<usize>() + 11))?;
     line(out, "TOTAL", &cells(t), &format!("${:.2}", t.cost))?;
+    cost_note(out, t, prices)?;
     fork_note(out, forks, included)
 }
 

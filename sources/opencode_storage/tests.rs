@@ -7,7 +7,7 @@ use super::*;
 use crate::event::{Event, Payload};
 use crate::registry::Kind;
 use crate::testing;
-use crate::usage::{GroupBy, Window};
+use crate::usage::{GroupBy, Prices, Window};
 
 fn fixture(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/storage").join(p)
@@ -23,7 +23,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn totals(loc: &Location, forks: bool) -> crate::usage::Usage {
-    Catalog::load(loc).aggregate(GroupBy::All, Window::default(), forks).1
+    Catalog::load(loc).aggregate(GroupBy::All, Window::default(), forks, &Prices::builtin()).1
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn sqlite_history_counts_fork_copies_once() {
     let loc = Location::find(None, Some(&fixture("v1.18.33-fork/opencode.db")));
     let cat = Catalog::load(&loc);
     assert!(cat.report.warnings.is_empty(), "{:?}", cat.report.warnings);
-    let (_, t, forks) = cat.aggregate(GroupBy::All, Window::default(), false);
+    let (_, t, forks) = cat.aggregate(GroupBy::All, Window::default(), false, &Prices::builtin());
     assert_eq!((t.sessions, t.messages, t.responses), (6, 13, 7));
     assert_eq!((t.tokens.input, t.tokens.output, t.tokens.reasoning, t.tokens.cache_read), (8334, 64, 28, 6100));
     assert_eq!((forks.messages, forks.tokens.input, forks.sessions), (2, 1600, 1));
@@ -87,7 +87,7 @@ fn mixed_generations_count_each_message_once() {
     assert_eq!(loc.dbs.len(), 1);
     let cat = Catalog::load(&loc);
     assert_eq!(cat.report.duplicates, 11);
-    let t = cat.aggregate(GroupBy::All, Window::default(), false).1;
+    let t = cat.aggregate(GroupBy::All, Window::default(), false, &Prices::builtin()).1;
     assert_eq!((t.sessions, t.messages, t.tokens.input, t.tokens.output), (5, 11, 5334, 81));
 
     // Newer runners add session_message rows beside the v1 tables: union, no double count.
@@ -181,7 +181,7 @@ fn the_warm_index_answers_without_reading_and_catches_up_with_new_rows() {
     drop(conn);
     let caught_up = index::load_or_build(&loc);
     let fresh = Catalog::load(&loc);
-    let agg = |c: &Catalog| c.aggregate(GroupBy::All, Window::default(), false).1;
+    let agg = |c: &Catalog| c.aggregate(GroupBy::All, Window::default(), false, &Prices::builtin()).1;
     assert_eq!(agg(&caught_up), agg(&fresh));
     assert_eq!(agg(&fresh).tokens.input, 8334 + 777);
     // The new message copies the one with 4 output tokens, whose output became 1000.

@@ -14,8 +14,10 @@ use super::{BufferConfig, ComponentDef, FieldError, FieldPath, Pipeline, spans};
 use crate::pipeline_test::TestSpec;
 use crate::registry::{self, AnyConfig, Kind};
 use crate::telemetry::ApiConfig;
+use crate::usage::PriceOverrides;
 
-const TOP_LEVEL: [&str; 7] = ["data_dir", "shutdown_timeout_secs", "api", "sources", "transforms", "sinks", "tests"];
+const TOP_LEVEL: [&str; 8] =
+    ["data_dir", "shutdown_timeout_secs", "api", "prices", "sources", "transforms", "sinks", "tests"];
 
 /// Loads and checks the given files. `Ok` carries warnings (possibly none).
 pub fn load(paths: &[PathBuf]) -> Result<(Pipeline, Report), Report> {
@@ -69,6 +71,7 @@ struct Loader<'e> {
     api: Option<ApiConfig>,
     /// `[[tests]]`: (file, index in that file's list, the test).
     tests: Vec<(usize, usize, TestSpec)>,
+    prices: PriceOverrides,
 }
 
 fn load_texts(
@@ -86,6 +89,7 @@ fn load_texts(
         shutdown_timeout: Duration::from_secs(60),
         api: None,
         tests: Vec::new(),
+        prices: PriceOverrides::new(),
     };
     if inputs.is_empty() {
         l.diags.push(Diagnostic::error("no config file given").help("pass one or more TOML files"));
@@ -156,6 +160,7 @@ impl Loader<'_> {
                 ("data_dir", _) => self.data_dir(file, &path, value),
                 ("api", _) => self.api(file, &path, value),
                 ("tests", _) => self.tests(file, &path, value),
+                ("prices", _) => self.prices(file, &path, value),
                 ("shutdown_timeout_secs", _) => match value.as_integer() {
                     Some(n) if n > 0 => self.shutdown_timeout = Duration::from_secs(n as u64),
                     _ => self.error_at(
@@ -285,6 +290,33 @@ impl Loader<'_> {
         }
     }
 
+    /// `[prices."provider/model"]`: the user's own prices over the built-in table.
+    fn prices(&mut self, file: usize, path: &FieldPath, value: toml::Value) {
+        match registry::parse_strict::<PriceOverrides>(value) {
+            Ok(list) => {
+                for (key, price) in list {
+                    let at = path.clone().child(&key);
+                    if !key.contains('/') {
+                        let help =
+                            Some("name it as OpenCode does, e.g. [prices.\"anthropic/claude-sonnet-4-5\"]".into());
+                        self.error_at(file, &at, true, format!("`{key}` is not `provider/model`"), help);
+                    } else if [price.input, price.output]
+                        .iter()
+                        .chain(&price.cache_read)
+                        .chain(&price.cache_write)
+                        .any(|p| p.is_nan() || *p < 0.0)
+                    {
+                        let help = Some("prices are dollars per million tokens, 0 or more".into());
+                        self.error_at(file, &at, false, format!("a price of `{key}` is negative"), help);
+                    } else {
+                        self.prices.insert(key, price);
+                    }
+                }
+            }
+            Err(errs) => self.field_errors(file, path, errs),
+        }
+    }
+
     /// What the tests name must exist; their events and conditions must be valid.
     fn check_tests(&mut self) {
         let ids: Vec<&str> = self.pending.iter().map(|p| p.id.as_str()).collect();
@@ -406,6 +438,7 @@ impl Loader<'_> {
             shutdown_timeout: self.shutdown_timeout,
             api: self.api,
             tests: self.tests.into_iter().map(|(_, _, t)| t).collect(),
+            prices: self.prices,
             components,
         };
         Ok((pipeline, report))

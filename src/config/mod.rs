@@ -146,6 +146,8 @@ pub struct Pipeline {
     pub api: Option<crate::telemetry::ApiConfig>,
     /// `[[tests]]` for `ocpipe test` (ignored by `run`).
     pub tests: Vec<crate::pipeline_test::TestSpec>,
+    /// `[prices."provider/model"]`: the user's prices over the built-in table.
+    pub prices: crate::usage::PriceOverrides,
     pub components: Vec<ComponentDef>,
 }
 

@@ -168,7 +168,14 @@ pub struct Rollup {
     pub responses: u64,
     pub tokens: Tokens,
     pub total: u64,
+    /// Dollars: stored by OpenCode, plus estimated from the price table where it stored none.
     pub cost: f64,
+    /// The part OpenCode stored.
+    pub cost_stored: f64,
+    /// The part estimated from the price table.
+    pub cost_priced: f64,
+    /// Messages with tokens, no stored cost and no known price (counted as 0).
+    pub unpriced_messages: u64,
     /// Fork copies seen (not counted above).
     pub fork_copy_messages: u64,
 }

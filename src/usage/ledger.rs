@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::event::{MessageInfo, SessionInfo, Tokens};
-use crate::usage::{GroupBy, LocalDays, Usage, Window, model_name, project_key};
+use std::sync::Arc;
+
+use crate::usage::{CostSource, GroupBy, LocalDays, MessageCost, Prices, Usage, Window, model_name, project_key};
 
 /// A session as the ledger keeps it (names are ids into the ledger's strings).
 #[derive(Debug, Clone, Copy)]
@@ -36,11 +38,24 @@ struct Entry {
 
 const ASSISTANT: u32 = 1 << 31;
 const FORK_COPY: u32 = 1 << 30;
+/// The cost came from the price table.
+const PRICED: u32 = 1 << 29;
+/// OpenCode stored no cost and no price is known.
+const UNPRICED: u32 = 1 << 28;
+const FLAGS: u32 = ASSISTANT | FORK_COPY | PRICED | UNPRICED;
 const _: () = assert!(std::mem::size_of::<Entry>() == 48);
 
 impl Entry {
     fn agent(&self) -> u32 {
-        self.agent_flags & !(ASSISTANT | FORK_COPY)
+        self.agent_flags & !FLAGS
+    }
+    fn cost(&self) -> MessageCost {
+        let source = match self.agent_flags & (PRICED | UNPRICED) {
+            PRICED => CostSource::Priced,
+            UNPRICED => CostSource::Unknown,
+            _ => return MessageCost::stored(self.cost),
+        };
+        MessageCost { dollars: self.cost, source }
     }
     fn assistant(&self) -> bool {
         self.agent_flags & ASSISTANT != 0
@@ -91,6 +106,8 @@ pub struct MessageRow {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
+    /// What a message without a stored cost costs (the built-in table unless given one).
+    prices: Option<Arc<Prices>>,
     names: Vec<Box<str>>,
     index: HashMap<Box<str>, u32>,
     sessions: HashMap<u32, SessionRow>,
@@ -101,13 +118,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// An empty ledger pricing messages with `prices`.
+    pub fn with_prices(prices: Arc<Prices>) -> Ledger {
+        Ledger { prices: Some(prices), ..Ledger::default() }
+    }
+
     fn id(&mut self, s: &str) -> u32 {
         if let Some(&i) = self.index.get(s) {
             return i;
         }
         let i = self.names.len() as u32;
-        // Agent ids share their word with two flags.
-        assert!(i < FORK_COPY, "more than 2^30 names");
+        // Agent ids share their word with four flags.
+        assert!(i < UNPRICED, "more than 2^28 names");
         self.names.push(s.into());
         self.index.insert(s.into(), i);
         i
@@ -144,10 +166,18 @@ impl Ledger {
         let model = model_name(m.provider_id.as_deref().unwrap_or(""), m.model_id.as_deref().unwrap_or(""));
         let known = |s: &str| if s.is_empty() { "unknown" } else { s }.to_string();
         let agent = self.id(&known(m.agent.as_deref().unwrap_or("")));
-        let flags = if m.role == "assistant" { ASSISTANT } else { 0 } | if m.fork_copy { FORK_COPY } else { 0 };
+        let prices = self.prices.get_or_insert_with(Prices::builtin);
+        let cost = prices.cost(m.provider_id.as_deref(), m.model_id.as_deref(), m.cost, &m.tokens);
+        let source = match cost.source {
+            CostSource::Priced => PRICED,
+            CostSource::Unknown => UNPRICED,
+            _ => 0,
+        };
+        let flags =
+            if m.role == "assistant" { ASSISTANT } else { 0 } | if m.fork_copy { FORK_COPY } else { 0 } | source;
         let entry = Entry {
             created: m.time_created,
-            cost: m.cost,
+            cost: cost.dollars,
             tokens: m.tokens.packed(),
             session: self.id(&known(&m.session_id)),
             model: self.id(&model),
@@ -175,7 +205,7 @@ impl Ledger {
         }
         impl Acc {
             fn add(&mut self, e: &Entry) {
-                self.usage.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant());
+                self.usage.add_message(&Tokens::from_packed(e.tokens), e.cost(), e.assistant());
                 self.sessions.insert(e.session);
             }
             fn finish(mut self) -> Usage {
@@ -229,7 +259,7 @@ impl Ledger {
         let mut by: HashMap<u32, (Usage, i64, i64)> = HashMap::new();
         for e in self.entries.iter().filter(|e| window.contains(e.created) && !e.fork_copy()) {
             let (u, first, last) = by.entry(e.session).or_insert((Usage::default(), i64::MAX, i64::MIN));
-            u.add_message(&Tokens::from_packed(e.tokens), e.cost, e.assistant());
+            u.add_message(&Tokens::from_packed(e.tokens), e.cost(), e.assistant());
             u.sessions = 1;
             (*first, *last) = ((*first).min(e.created), (*last).max(e.created));
         }

@@ -4,10 +4,12 @@
 
 mod keeper;
 mod ledger;
+pub mod prices;
 pub mod state;
 
 pub use keeper::{FLUSH_EVERY, Keeper};
 pub use ledger::{Ledger, MessageRow, SessionSummary, Summary};
+pub use prices::{CostSource, MessageCost, Price, PriceOverrides, Prices};
 
 use chrono::{DateTime, Datelike, Local, NaiveDate, TimeZone};
 use schemars::JsonSchema;
@@ -152,16 +154,60 @@ pub struct Usage {
     #[serde(flatten)]
     pub tokens: Tokens,
     pub total: u64,
+    /// Dollars: as OpenCode stored them, plus the price table's estimate where it stored none
+    /// (the two parts below).
     pub cost: f64,
+    /// The part OpenCode stored.
+    pub cost_stored: f64,
+    /// The part estimated from the price table.
+    pub cost_priced: f64,
+    /// Messages with tokens but neither a stored cost nor a known price (counted as 0).
+    pub unpriced_messages: u64,
 }
 
 impl Usage {
-    pub fn add_message(&mut self, tokens: &Tokens, cost: f64, assistant: bool) {
+    pub fn add_message(&mut self, tokens: &Tokens, cost: MessageCost, assistant: bool) {
         self.messages += 1;
         self.responses += u64::from(assistant);
         self.tokens.add(tokens);
         self.total = self.tokens.total();
-        self.cost += cost;
+        self.add_cost(cost, 1.0);
+    }
+
+    /// Takes a message added before back out (it was updated).
+    pub fn remove_message(&mut self, tokens: &Tokens, cost: MessageCost, assistant: bool) {
+        self.messages = self.messages.saturating_sub(1);
+        self.responses = self.responses.saturating_sub(u64::from(assistant));
+        self.tokens.sub(tokens);
+        self.total = self.tokens.total();
+        self.add_cost(cost, -1.0);
+    }
+
+    fn add_cost(&mut self, cost: MessageCost, sign: f64) {
+        self.cost += sign * cost.dollars;
+        match cost.source {
+            CostSource::Stored => self.cost_stored += sign * cost.dollars,
+            CostSource::Priced => self.cost_priced += sign * cost.dollars,
+            CostSource::Unknown if sign > 0.0 => self.unpriced_messages += 1,
+            CostSource::Unknown => self.unpriced_messages = self.unpriced_messages.saturating_sub(1),
+            CostSource::Free => {}
+        }
+    }
+
+    /// Where the cost came from, in a word: `stored`, `priced`, `stored+priced`, or with
+    /// `+unknown` when some messages had no price.
+    pub fn cost_source(&self) -> String {
+        let mut parts = Vec::new();
+        if self.cost_stored > 0.0 {
+            parts.push("stored");
+        }
+        if self.cost_priced > 0.0 {
+            parts.push("priced");
+        }
+        if self.unpriced_messages > 0 {
+            parts.push("unknown");
+        }
+        if parts.is_empty() { "stored".into() } else { parts.join("+") }
     }
 }
 

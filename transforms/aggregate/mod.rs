@@ -19,8 +19,10 @@ use crate::event::{DataType, Event, MessageInfo, Payload, Rollup, SessionInfo, T
 use crate::metrics::DropReason;
 use crate::telemetry::UsageRow;
 use crate::usage::state::Record;
+use crate::usage::{CostSource, MessageCost, Prices};
 use crate::usage::{FLUSH_EVERY, Keeper};
 pub use crate::usage::{GroupBy, RangeName, Usage, Window, local_day, parse_date, project_key};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct AggregateConfig {
@@ -96,7 +98,8 @@ impl TransformConfig for AggregateConfig {
         let since = self.since.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
         let until = self.until.as_deref().map(parse_date).transpose().map_err(anyhow::Error::msg)?;
         Ok(Transform::Task(Box::new(Aggregator {
-            state: Rollups::new(self.group_by.clone(), self.range, since, until, self.include_fork_copies),
+            state: Rollups::new(self.group_by.clone(), self.range, since, until, self.include_fork_copies)
+                .priced_by(cx.prices().clone()),
             keeper: Keeper::new(cx)?,
             throttle: Duration::from_millis(self.throttle_ms.max(1)),
             cx: cx.clone(),
@@ -115,7 +118,7 @@ struct Contribution {
     labels: [u32; 4],
     /// Saturated to `TOKEN_MAX` (u32) like every stored count.
     tokens: [u32; 5],
-    cost: f64,
+    cost: MessageCost,
     assistant: bool,
     fork_copy: bool,
 }
@@ -170,6 +173,8 @@ pub struct Rollups {
     /// Usage by provider, model, agent and project (fork copies apart), for `/metrics`.
     labelled: HashMap<[u32; 4], UsageRow>,
     labelled_dirty: bool,
+    /// What a message without a stored cost costs.
+    prices: Arc<Prices>,
 }
 
 impl Rollups {
@@ -193,7 +198,14 @@ impl Rollups {
             dirty: HashSet::new(),
             labelled: HashMap::new(),
             labelled_dirty: false,
+            prices: Prices::builtin(),
         }
+    }
+
+    /// Messages without a stored cost are priced with `prices`.
+    pub fn priced_by(mut self, prices: Arc<Prices>) -> Self {
+        self.prices = prices;
+        self
     }
 
     fn window(&self) -> Window {
@@ -250,7 +262,7 @@ impl Rollups {
             keys,
             session,
             tokens: m.tokens.packed(),
-            cost: m.cost,
+            cost: self.prices.cost(m.provider_id.as_deref(), m.model_id.as_deref(), m.cost, &m.tokens),
             assistant: m.role == "assistant",
             fork_copy: m.fork_copy && !self.include_fork_copies,
         };
@@ -272,12 +284,7 @@ impl Rollups {
                 acc.usage.add_message(&Tokens::from_packed(c.tokens), c.cost, c.assistant);
                 *acc.sessions.entry(c.session).or_default() += 1;
             } else {
-                let u = &mut acc.usage;
-                u.messages = u.messages.saturating_sub(1);
-                u.responses = u.responses.saturating_sub(u64::from(c.assistant));
-                u.tokens.sub(&Tokens::from_packed(c.tokens));
-                u.total = u.tokens.total();
-                u.cost -= c.cost;
+                acc.usage.remove_message(&Tokens::from_packed(c.tokens), c.cost, c.assistant);
                 if let Some(n) = acc.sessions.get_mut(&c.session) {
                     *n -= 1;
                     if *n == 0 {
@@ -300,14 +307,18 @@ impl Rollups {
             ..Default::default()
         });
         let tokens = Tokens::from_packed(c.tokens);
+        let sign = if add { 1.0 } else { -1.0 };
         if add {
             row.messages += 1;
             row.tokens.add(&tokens);
-            row.cost.stored += c.cost;
         } else {
             row.messages = row.messages.saturating_sub(1);
             row.tokens.sub(&tokens);
-            row.cost.stored -= c.cost;
+        }
+        match c.cost.source {
+            CostSource::Stored => row.cost.stored += sign * c.cost.dollars,
+            CostSource::Priced => row.cost.priced += sign * c.cost.dollars,
+            CostSource::Unknown | CostSource::Free => {}
         }
         self.labelled_dirty = true;
     }
@@ -341,6 +352,9 @@ impl Rollups {
                     tokens: acc.usage.tokens,
                     total: acc.usage.total,
                     cost: acc.usage.cost,
+                    cost_stored: acc.usage.cost_stored,
+                    cost_priced: acc.usage.cost_priced,
+                    unpriced_messages: acc.usage.unpriced_messages,
                     fork_copy_messages: acc.fork_copy_messages,
                 })
             })
@@ -361,7 +375,7 @@ struct Aggregator {
 impl Aggregator {
     /// Replays the state file into the rollups.
     async fn restore(&mut self) -> anyhow::Result<()> {
-        let empty = Rollups::new(vec![], RangeName::All, None, None, false);
+        let empty = Rollups::new(vec![], RangeName::All, None, None, false).priced_by(self.cx.prices().clone());
         let rollups = std::mem::replace(&mut self.state, empty);
         self.state = self
             .keeper

@@ -133,7 +133,7 @@ impl App {
             None
         };
         let window = self.window();
-        let (rows, totals, forks) = cat.aggregate(self.view.group(), window, false);
+        let (rows, totals, forks) = cat.aggregate(self.view.group(), window, false, &crate::usage::Prices::builtin());
         let sessions = self.view == View::Sessions;
         let (titles, parents, spans) =
             if sessions { (cat.titles(), cat.parents(), cat.spans(window)) } else { Default::default() };

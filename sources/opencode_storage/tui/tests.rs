@@ -7,7 +7,7 @@ use super::super::stats::thousands;
 use super::super::store::Location;
 use super::app::{App, View};
 use super::view;
-use crate::usage::{GroupBy, RangeName, Window};
+use crate::usage::{GroupBy, Prices, RangeName, Window};
 
 fn fixture() -> Catalog {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/storage/v1.18.33-fork");
@@ -28,7 +28,7 @@ fn key(app: &mut App, cat: &Catalog, code: KeyCode) {
 fn every_view_shows_the_sums_of_ocpipe_stats() {
     let cat = fixture();
     let all = Window::resolve(RangeName::All, None, None, chrono::Local::now());
-    let (_, totals, forks) = cat.aggregate(GroupBy::All, all, false);
+    let (_, totals, forks) = cat.aggregate(GroupBy::All, all, false, &Prices::builtin());
     let mut app = App::new(RangeName::All, true);
     app.refresh(&cat, None);
     let s = screen(&app, 120);
@@ -57,6 +57,7 @@ fn every_view_shows_the_sums_of_ocpipe_stats() {
             },
             all,
             false,
+            &Prices::builtin(),
         );
         assert_eq!(app.rows.len(), rows.len(), "{view:?}");
         assert_eq!(app.rows.iter().map(|r| r.usage.total).sum::<u64>(), t.total, "{view:?}");
@@ -109,7 +110,7 @@ fn sessions_open_filter_sort_and_ranges_change_what_is_shown() {
     key(&mut app, &cat, KeyCode::Char('t'));
     assert_eq!(app.range, RangeName::Today);
     let today = Window::resolve(RangeName::Today, None, None, chrono::Local::now());
-    assert_eq!(app.rows.len(), cat.aggregate(GroupBy::Session, today, false).0.len());
+    assert_eq!(app.rows.len(), cat.aggregate(GroupBy::Session, today, false, &Prices::builtin()).0.len());
     key(&mut app, &cat, KeyCode::Char('a'));
     assert_eq!(app.rows.len(), n);
     key(&mut app, &cat, KeyCode::Char('q'));
