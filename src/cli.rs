@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,10 @@ pub enum Command {
         /// else $XDG_STATE_HOME/ocpipe or ~/.local/state/ocpipe.
         #[arg(long, env = "OCPIPE_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Reload when a file changes (SIGHUP always reloads): an invalid change is logged and
+        /// the running pipeline goes on; a valid one rebuilds only the components it changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check pipeline files without running them (touches no files or network). Exit 0 or 1.
     Validate {
@@ -104,7 +109,7 @@ pub fn main() -> ExitCode {
     };
     init_logging(cli.log_level.as_deref(), cli.log_file.as_deref());
     match cli.command {
-        Command::Run { files, data_dir } => run(files, data_dir),
+        Command::Run { files, data_dir, watch } => run(files, data_dir, watch),
         Command::Validate { files } => validate(files),
         Command::Test { files } => {
             let load = |group: &[PathBuf]| load_files(group).map(|(p, _)| p).map_err(|report| report.to_string());
@@ -188,13 +193,28 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
-    run_loaded(load_files(&files), data_dir)
+fn run(files: Vec<PathBuf>, data_dir: Option<PathBuf>, watch: bool) -> ExitCode {
+    let loaded = load_files(&files);
+    run_pipeline(loaded, data_dir, Some(Reloading { files, watch }))
+}
+
+/// Where a running pipeline's reloads come from.
+struct Reloading {
+    files: Vec<PathBuf>,
+    watch: bool,
 }
 
 /// Runs a loaded pipeline until its sources end or it is stopped (`ocpipe run`, and commands
 /// that run a pipeline of their own, like `ocpipe capture`).
 pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: Option<PathBuf>) -> ExitCode {
+    run_pipeline(loaded, data_dir, None)
+}
+
+fn run_pipeline(
+    loaded: Result<(config::Pipeline, Report), Report>,
+    data_dir: Option<PathBuf>,
+    reloading: Option<Reloading>,
+) -> ExitCode {
     let (pipeline, warnings) = match loaded {
         Ok(x) => x,
         Err(report) => {
@@ -234,13 +254,19 @@ pub fn run_loaded(loaded: Result<(config::Pipeline, Report), Report>, data_dir: 
         };
         let shutdown = CancellationToken::new();
         let control_stop = CancellationToken::new();
-        tokio::spawn(control::serve(listener, topology.handles(), control_stop.clone()));
+        tokio::spawn(control::serve(listener, topology.telemetry(), control_stop.clone()));
         if let Some(api) = api {
             tokio::spawn(crate::telemetry::serve(api, topology.telemetry(), control_stop.clone()));
         }
         tokio::spawn(signals(shutdown.clone()));
         tracing::info!(data_dir = %data_dir.display(), "pipeline running; `ocpipe tap ID` and `ocpipe top` watch it");
-        let summary = topology.run(shutdown).await;
+        let reloads = reloading.map(|r| {
+            let (tx, rx) = crate::runtime::reload_channel();
+            let load: crate::reloader::Loader = Arc::new(|files: &[PathBuf]| load_files(files));
+            tokio::spawn(crate::reloader::reload_on_change(r.files, r.watch, load, tx));
+            rx
+        });
+        let summary = topology.run_reloading(shutdown, reloads).await;
         control_stop.cancel();
         // Removed here, not only by the serving task: the runtime may end before that runs.
         let _ = std::fs::remove_file(control::socket_path(&data_dir));

@@ -14,7 +14,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -219,18 +219,65 @@ pub struct SourceContext {
 }
 
 /// The receiving end of a component's input buffer. Counts received events.
+///
+/// The buffer outlives the component reading it: a reload that rebuilds the component stops
+/// this reader ([`InputStop`]) and hands the same buffer, with what is still in it, to the new
+/// one.
 pub struct Input {
-    rx: mpsc::Receiver<Event>,
+    rx: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Event>>,
     metrics: Arc<ComponentMetrics>,
+    stop: InputStop,
 }
 
+/// Ends a component's input early (a reload): at once, leaving what is buffered to the
+/// component's successor ([`InputStop::hand_over`]), or once the buffer is empty
+/// ([`InputStop::drain`], a component removed).
+#[derive(Clone, Default, Debug)]
+pub struct InputStop {
+    token: CancellationToken,
+    drain: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl InputStop {
+    pub fn hand_over(&self) {
+        self.token.cancel();
+    }
+    pub fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+/// A component's input buffer, kept by the runtime across rebuilds of its reader.
+pub type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Event>>>;
+
 impl Input {
+    /// An input of its own (tests, standalone runs).
     pub fn new(rx: mpsc::Receiver<Event>, metrics: Arc<ComponentMetrics>) -> Self {
-        Input { rx, metrics }
+        let rx = Arc::new(tokio::sync::Mutex::new(rx)).try_lock_owned().expect("a new lock is free");
+        Input { rx, metrics, stop: InputStop::default() }
+    }
+
+    /// The reader of a shared buffer (waits for the previous reader to let go).
+    pub async fn shared(rx: SharedReceiver, metrics: Arc<ComponentMetrics>, stop: InputStop) -> Self {
+        Input { rx: rx.lock_owned().await, metrics, stop }
+    }
+
+    /// What is left to read once stopped: nothing (handed over), or what is buffered (drain).
+    fn after_stop(&mut self) -> Option<Event> {
+        if self.stop.drain.load(Ordering::Acquire) { self.rx.try_recv().ok() } else { None }
     }
 
     pub async fn recv(&mut self) -> Option<Event> {
-        let ev = self.rx.recv().await;
+        let ev = if self.stop.token.is_cancelled() {
+            self.after_stop()
+        } else {
+            tokio::select! {
+                biased;
+                _ = self.stop.token.cancelled() => self.after_stop(),
+                ev = self.rx.recv() => ev,
+            }
+        };
         if ev.is_some() {
             self.metrics.received(1);
         }
@@ -239,15 +286,14 @@ impl Input {
 
     /// For sinks that run on their own thread.
     pub fn blocking_recv(&mut self) -> Option<Event> {
-        let ev = self.rx.blocking_recv();
-        if ev.is_some() {
-            self.metrics.received(1);
-        }
-        ev
+        futures::executor::block_on(self.recv())
     }
 
     /// Moves events that are already waiting into `batch`, up to `max` in all. Never waits.
     pub fn drain_ready(&mut self, batch: &mut Vec<Event>, max: usize) {
+        if self.stop.token.is_cancelled() && !self.stop.drain.load(Ordering::Acquire) {
+            return;
+        }
         while batch.len() < max {
             match self.rx.try_recv() {
                 Ok(ev) => {
@@ -330,23 +376,57 @@ impl TapPoint {
     }
 }
 
+/// Who a producer sends to, changed in place by a reload: each [`Output`] sharing it picks up
+/// the new list before its next send.
+#[derive(Default)]
+pub struct Wiring {
+    version: AtomicU64,
+    targets: Mutex<Vec<Target>>,
+}
+
+impl Wiring {
+    pub fn new(targets: Vec<Target>) -> Arc<Wiring> {
+        Arc::new(Wiring { version: AtomicU64::new(0), targets: Mutex::new(targets) })
+    }
+    pub fn set(&self, targets: Vec<Target>) {
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets;
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+    fn current(&self) -> (u64, Vec<Target>) {
+        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        (self.version.load(Ordering::Acquire), targets.clone())
+    }
+}
+
 /// The sending side of a component: fans each event out to every consumer.
 #[derive(Clone)]
 pub struct Output {
+    wiring: Arc<Wiring>,
+    /// The wiring's targets as of `seen`.
     targets: Vec<Target>,
+    seen: u64,
     metrics: Arc<ComponentMetrics>,
     tap: Arc<TapPoint>,
 }
 
 impl Output {
     pub fn new(targets: Vec<Target>, metrics: Arc<ComponentMetrics>, tap: Arc<TapPoint>) -> Self {
-        Output { targets, metrics, tap }
+        Self::wired(Wiring::new(targets), metrics, tap)
+    }
+
+    /// Sending through `wiring` (which a reload may change).
+    pub fn wired(wiring: Arc<Wiring>, metrics: Arc<ComponentMetrics>, tap: Arc<TapPoint>) -> Self {
+        let (seen, targets) = wiring.current();
+        Output { wiring, targets, seen, metrics, tap }
     }
 
     /// Sends to every consumer that takes events of this kind. A `block` consumer with a full
     /// buffer makes this wait (and so slows this component); a `drop_newest` consumer with a
     /// full buffer loses the event.
     pub async fn send(&mut self, event: Event) {
+        if self.wiring.version.load(Ordering::Acquire) != self.seen {
+            (self.seen, self.targets) = self.wiring.current();
+        }
         self.metrics.sent(1);
         self.tap.publish(&event);
         let kind = DataType::of(&event.payload);

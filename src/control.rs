@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsSnapshot;
 use crate::runtime::Handles;
+use crate::telemetry::Telemetry;
+use std::sync::Arc;
 
 pub const TAP_BUFFER: usize = 256;
 
@@ -56,13 +58,15 @@ pub async fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))
 }
 
-pub async fn serve(listener: UnixListener, handles: Handles, stop: CancellationToken) {
+/// Serves the control socket; `telemetry` knows the components running now (a reload changes
+/// them).
+pub async fn serve(listener: UnixListener, telemetry: Arc<Telemetry>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let handles = handles.clone();
+                let handles = telemetry.handles();
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     if let Err(e) = client(stream, handles, stop).await {

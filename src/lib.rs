@@ -21,6 +21,7 @@ pub mod pipeline_test;
 pub mod plugin;
 pub mod process;
 pub mod registry;
+pub mod reloader;
 pub mod runtime;
 pub mod telemetry;
 pub mod template;

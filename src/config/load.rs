@@ -48,6 +48,8 @@ struct Pending {
     inputs: Vec<String>,
     buffer: BufferConfig,
     config: Option<AnyConfig>,
+    /// The component's own options as written (variables expanded), to tell a changed one.
+    options: String,
 }
 
 impl Pending {
@@ -431,6 +433,7 @@ impl Loader<'_> {
                 inputs,
                 buffer: p.buffer,
                 config: p.config.expect("no errors means every component parsed"),
+                options: p.options,
             })
             .collect();
         let pipeline = Pipeline {
@@ -547,6 +550,7 @@ fn component(
     let mut value = toml::Value::Table(table);
     let mut errs = Vec::new();
     interpolate_value(&mut value, &FieldPath::default(), l.env, &mut errs);
+    let options = format!("{}:{}", reg.type_name, serde_json::to_string(&value).unwrap_or_default());
     let config = if errs.is_empty() {
         match (reg.parse)(value) {
             Ok(c) => {
@@ -567,7 +571,7 @@ fn component(
         l.field_errors(file, cpath, errs);
         None
     };
-    Some(Pending { id, kind, file, type_name: reg.type_name, inputs, buffer, config })
+    Some(Pending { id, kind, file, type_name: reg.type_name, inputs, buffer, config, options })
 }
 
 #[cfg(test)]

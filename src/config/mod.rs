@@ -108,7 +108,7 @@ pub enum WhenFull {
 }
 
 /// `buffer = { max_events = N, when_full = "block" | "drop_newest" }` on any sink.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct BufferConfig {
     /// How many events wait in the sink's buffer.
@@ -135,6 +135,9 @@ pub struct ComponentDef {
     pub inputs: Vec<String>,
     pub buffer: BufferConfig,
     pub config: AnyConfig,
+    /// Its type and own options as written (variables expanded): a reload rebuilds a component
+    /// whose `options`, `inputs` or `buffer` changed.
+    pub options: String,
 }
 
 /// A loaded, checked pipeline: ready to build.

@@ -77,7 +77,7 @@ impl Sink for CaptureSink {
 }
 
 fn def(id: String, kind: Kind, type_name: &'static str, inputs: Vec<String>, config: AnyConfig) -> ComponentDef {
-    ComponentDef { id, kind, type_name, inputs, buffer: BufferConfig::default(), config }
+    ComponentDef { id, kind, type_name, inputs, buffer: BufferConfig::default(), config, options: String::new() }
 }
 
 /// Runs `test` on `pipeline` (a fresh load: components are built once).

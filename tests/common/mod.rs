@@ -417,14 +417,23 @@ impl Running {
     /// In `dir` (relative paths of the pipeline are relative to it; its state in `dir/state`
     /// unless `env` says otherwise).
     pub fn start_in(dir: &Path, pipeline: &str, env: &[(&str, String)]) -> Running {
+        Self::start_args_in(dir, &["run", pipeline], env)
+    }
+
+    /// `ocpipe ARGS` in `dir` (its state in `dir/state`).
+    pub fn start_args_in(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Running {
         let state = dir.join("state").display().to_string();
         let env: Vec<(&str, String)> = std::iter::once(("OCPIPE_DATA_DIR", state)).chain(env.iter().cloned()).collect();
-        Self::spawn(dir, pipeline, &env)
+        Self::spawn_args(dir, args, &env)
     }
 
     fn spawn(dir: &Path, pipeline: &str, env: &[(&str, String)]) -> Running {
+        Self::spawn_args(dir, &["run", pipeline], env)
+    }
+
+    fn spawn_args(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Running {
         let mut c = Command::new(bin());
-        c.args(["run", pipeline]).current_dir(dir).env_remove("OCPIPE_TOKEN").stderr(Stdio::piped());
+        c.args(args).current_dir(dir).env_remove("OCPIPE_TOKEN").stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
