@@ -144,12 +144,15 @@ impl Prices {
     }
 
     /// The price of a model: its provider's row, else the model's name under the most
-    /// authoritative provider that sells it.
+    /// authoritative provider that sells it. A row of zeros (a subscription's plan, a free
+    /// tier) gives way to a paid price of the same model where there is one: what the tokens
+    /// would have cost; a model nobody charges for stays free.
     pub fn find(&self, provider: &str, model: &str) -> Option<Price> {
-        if let Some(p) = self.exact.get(provider).and_then(|m| m.get(model)) {
-            return Some(*p);
+        let exact = self.exact.get(provider).and_then(|m| m.get(model)).copied();
+        match exact {
+            Some(p) if p.input + p.output > 0.0 => Some(p),
+            _ => self.by_model.get(&normalized(model)).copied().or(exact),
         }
-        self.by_model.get(&normalized(model)).copied()
     }
 
     /// A message's cost: as stored when OpenCode stored one, else priced, else unknown.
@@ -202,7 +205,10 @@ mod tests {
         // A reseller without a row: the first-party price of the same name (dots as dashes).
         let resold = p.cost(Some("github-copilot"), Some("claude-sonnet-4.5"), 0.0, &t);
         assert!((resold.dollars - 5.1).abs() < 1e-12, "{resold:?}");
-        // An exact row of zero is a free model, not an unknown one.
+        // A plan listed at zero (a subscription) is priced as the model's maker sells it…
+        let plan = p.cost(Some("gateway"), Some("claude-sonnet-4.5"), 0.0, &t);
+        assert!((plan.dollars - 5.1).abs() < 1e-12, "{plan:?}");
+        // …and a model nobody charges for is free, not unknown.
         assert_eq!(
             p.cost(Some("opencode"), Some("big-pickle"), 0.0, &t),
             MessageCost { dollars: 0.0, source: CostSource::Priced }
