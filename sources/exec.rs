@@ -79,18 +79,31 @@ impl SourceConfig for ExecSourceConfig {
                 loop {
                     let line = tokio::select! {
                         _ = shutdown.cancelled() => {
-                            plugin.finish(std::time::Duration::from_secs(2)).await;
+                            // What it wrote before it was asked to stop is still sent.
+                            plugin.close_input();
+                            let grace = tokio::time::sleep(std::time::Duration::from_secs(2));
+                            tokio::pin!(grace);
+                            loop {
+                                tokio::select! {
+                                    _ = &mut grace => break,
+                                    line = plugin.next_line() => match line {
+                                        Ok(Some(line)) => emit(&cx, &mut out, &line, plugin.line, cfg.kind).await,
+                                        _ => break,
+                                    },
+                                }
+                            }
+                            plugin.finish(std::time::Duration::from_secs(1)).await;
                             return Ok(());
                         }
                         line = plugin.next_line() => line,
                     };
                     match line {
-                        Ok(Some(line)) if line.trim().is_empty() => {}
-                        Ok(Some(line)) => match parse_line(&line, plugin.line, cfg.kind) {
-                            Ok(payload) => out.send(Event::new(cx.id.clone(), chrono::Utc::now(), payload)).await,
-                            Err(e) => cx.error(format_args!("{e}")),
-                        },
-                        Ok(None) | Err(_) => break,
+                        Ok(Some(line)) => emit(&cx, &mut out, &line, plugin.line, cfg.kind).await,
+                        Ok(None) => break,
+                        Err(e) => {
+                            cx.error(format_args!("reading its output: {e}"));
+                            break;
+                        }
                     }
                 }
                 let ran = plugin.age();
@@ -107,5 +120,22 @@ impl SourceConfig for ExecSourceConfig {
                 }
             }
         }))
+    }
+}
+
+/// One line of the plugin's output as an event (empty lines are nothing; bad ones are counted).
+async fn emit(
+    cx: &crate::component::Context,
+    out: &mut crate::component::Output,
+    line: &str,
+    number: u64,
+    kind: EventKind,
+) {
+    if line.trim().is_empty() {
+        return;
+    }
+    match parse_line(line, number, kind) {
+        Ok(payload) => out.send(Event::new(cx.id.clone(), chrono::Utc::now(), payload)).await,
+        Err(e) => cx.error(format_args!("{e}")),
     }
 }

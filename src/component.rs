@@ -340,6 +340,27 @@ pub struct Target {
     pub metrics: Arc<ComponentMetrics>,
     /// The kinds of events the consumer takes: it is handed nothing else.
     pub accepts: DataType,
+    /// Where the consumer's buffer goes when a reload replaces it.
+    pub moved: tokio::sync::watch::Receiver<Moved>,
+}
+
+/// Where a consumer's buffer went when a reload gave the consumer a new one (its size
+/// changed). A send that finds the old buffer closed waits until what was in it has moved,
+/// then goes on to the new one: nothing is lost and each producer's order holds.
+#[derive(Clone, Default)]
+pub enum Moved {
+    /// Not moved: a closed buffer means the consumer is gone.
+    #[default]
+    Not,
+    Moving,
+    To(mpsc::WeakSender<Event>, tokio::sync::watch::Receiver<Moved>),
+}
+
+impl Moved {
+    /// For a buffer that never moves.
+    pub fn never() -> tokio::sync::watch::Receiver<Moved> {
+        tokio::sync::watch::channel(Moved::Not).1
+    }
 }
 
 /// Observers of a component's output (`ocpipe tap`). Each has its own small buffer and misses
@@ -382,11 +403,24 @@ impl TapPoint {
 pub struct Wiring {
     version: AtomicU64,
     targets: Mutex<Vec<Target>>,
+    /// The instance sending through it now (a reload's successor takes it over).
+    owner: AtomicU64,
 }
 
 impl Wiring {
     pub fn new(targets: Vec<Target>) -> Arc<Wiring> {
-        Arc::new(Wiring { version: AtomicU64::new(0), targets: Mutex::new(targets) })
+        Arc::new(Wiring { version: AtomicU64::new(0), targets: Mutex::new(targets), owner: AtomicU64::new(0) })
+    }
+    /// Instance `generation` sends through it from now on.
+    pub fn claim(&self, generation: u64) {
+        self.owner.store(generation, Ordering::Release);
+    }
+    /// Instance `generation` has ended: its consumers lose it as a producer, unless a
+    /// successor has taken the wiring over.
+    pub fn release(&self, generation: u64) {
+        if self.owner.load(Ordering::Acquire) == generation {
+            self.set(Vec::new());
+        }
     }
     pub fn set(&self, targets: Vec<Target>) {
         *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets;
@@ -455,13 +489,33 @@ async fn deliver(target: &Target, event: Event) {
             // not delivered, so its source must not checkpoint past it.
             match target.tx.send(event).await {
                 Ok(()) => target.metrics.enqueued(),
-                Err(returned) => returned.0.fail(),
+                Err(returned) => resend(target, returned.0).await,
             }
         }
         WhenFull::DropNewest => match target.tx.try_send(event) {
             Ok(()) => target.metrics.enqueued(),
             Err(TrySendError::Full(_)) => target.metrics.dropped(DropReason::Full, 1),
-            Err(TrySendError::Closed(returned)) => returned.fail(),
+            Err(TrySendError::Closed(returned)) => resend(target, returned).await,
         },
+    }
+}
+
+/// The consumer's buffer is closed: a reload moved it (the event follows, after what was
+/// moved), or the consumer is gone (the event fails: its source must not checkpoint past it).
+async fn resend(target: &Target, mut event: Event) {
+    let mut moved = target.moved.clone();
+    loop {
+        let next = match moved.wait_for(|m| !matches!(m, Moved::Moving)).await {
+            Ok(m) => match &*m {
+                Moved::To(tx, then) => tx.upgrade().map(|tx| (tx, then.clone())),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some((tx, then)) = next else { return event.fail() };
+        match tx.send(event).await {
+            Ok(()) => return target.metrics.enqueued(),
+            Err(returned) => (event, moved) = (returned.0, then),
+        }
     }
 }

@@ -129,6 +129,11 @@ impl Plugin {
         Ok(line)
     }
 
+    /// Closes its stdin: it sees the end of its input.
+    pub fn close_input(&mut self) {
+        drop(self.stdin.take());
+    }
+
     /// Closes its stdin (end of input) and waits for it to exit, killing it after `grace`.
     pub async fn finish(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         drop(self.stdin.take());
@@ -178,6 +183,12 @@ impl Plugin {
     /// Sends `event` and reads what the plugin writes up to the empty line that ends its answer
     /// (a transform's output lines; nothing for a sink), each with its line number.
     pub async fn ask(&mut self, event: &Event, timeout: Duration) -> Result<Vec<(u64, String)>, NoAnswer> {
+        // Output nobody asked for (a banner, a second empty line) would shift every answer.
+        let stray = self.stdout.get_ref().buffer();
+        if !stray.is_empty() {
+            let text = String::from_utf8_lossy(&stray[..stray.len().min(80)]).into_owned();
+            return Err(NoAnswer::Died(format!("it wrote output nobody asked for ({text:?}); write only answers")));
+        }
         let exchange = async {
             self.send(event).await.map_err(|e| NoAnswer::Died(e.to_string()))?;
             let mut lines = Vec::new();
@@ -231,6 +242,13 @@ impl Supervised {
                     let ran = plugin.age();
                     let status = plugin.exit().await;
                     let wait = self.restarts.next(ran);
+                    if attempt == self.max_attempts {
+                        self.cx.error(format_args!(
+                            "{why}, {status}; attempt {attempt} of {}: the event fails",
+                            self.max_attempts
+                        ));
+                        break;
+                    }
                     self.cx.error(format_args!(
                         "{why}, {status}; attempt {attempt} of {}; starting it again in {wait:?}",
                         self.max_attempts

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{
-    Context, Input, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform, TransformConfig,
+    Context, Input, Moved, Output, SinkConfig, SourceConfig, SourceContext, TapPoint, Target, Transform,
+    TransformConfig,
 };
 use crate::config::{FieldError, WhenFull};
 use crate::event::{DataType, Event};
@@ -40,7 +41,13 @@ pub fn context(id: &str, dir: &Path) -> Context {
 /// An output that collects into a channel, counting on the component's own metrics.
 fn capture(metrics: &Arc<ComponentMetrics>) -> (Output, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1_000_000);
-    let target = Target { tx, when_full: WhenFull::Block, metrics: Arc::default(), accepts: DataType::ANY };
+    let target = Target {
+        tx,
+        when_full: WhenFull::Block,
+        metrics: Arc::default(),
+        accepts: DataType::ANY,
+        moved: Moved::never(),
+    };
     (Output::new(vec![target], metrics.clone(), Arc::new(TapPoint::default())), rx)
 }
 

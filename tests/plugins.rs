@@ -158,14 +158,14 @@ fn a_hung_plugin_is_timed_out_and_an_event_no_run_can_answer_fails() {
         dir.path(),
         &format!(
             "{}\n[transforms.t]\ntype = \"exec\"\ninputs = [\"numbers\"]\ncommand = [\"python3\", \"{plugin}\"]\n\
-             timeout_secs = 1\nmax_attempts = 2\n\
+             timeout_secs = 3\nmax_attempts = 2\n\
              [sinks.out]\ntype = \"jsonl\"\ninputs = [\"t\"]\npath = \"out.jsonl\"\n",
             counting_source()
         ),
     );
     let want: Vec<u64> = (0..EVENTS as u64).filter(|&n| n != 7).collect();
     assert_eq!(numbers(&lines(&dir.path().join("out.jsonl"))), want);
-    assert!(log.contains("no answer within 1s"), "{log}");
+    assert!(log.contains("no answer within 3s"), "{log}");
     assert_eq!(final_counter(&log, "t", "dropped_error"), 1, "n=7 failed after 2 runs");
 }
 

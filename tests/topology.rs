@@ -65,18 +65,22 @@ struct RecordConfig {
     delay_ms: u64,
     #[serde(default)]
     hang: bool,
+    /// Return an error (or, with `panic`, panic) after this many events.
+    fail_after: Option<u64>,
+    #[serde(default)]
+    panic: bool,
 }
 
 ocpipe::register_component!(sink RecordConfig, "test_record", "test: records what arrives", "key = \"k\"\n");
 
-struct Record(String, u64, bool);
+struct Record(String, u64, bool, Option<u64>, bool);
 
 impl SinkConfig for RecordConfig {
     fn input(&self) -> DataType {
         DataType::JSON
     }
     fn build(&self, _cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
-        Ok(Box::new(Record(self.key.clone(), self.delay_ms, self.hang)))
+        Ok(Box::new(Record(self.key.clone(), self.delay_ms, self.hang, self.fail_after, self.panic)))
     }
 }
 
@@ -91,6 +95,10 @@ impl Sink for Record {
                     tokio::time::sleep(Duration::from_millis(self.1)).await;
                 }
                 let n = ev.to_json()["n"].as_u64().unwrap();
+                if self.3.is_some_and(|after| n + 1 >= after) {
+                    assert!(!self.4, "the test sink panics as asked");
+                    anyhow::bail!("the test sink fails as asked");
+                }
                 SEEN.lock().unwrap().get_or_insert_with(HashMap::new).entry(self.0.clone()).or_default().push(n);
             }
             Ok(())
@@ -295,4 +303,36 @@ hang = true
     .await;
     assert_eq!(s.timed_out, vec!["stuck".to_string()]);
     assert!(!s.ok());
+}
+
+/// A sink that fails (returns an error, or panics) stops the pipeline at once: its buffer is
+/// closed, so nothing upstream waits on it until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_panicked_sink_stops_the_pipeline_promptly() {
+    for (key, panic) in [("fails", false), ("panics", true)] {
+        let started = std::time::Instant::now();
+        let s = run(
+            &format!(
+                r#"
+[sources.gen]
+type = "test_gen"
+count = 0
+
+[sinks.bad]
+type = "test_record"
+inputs = ["gen"]
+key = "{key}"
+fail_after = 5
+panic = {panic}
+buffer = {{ max_events = 2 }}
+"#
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(s.failed.len(), 1, "{key}: {:?}", s.failed);
+        assert_eq!(s.failed[0].0, "bad", "{key}: the component is named");
+        assert!(s.timed_out.is_empty(), "{key}: {:?}", s.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(10), "{key}: ended in {:?}", started.elapsed());
+    }
 }

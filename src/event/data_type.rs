@@ -104,7 +104,40 @@ impl EventKind {
     }
 
     /// Builds the typed payload of this kind from its JSON view (what `Event::to_json` gives).
-    pub fn payload(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
+    /// A typed kind's view must name its record (`id`, `sessionID`, `instance` as the kind
+    /// has them) and use only its fields: a misspelt field is an error, not a silent default.
+    pub fn payload(self, view: serde_json::Value) -> Result<Payload, String> {
+        let given = view.clone();
+        let payload = self.payload_unchecked(view).map_err(|e| e.to_string())?;
+        let required: &[&str] = match self {
+            EventKind::Session => &["id"],
+            EventKind::Message | EventKind::Part => &["id", "sessionID"],
+            EventKind::Live | EventKind::Status => &["instance"],
+            EventKind::Rollup => &["key"],
+            _ => return Ok(payload),
+        };
+        let event = crate::event::Event::new("".into(), chrono::Utc::now(), payload);
+        let known = event.to_json();
+        let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
+            return Err(format!("a {} event is a JSON object", self.name()));
+        };
+        let unknown: Vec<&str> = given
+            .iter()
+            .filter(|(k, v)| !known.contains_key(k.as_str()) && !v.is_null())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            let fields: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(format!("unknown field `{}`; its fields are: {}", unknown.join("`, `"), fields.join(", ")));
+        }
+        let named = |f: &&str| given.get(*f).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+        if let Some(missing) = required.iter().find(|f| !named(f)) {
+            return Err(format!("no `{missing}`: a {} event names its record", self.name()));
+        }
+        Ok(event.payload)
+    }
+
+    fn payload_unchecked(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
         use serde_json::from_value as from;
         Ok(match self {
             EventKind::Trace => Payload::Trace(Box::new(from(view)?)),
@@ -170,11 +203,20 @@ mod tests {
 
     #[test]
     fn a_json_view_comes_back_as_its_typed_payload() {
-        let m = crate::event::MessageInfo { id: "msg_1".into(), role: "assistant".into(), ..Default::default() };
+        let m = crate::event::MessageInfo {
+            id: "msg_1".into(),
+            session_id: "ses_1".into(),
+            role: "assistant".into(),
+            ..Default::default()
+        };
         let view = serde_json::to_value(&m).unwrap();
         let back = EventKind::Message.payload(view).unwrap();
         assert!(matches!(&back, Payload::Message(b) if **b == m));
         assert_eq!(EventKind::of(&back), EventKind::Message);
         assert!(EventKind::Message.payload(serde_json::json!({"id": 3})).is_err());
+        let typo = EventKind::Message.payload(serde_json::json!({"id": "m", "sessionId": "s"})).unwrap_err();
+        assert!(typo.starts_with("unknown field `sessionId`; its fields are: id, sessionID,"), "{typo}");
+        let unnamed = EventKind::Message.payload(serde_json::json!({"role": "user"})).unwrap_err();
+        assert_eq!(unnamed, "no `id`: a message event names its record");
     }
 }

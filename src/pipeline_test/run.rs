@@ -36,7 +36,7 @@ impl SourceConfig for Feed {
     fn build(&self, sc: SourceContext) -> anyhow::Result<ComponentFuture> {
         let mut events = Vec::with_capacity(self.events.len());
         for (kind, view) in &self.events {
-            let payload = kind.payload(view.clone())?;
+            let payload = kind.payload(view.clone()).map_err(anyhow::Error::msg)?;
             events.push(Event::new(sc.cx.id.clone(), chrono::Utc::now(), payload));
         }
         let SourceContext { mut out, .. } = sc;

@@ -102,6 +102,10 @@ pub struct Topology {
     top: reload::TopLevel,
     /// Instances started so far (each gets the next number).
     generation: u64,
+    /// Components that returned an error (or could not be started again).
+    failed: Vec<(String, String)>,
+    /// Which instance each spawned task is, to name one that panicked.
+    tasks: std::collections::HashMap<tokio::task::Id, (String, u64)>,
 }
 
 impl Topology {
@@ -122,6 +126,8 @@ impl Topology {
             shutdown_timeout: pipeline.shutdown_timeout,
             top: reload::TopLevel::of(&pipeline),
             generation: 0,
+            failed: Vec::new(),
+            tasks: std::collections::HashMap::new(),
         };
         for def in pipeline.components {
             let slot = Slot::new(def, &t.resources, &t.opts, None);
@@ -217,7 +223,6 @@ impl Topology {
             }
         });
         let mut set: JoinSet<Joined> = JoinSet::new();
-        let mut failed = Vec::new();
         self.spawn_starting(&mut set);
 
         let mut timed_out = Vec::new();
@@ -242,12 +247,16 @@ impl Topology {
                 }
             };
             tokio::select! {
-                joined = set.join_next() => match joined {
-                    Some(Ok((id, generation, result))) => self.finished(&id, generation, result, &mut failed),
+                joined = set.join_next_with_id() => match joined {
+                    Some(Ok((task, (id, generation, result)))) => {
+                        self.tasks.remove(&task);
+                        self.finished(&id, generation, result);
+                    }
                     Some(Err(join_error)) => {
-                        tracing::error!("a component task panicked: {join_error}");
-                        failed.push(("?".into(), join_error.to_string()));
-                        self.sources_token.cancel();
+                        let (id, generation) =
+                            self.tasks.remove(&join_error.id()).unwrap_or_else(|| ("?".into(), 0));
+                        let why = if join_error.is_panic() { "panicked" } else { "was aborted" };
+                        self.finished(&id, generation, Err(anyhow!("its task {why}")));
                     }
                     None => break,
                 },
@@ -285,12 +294,13 @@ impl Topology {
             }
         }
         trimmer.abort();
-        Summary { metrics: self.handles().snapshot(), failed, timed_out }
+        Summary { metrics: self.handles().snapshot(), failed: std::mem::take(&mut self.failed), timed_out }
     }
 
     fn spawn_starting(&mut self, set: &mut JoinSet<Joined>) {
         for s in self.starting.drain(..) {
             let abort = set.spawn(s.task);
+            self.tasks.insert(abort.id(), (s.id.clone(), s.generation));
             if let Some(slot) = self.slots.iter_mut().find(|x| x.def.id == s.id) {
                 slot.running_as(s.generation, abort);
             }
@@ -299,7 +309,7 @@ impl Topology {
 
     /// A component task ended: the current instance's end is the component's; an instance a
     /// reload replaced or removed only says how it went.
-    fn finished(&mut self, id: &str, generation: u64, result: anyhow::Result<()>, failed: &mut Vec<(String, String)>) {
+    fn finished(&mut self, id: &str, generation: u64, result: anyhow::Result<()>) {
         let current = self.slot(id).is_some_and(|s| s.generation() == Some(generation));
         if !current {
             match result {
@@ -312,8 +322,11 @@ impl Topology {
         slot.handle.metrics.set_state(if result.is_ok() { RunState::Finished } else { RunState::Failed });
         if let Err(e) = result {
             tracing::error!(component = %id, "stopped with an error: {e:#}");
-            failed.push((id.to_string(), format!("{e:#}")));
-            // A broken component would silently lose what reaches it: stop.
+            // What reaches it from now on, and what waits in its buffer, fails (so its sources
+            // keep it and nothing upstream waits); a broken component would silently lose
+            // events: the pipeline stops.
+            slot.close_input();
+            self.failed.push((id.to_string(), format!("{e:#}")));
             self.sources_token.cancel();
         } else {
             tracing::debug!(component = %id, "finished");

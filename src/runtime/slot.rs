@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ComponentHandle, Joined, RunOptions};
 use crate::component::{
-    Context, Input, InputStop, Output, Resources, SharedReceiver, Sink, SourceContext, Target, Transform, Wiring,
+    Context, Input, InputStop, Moved, Output, Resources, SharedReceiver, Sink, SourceContext, Target, Transform, Wiring,
 };
 use crate::config::{ComponentDef, TRANSFORM_BUFFER, WhenFull};
 use crate::event::{DataType, Event};
@@ -27,12 +27,20 @@ pub(super) struct Inbox {
     fresh: Option<mpsc::Sender<Event>>,
     rx: SharedReceiver,
     capacity: usize,
+    /// Where it went, once a reload gave its consumer a buffer of another size.
+    moved: Arc<watch::Sender<Moved>>,
 }
 
 impl Inbox {
     fn new(capacity: usize) -> Inbox {
         let (tx, rx) = mpsc::channel(capacity);
-        Inbox { weak: tx.downgrade(), fresh: Some(tx), rx: Arc::new(tokio::sync::Mutex::new(rx)), capacity }
+        Inbox {
+            weak: tx.downgrade(),
+            fresh: Some(tx),
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            capacity,
+            moved: Arc::new(watch::channel(Moved::Not).0),
+        }
     }
 
     /// A sender, while the buffer is open.
@@ -44,17 +52,57 @@ impl Inbox {
         self.fresh = None;
     }
 
-    /// Closes the buffer of a removed component and fails what is still in it (its sources
-    /// will read it again), once its reader has let go.
-    pub async fn close(&self) -> usize {
-        let mut rx = self.rx.lock().await;
+    /// Closes the buffer of a component that is gone (removed, failed) and fails what is
+    /// still in it (its sources will read it again), once its reader has let go (at most
+    /// `limit`; `None` if it did not).
+    pub async fn close(&self, limit: Duration) -> Option<usize> {
+        let mut rx = tokio::time::timeout(limit, self.rx.lock()).await.ok()?;
         rx.close();
         let mut failed = 0;
         while let Ok(ev) = rx.try_recv() {
             ev.fail();
             failed += 1;
         }
-        failed
+        Some(failed)
+    }
+
+    /// Moves what is left in this (old) buffer into `into` once its reader has stopped, then
+    /// closes it; producers whose sends find it closed wait for the move and go on to `into`
+    /// (see [`Moved`]). Returns how many events moved.
+    pub async fn move_into(&self, into: &Inbox) -> usize {
+        self.moved.send_replace(Moved::Moving);
+        let mut rx = self.rx.lock().await;
+        rx.close();
+        let tx = into.sender();
+        let mut moved = 0;
+        while let Some(ev) = rx.recv().await {
+            match &tx {
+                Some(tx) => match tx.send(ev).await {
+                    Ok(()) => moved += 1,
+                    Err(back) => back.0.fail(),
+                },
+                None => ev.fail(),
+            }
+        }
+        self.moved.send_replace(Moved::To(into.weak.clone(), into.moved.subscribe()));
+        moved
+    }
+}
+
+/// Signals an instance's end whatever way it ends (returned, panicked, aborted): its wiring is
+/// let go and its slot told.
+struct Ended {
+    wiring: Option<Arc<Wiring>>,
+    generation: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(w) = &self.wiring {
+            w.release(self.generation);
+        }
+        let _ = self.done.send(true);
     }
 }
 
@@ -106,6 +154,8 @@ pub(super) struct Slot {
     pub handle: ComponentHandle,
     pub cx: Context,
     pub inbox: Option<Inbox>,
+    /// A buffer of the new size, taken up once the old instance has stopped.
+    resized: Option<Inbox>,
     pub wiring: Option<Arc<Wiring>>,
     instance: Option<Instance>,
 }
@@ -121,12 +171,18 @@ impl Slot {
             Kind::Transform => TRANSFORM_BUFFER,
             Kind::Sink => def.buffer.max_events,
         };
+        let mut resized = None;
         let (handle, inbox, wiring) = match keep {
             Some(old) => {
                 cx.metrics = old.handle.metrics.clone();
-                // The same buffer when it still fits and is open (else a new one).
+                // The same buffer while it is open; one of a new size is taken up later.
                 let inbox = match &old.inbox {
-                    Some(i) if i.capacity == capacity && i.sender().is_some() => Some(i.clone()),
+                    Some(i) if i.sender().is_some() => {
+                        if i.capacity != capacity {
+                            resized = Some(Inbox::new(capacity));
+                        }
+                        Some(i.clone())
+                    }
                     _ => (capacity > 0).then(|| Inbox::new(capacity)),
                 };
                 let handle =
@@ -146,7 +202,14 @@ impl Slot {
                 (def.kind != Kind::Sink).then(Arc::default),
             ),
         };
-        Slot { def, handle, cx, inbox, wiring, instance: None }
+        Slot { def, handle, cx, inbox, resized, wiring, instance: None }
+    }
+
+    /// Takes up the buffer of the new size (the old instance has stopped); the old buffer,
+    /// whose contents are to move into it.
+    pub fn take_resized(&mut self) -> Option<Inbox> {
+        let new = self.resized.take()?;
+        self.inbox.replace(new)
     }
 
     pub fn describe(&self) -> String {
@@ -161,6 +224,7 @@ impl Slot {
             when_full: if self.def.kind == Kind::Sink { self.def.buffer.when_full } else { WhenFull::Block },
             metrics: self.handle.metrics.clone(),
             accepts: self.def.config.input().unwrap_or(DataType::ANY),
+            moved: inbox.moved.subscribe(),
         })
     }
 
@@ -216,18 +280,30 @@ impl Slot {
             }
         };
         let (id, wiring) = (self.def.id.clone(), self.wiring.clone());
+        if let Some(w) = &wiring {
+            w.claim(generation);
+        }
         self.instance = Some(Instance { generation, stopper: built.stopper, done, abort: None });
         self.handle.metrics.set_state(RunState::Running);
         let task = Box::pin(async move {
-            let result = task.await;
             // Its consumers' buffers close once no producer holds them.
-            if let Some(w) = wiring {
-                w.set(Vec::new());
-            }
-            let _ = done_tx.send(true);
+            let _ended = Ended { wiring, generation, done: done_tx };
+            let result = task.await;
             (id, generation, result)
         });
         Starting { id: self.def.id.clone(), generation, task }
+    }
+
+    /// A consumer that failed: its buffer closes and what is in it fails (its producers' sends
+    /// fail from now on), so nothing upstream waits for it.
+    pub fn close_input(&self) {
+        if let Some(inbox) = self.inbox.clone() {
+            tokio::spawn(async move {
+                if let Some(failed @ 1..) = inbox.close(Duration::from_secs(60)).await {
+                    tracing::warn!(failed, "events left in a failed component's buffer failed");
+                }
+            });
+        }
     }
 
     pub fn running_as(&mut self, generation: u64, abort: AbortHandle) {

@@ -132,7 +132,10 @@ impl Prices {
         for (key, price) in overrides {
             let (provider, model) = key.split_once('/').unwrap_or(("", key));
             exact.entry(provider.to_string()).or_default().insert(model.to_string(), *price);
-            by_model.insert(normalized(model), *price);
+            // A price of your own for a model nobody else sells stands for it elsewhere too.
+            if price.input + price.output > 0.0 {
+                by_model.entry(normalized(model)).or_insert(*price);
+            }
         }
         let origin = format!(
             "your {} price{} and {}",
