@@ -6,6 +6,7 @@ pub mod exec;
 pub mod html_report;
 pub mod jsonl;
 pub mod mqtt;
+pub mod nats;
 pub mod push_targets;
 pub mod sqlite;
 pub mod websocket;

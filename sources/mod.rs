@@ -3,6 +3,7 @@
 
 pub mod docker_capture;
 pub mod exec;
+pub mod nats;
 pub mod opencode_sse;
 pub mod opencode_storage;
 pub mod process_scan;

@@ -163,6 +163,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("pipelines/monitor.toml", include_str!("../pipelines/monitor.toml")),
     ("pipelines/status-light.toml", include_str!("../pipelines/status-light.toml")),
     ("pipelines/capture.toml", include_str!("../pipelines/capture.toml")),
+    ("pipelines/team-agent.toml", include_str!("../pipelines/team-agent.toml")),
+    ("pipelines/team-aggregator.toml", include_str!("../pipelines/team-aggregator.toml")),
 ];
 
 fn load_files(files: &[PathBuf]) -> Result<(config::Pipeline, Report), Report> {

@@ -16,6 +16,7 @@ pub mod jq;
 pub mod logfile;
 pub mod memory;
 pub mod metrics;
+pub mod nats;
 pub mod permission;
 pub mod pipeline_test;
 pub mod plugin;

@@ -158,31 +158,82 @@ fn pieces(template: &str) -> Result<Vec<Piece>, TemplateError> {
     Ok(out)
 }
 
-/// An MQTT topic with `{field}` placeholders (`opencode/{port}/{sessionID}`). A value cannot add
-/// levels or wildcards: `/`, `+`, `#` in it become `_`; a missing field is `_`.
+/// How a broker's topics are written: what separates levels and which characters are
+/// wildcards. A substituted value cannot add levels or wildcards: those become `_`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSyntax {
+    /// What a broker calls it, for errors.
+    pub name: &'static str,
+    /// Characters a value cannot contain (separator, wildcards).
+    pub reserved: &'static [char],
+    /// Wildcards, refused in the template's own text.
+    pub wildcards: &'static [char],
+    pub example: &'static str,
+}
+
+impl TopicSyntax {
+    /// MQTT: `a/b/c`, wildcards `+` and `#`.
+    pub const MQTT: TopicSyntax =
+        TopicSyntax { name: "topic", reserved: &['/', '+', '#'], wildcards: &['+', '#'], example: "opencode/status" };
+    /// NATS: `a.b.c`, wildcards `*` and `>`, no whitespace.
+    pub const NATS: TopicSyntax = TopicSyntax {
+        name: "subject",
+        reserved: &['.', '*', '>', ' ', '\t'],
+        wildcards: &['*', '>', ' ', '\t'],
+        example: "ocpipe.{_kind}.{host}",
+    };
+}
+
+/// A topic or subject with `{field}` placeholders (`opencode/{port}/{sessionID}`,
+/// `ocpipe.{_kind}.{host}`); a missing field is `_`.
 #[derive(Debug, Clone)]
 pub struct TopicTemplate {
     pieces: Vec<Piece>,
+    syntax: TopicSyntax,
 }
 
 impl TopicTemplate {
+    /// An MQTT topic.
     pub fn parse(template: &str) -> Result<TopicTemplate, TemplateError> {
-        let err = |m: String, h: &str| TemplateError { message: m, help: h.to_string() };
+        Self::parse_as(template, TopicSyntax::MQTT)
+    }
+
+    pub fn parse_as(template: &str, syntax: TopicSyntax) -> Result<TopicTemplate, TemplateError> {
+        let err = |m: String, h: String| TemplateError { message: m, help: h };
         if template.is_empty() {
-            return Err(err("the topic is empty".into(), "e.g. topic = \"opencode/status\""));
+            return Err(err(format!("the {} is empty", syntax.name), format!("e.g. \"{}\"", syntax.example)));
         }
         let pieces = pieces(template)?;
         for p in &pieces {
             if let Piece::Text(t) = p
-                && t.contains(['+', '#', '\0'])
+                && (t.contains(syntax.wildcards) || t.contains('\0'))
             {
+                let shown: Vec<String> = syntax.wildcards.iter().map(|c| format!("{c:?}")).collect();
                 return Err(err(
-                    format!("topic `{template}` contains a wildcard (`+` or `#`)"),
-                    "publish topics name one topic; use {field} placeholders for the parts that vary",
+                    format!("{} `{template}` contains a wildcard or a space ({})", syntax.name, shown.join(", ")),
+                    format!("publishing names one {}; use {{field}} placeholders for the parts that vary", syntax.name),
                 ));
             }
         }
-        Ok(TopicTemplate { pieces })
+        Ok(TopicTemplate { pieces, syntax })
+    }
+
+    /// `{name}` becomes `value` (made safe), not a field of the event.
+    pub fn with_value(mut self, name: &str, value: &str) -> Self {
+        let safe = self.safe(value);
+        for p in &mut self.pieces {
+            if matches!(p, Piece::Field(f) if f == name) {
+                *p = Piece::Text(safe.clone());
+            }
+        }
+        self
+    }
+
+    fn safe(&self, value: &str) -> String {
+        if value.is_empty() {
+            return "_".into();
+        }
+        value.chars().map(|c| if self.syntax.reserved.contains(&c) || c.is_control() { '_' } else { c }).collect()
     }
 
     pub fn render(&self, event: &Event) -> String {
@@ -191,10 +242,8 @@ impl TopicTemplate {
             match p {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Field(name) => match event.field(name) {
-                    Some(v) if !v.is_empty() => out.extend(
-                        v.chars().map(|c| if matches!(c, '/' | '+' | '#') || c.is_control() { '_' } else { c }),
-                    ),
-                    _ => out.push('_'),
+                    Some(v) => out.push_str(&self.safe(&v)),
+                    None => out.push('_'),
                 },
             }
         }

@@ -46,14 +46,6 @@ fn numbers(events: &[Value]) -> Vec<u64> {
 }
 
 /// `name=value` of a component's final counters in the log.
-fn final_counter(log: &str, component: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("final counters") && l.contains(&format!("component={component} ")))
-        .unwrap_or_else(|| panic!("no final counters of {component}: {log}"));
-    let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
-    line[at..].split(' ').next().unwrap().parse().unwrap()
-}
 
 const MARKED_CRASH: &str = r#"
 import json, os, sys

@@ -108,7 +108,7 @@ impl EventKind {
     /// has them) and use only its fields: a misspelt field is an error, not a silent default.
     pub fn payload(self, view: serde_json::Value) -> Result<Payload, String> {
         let given = view.clone();
-        let payload = self.payload_unchecked(view).map_err(|e| e.to_string())?;
+        let payload = self.payload_lenient(view)?;
         let required: &[&str] = match self {
             EventKind::Session => &["id"],
             EventKind::Message | EventKind::Part => &["id", "sessionID"],
@@ -137,7 +137,13 @@ impl EventKind {
         Ok(event.payload)
     }
 
-    fn payload_unchecked(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
+    /// Builds the typed payload from its JSON view, ignoring fields it does not know (a newer
+    /// ocpipe's) and defaulting missing ones.
+    pub fn payload_lenient(self, view: serde_json::Value) -> Result<Payload, String> {
+        self.from_view(view).map_err(|e| e.to_string())
+    }
+
+    fn from_view(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
         use serde_json::from_value as from;
         Ok(match self {
             EventKind::Trace => Payload::Trace(Box::new(from(view)?)),

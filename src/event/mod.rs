@@ -8,6 +8,7 @@ mod data_type;
 mod finalizer;
 mod opencode;
 mod trace;
+pub mod wire;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Meta {
     pub id: Option<String>,
     /// Notified when every copy of the event has been delivered or dropped.
     pub finalizer: Option<Finalizer>,
+    /// The machine it was sent from, when another ocpipe sent it (the `nats` source).
+    pub host: Option<Arc<str>>,
 }
 
 /// The typed body of an event. New event families add a variant here.
@@ -70,7 +73,7 @@ pub enum Payload {
 
 impl Event {
     pub fn new(source: Arc<str>, timestamp: DateTime<Utc>, payload: Payload) -> Self {
-        Event { meta: Meta { source, timestamp, id: None, finalizer: None }, payload }
+        Event { meta: Meta { source, timestamp, id: None, finalizer: None, host: None }, payload }
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
@@ -144,6 +147,7 @@ impl Event {
             "source": &*self.meta.source,
             "timestamp": self.meta.timestamp.to_rfc3339(),
             "id": self.meta.id,
+            "host": self.meta.host.as_deref(),
         })
     }
 
@@ -154,6 +158,7 @@ impl Event {
         match (name, &self.payload) {
             ("_kind", _) => Some(Cow::Borrowed(self.kind())),
             ("_source", _) => Some(Cow::Borrowed(&self.meta.source)),
+            ("_host", _) => self.meta.host.as_deref().map(Cow::Borrowed),
             (_, Payload::Trace(t)) => t.field(name),
             (_, Payload::Json(v)) => lookup(v, name).and_then(scalar_text),
             (_, _) => lookup(&self.to_json(), name).and_then(|v| scalar_text(v).map(|c| Cow::Owned(c.into_owned()))),

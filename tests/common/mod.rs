@@ -766,3 +766,13 @@ impl OpenCode {
         self.dir.path().join("served.jsonl")
     }
 }
+
+/// A counter from the `final counters` line ocpipe logs for `component` at the end.
+pub fn final_counter(log: &str, component: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("final counters") && l.contains(&format!("component={component} ")))
+        .unwrap_or_else(|| panic!("no final counters of {component}: {log}"));
+    let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+    line[at..].split(' ').next().unwrap().parse().unwrap()
+}

@@ -1,0 +1,282 @@
+//! `nats`: publishes events to a NATS JetStream stream (an agent's half of agent → aggregator).
+//! An event counts as delivered only once the stream acknowledged it, so a source's checkpoint
+//! never moves past what the cluster stored; `Nats-Msg-Id` names the record and its content, so
+//! what is sent again after a crash or a reconnect is dropped by the stream's duplicate window.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
+use crate::config::{FieldError, FieldPath};
+use crate::event::wire;
+use crate::event::{DataType, Event};
+use crate::metrics::DropReason;
+use crate::nats::{NatsConnect, NatsStream, host_name};
+use crate::template::{TopicSyntax, TopicTemplate};
+
+/// Publishes each event (kind, metadata, sending host and JSON view) to a JetStream stream.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct NatsSinkConfig {
+    #[serde(flatten)]
+    pub connect: NatsConnect,
+    /// The subject: `{field}` takes a field of the event, `{_kind}` its kind, `{host}` this
+    /// machine's name. Dots, spaces and wildcards in a value become `_`.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// The name events are sent under (default: this machine's host name).
+    pub host: Option<String>,
+    #[serde(default)]
+    pub stream: NatsStream,
+    /// Events published and not yet acknowledged by the stream.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    /// How long to wait for the stream's acknowledgement before sending again.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_secs: u64,
+}
+
+fn default_subject() -> String {
+    "ocpipe.{_kind}.{host}".into()
+}
+fn default_in_flight() -> usize {
+    256
+}
+fn default_ack_timeout() -> u64 {
+    5
+}
+
+const EXAMPLE: &str = r#"url = "nats://127.0.0.1:4222"
+subject = "ocpipe.{_kind}.{host}"
+stream = { name = "OCPIPE", subjects = ["ocpipe.>"], replicas = 1 }
+"#;
+
+crate::register_component!(
+    sink NatsSinkConfig,
+    "nats",
+    "Publishes events to a NATS JetStream stream, each delivered once the stream acknowledged it",
+    EXAMPLE
+);
+
+impl NatsSinkConfig {
+    fn subject(&self) -> Result<TopicTemplate, FieldError> {
+        TopicTemplate::parse_as(&self.subject, TopicSyntax::NATS)
+            .map_err(|e| FieldError::new(FieldPath::key("subject"), e.message).help(e.help))
+    }
+}
+
+impl SinkConfig for NatsSinkConfig {
+    fn input(&self) -> DataType {
+        DataType::ANY
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = self.connect.validate();
+        errs.extend(self.stream.validate("stream"));
+        if let Err(e) = self.subject() {
+            errs.push(e);
+        }
+        if self.in_flight == 0 {
+            errs.push(FieldError::new(FieldPath::key("in_flight"), "`in_flight` must be at least 1"));
+        }
+        errs
+    }
+
+    fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
+        let host = self.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(host_name);
+        let subject = self.subject().map_err(|e| anyhow::anyhow!(e.message))?.with_value("host", &host);
+        Ok(Box::new(NatsSink { cfg: self.clone(), subject, host, cx: cx.clone() }))
+    }
+}
+
+struct NatsSink {
+    cfg: NatsSinkConfig,
+    subject: TopicTemplate,
+    host: String,
+    cx: Context,
+}
+
+type AckFuture = BoxFuture<'static, Result<jetstream::publish::PublishAck, jetstream::context::PublishError>>;
+
+/// An event published and waiting for the stream's acknowledgement.
+struct Pending {
+    event: Event,
+    ack: AckFuture,
+}
+
+/// One event ready to go: where, its bytes and its id.
+struct Outgoing {
+    event: Event,
+    subject: String,
+    body: bytes::Bytes,
+    msg_id: String,
+}
+
+impl NatsSink {
+    fn prepare(&self, event: Event) -> Outgoing {
+        Outgoing {
+            subject: self.subject.render(&event),
+            body: wire::encode(&event, &self.host).into(),
+            msg_id: wire::content_id(&event, &self.host),
+            event,
+        }
+    }
+}
+
+/// Publishes through one JetStream context, creating the stream when it is missing.
+struct Publisher {
+    js: jetstream::Context,
+    stream: NatsStream,
+    stream_ready: bool,
+    cx: Context,
+    duplicates: u64,
+}
+
+impl Publisher {
+    async fn publish(&mut self, o: &Outgoing) -> Result<AckFuture, String> {
+        if !self.stream_ready {
+            self.stream.ensure(&self.js).await.map_err(|e| format!("{e:#}"))?;
+            self.stream_ready = true;
+        }
+        let msg = jetstream::message::PublishMessage::build().payload(o.body.clone()).message_id(&o.msg_id);
+        match self.js.send_publish(o.subject.clone(), msg).await {
+            Ok(fut) => Ok(Box::pin(fut.into_future())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The outcome of one acknowledgement: whether the stream has the event.
+    fn settled(&mut self, ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>) -> Result<(), String> {
+        match ack {
+            Ok(a) => {
+                if a.duplicate {
+                    self.duplicates += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e.kind(), jetstream::context::PublishErrorKind::StreamNotFound) {
+                    self.stream_ready = false;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Sends `o` until the stream has it, waiting longer between tries (at most `tries` when
+    /// given). Returns false when it gave up.
+    async fn until_stored(&mut self, o: &Outgoing, tries: Option<u32>) -> bool {
+        let mut wait = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = match self.publish(o).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()).and_then(|a| self.settled(Ok(a))),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(e) => {
+                    if attempt == 1 || attempt % 10 == 0 {
+                        self.cx.error(format_args!("publishing to `{}` failed ({e}); trying again", o.subject));
+                    }
+                    if tries.is_some_and(|t| attempt >= t) {
+                        return false;
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl NatsSink {
+    /// Something failed: settles what is in flight, in order, and sends again what the stream
+    /// does not have (`failed` first, `next` last) until it has it — a few tries each once the
+    /// input has ended, then the event fails and its source keeps it.
+    async fn recover(
+        &self,
+        p: &mut Publisher,
+        pending: &mut VecDeque<Pending>,
+        failed: Option<Event>,
+        next: Option<Outgoing>,
+        input_open: bool,
+    ) {
+        let mut again: Vec<Outgoing> = failed.into_iter().map(|e| self.prepare(e)).collect();
+        // Each acknowledgement's timeout starts when it is awaited: await them together.
+        let (events, acks): (Vec<Event>, Vec<AckFuture>) = pending.drain(..).map(|x| (x.event, x.ack)).unzip();
+        for (ev, ack) in events.into_iter().zip(futures::future::join_all(acks).await) {
+            match p.settled(ack) {
+                Ok(()) => self.cx.metrics.sent(1),
+                Err(_) => again.push(self.prepare(ev)),
+            }
+        }
+        again.extend(next);
+        for o in again {
+            if p.until_stored(&o, (!input_open).then_some(3)).await {
+                self.cx.metrics.sent(1);
+            } else {
+                self.cx.metrics.dropped(DropReason::Error, 1);
+                o.event.fail();
+            }
+        }
+    }
+}
+
+impl Sink for NatsSink {
+    fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
+        Box::pin(async move {
+            let client = self.cfg.connect.connect(&self.cx, &format!("ocpipe {} on {}", self.cx.id, self.host)).await?;
+            let js = jetstream::ContextBuilder::new()
+                .timeout(Duration::from_secs(self.cfg.ack_timeout_secs.max(1)))
+                .build(client.clone());
+            let mut p =
+                Publisher { js, stream: self.cfg.stream.clone(), stream_ready: false, cx: self.cx.clone(), duplicates: 0 };
+            let mut pending: VecDeque<Pending> = VecDeque::new();
+            let mut input_open = true;
+            while input_open || !pending.is_empty() {
+                tokio::select! {
+                    biased;
+                    ack = async { (&mut pending.front_mut().expect("checked").ack).await }, if !pending.is_empty() => {
+                        let head = pending.pop_front().expect("checked");
+                        match p.settled(ack) {
+                            Ok(()) => self.cx.metrics.sent(1),
+                            Err(e) => {
+                                self.cx.error(format_args!("the stream did not store an event ({e}); sending it and those after it again"));
+                                self.recover(&mut p, &mut pending, Some(head.event), None, input_open).await;
+                            }
+                        }
+                    }
+                    ev = input.recv(), if input_open && pending.len() < self.cfg.in_flight => match ev {
+                        Some(ev) => {
+                            let o = self.prepare(ev);
+                            match p.publish(&o).await {
+                                Ok(ack) => pending.push_back(Pending { event: o.event, ack }),
+                                Err(e) => {
+                                    self.cx.error(format_args!("publishing to `{}` failed ({e}); trying again", o.subject));
+                                    self.recover(&mut p, &mut pending, None, Some(o), input_open).await;
+                                }
+                            }
+                        }
+                        None => input_open = false,
+                    },
+                }
+            }
+            if p.duplicates > 0 {
+                tracing::info!(
+                    component = &*self.cx.id,
+                    duplicates = p.duplicates,
+                    "events the stream already had (sent again after a restart) were dropped by its duplicate window"
+                );
+            }
+            let _ = client.flush().await;
+            Ok(())
+        })
+    }
+}

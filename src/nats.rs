@@ -1,0 +1,291 @@
+//! Reaching a NATS JetStream cluster, for the `nats` sink and source: the servers, how to log
+//! in, TLS, and the stream both sides use (created when missing). Shared vocabulary: the
+//! components name their options with these structs and connect through [`NatsConnect::connect`].
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::component::Context;
+use crate::config::{FieldError, FieldPath};
+
+/// Where the cluster is and how to log in.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+pub struct NatsConnect {
+    /// The cluster's servers, comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`);
+    /// `tls://` for TLS. The client fails over to any of them (and to those the cluster
+    /// announces) and reconnects forever.
+    pub url: String,
+    /// User and password (both or neither).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// An authentication token.
+    pub token: Option<String>,
+    /// An NKey seed (`SU…`).
+    pub nkey: Option<String>,
+    /// A credentials file (`.creds`: a user JWT and its NKey seed), as `nsc` writes them.
+    pub credentials_file: Option<String>,
+    /// TLS: the CA that signed the servers' certificates, and a client certificate and key for
+    /// servers that ask for one (`tls://` URLs or `require = true` turn TLS on).
+    #[serde(default)]
+    pub tls: NatsTls,
+    /// How long one connection attempt may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+pub struct NatsTls {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub require: bool,
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+/// The JetStream stream events are stored in. Created with these settings when missing; an
+/// existing stream is used as it is.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+pub struct NatsStream {
+    #[serde(default = "default_stream")]
+    pub name: String,
+    /// The subjects it stores.
+    #[serde(default = "default_subjects")]
+    pub subjects: Vec<String>,
+    /// Copies kept on different servers (3 for a three-node cluster survives one down). A
+    /// number, or text holding one (`"${OCPIPE_NATS_REPLICAS:-1}"`).
+    #[serde(default = "one", deserialize_with = "number_or_text")]
+    #[schemars(with = "usize")]
+    pub replicas: usize,
+    /// `limits` (keep until `max_age`/`max_bytes`), `interest` (until every consumer acked),
+    /// `work_queue` (until one consumer acked).
+    #[serde(default)]
+    pub retention: Retention,
+    /// How long events are kept (0: no limit).
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// The most bytes kept (0: no limit); the oldest go first.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// How long a resent event (same `Nats-Msg-Id`) is recognised and dropped.
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window_secs: u64,
+    /// `file` or `memory`.
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+impl Default for NatsStream {
+    fn default() -> Self {
+        NatsStream {
+            name: default_stream(),
+            subjects: default_subjects(),
+            replicas: 1,
+            retention: Retention::default(),
+            max_age_secs: default_max_age(),
+            max_bytes: 0,
+            duplicate_window_secs: default_duplicate_window(),
+            storage: Storage::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Retention {
+    #[default]
+    Limits,
+    Interest,
+    WorkQueue,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(usize),
+        Text(String),
+    }
+    match Given::deserialize(d)? {
+        Given::Number(n) => Ok(n),
+        Given::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("`{t}` is not a number"))),
+    }
+}
+
+fn default_stream() -> String {
+    "OCPIPE".into()
+}
+fn default_subjects() -> Vec<String> {
+    vec!["ocpipe.>".into()]
+}
+fn one() -> usize {
+    1
+}
+fn default_max_age() -> u64 {
+    30 * 24 * 3600
+}
+fn default_duplicate_window() -> u64 {
+    600
+}
+
+/// An option given as an empty string (an unset `${VAR:-}`) is not given.
+fn given(o: &Option<String>) -> Option<&str> {
+    o.as_deref().filter(|s| !s.is_empty())
+}
+
+impl NatsConnect {
+    /// The servers, parsed.
+    fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let list: Vec<&str> = self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if list.is_empty() {
+            return Err("no server: set `url` (e.g. \"nats://127.0.0.1:4222\", several comma-separated)".into());
+        }
+        list.iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("`{u}` is not a NATS server address ({e}); write nats://HOST:PORT"))
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.servers() {
+            errs.push(FieldError::new(FieldPath::key("url"), e));
+        }
+        let (user, password) = (given(&self.user), given(&self.password));
+        if user.is_some() != password.is_some() {
+            errs.push(FieldError::new(
+                FieldPath::key(if user.is_some() { "password" } else { "user" }),
+                "`user` and `password` go together",
+            ));
+        }
+        let ways = [user, given(&self.token), given(&self.nkey), given(&self.credentials_file)].map(|w| w.is_some());
+        if ways.iter().filter(|w| **w).count() > 1 {
+            errs.push(FieldError::new(
+                FieldPath::key("token"),
+                "more than one way to log in: keep one of user/password, token, nkey, credentials_file",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            errs.push(FieldError::new(FieldPath::key("tls"), "`cert_file` and `key_file` go together"));
+        }
+        errs
+    }
+
+    /// A client that keeps (re)connecting in the background; connection changes are logged
+    /// under the component's id.
+    pub async fn connect(&self, cx: &Context, name: &str) -> anyhow::Result<async_nats::Client> {
+        let servers = self.servers().map_err(|e| anyhow::anyhow!(e))?;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(self.connect_timeout_secs.max(1)))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempt| Duration::from_millis((100u64 << attempt.min(6)).min(5_000)))
+            .require_tls(self.tls.require);
+        if let (Some(u), Some(p)) = (given(&self.user), given(&self.password)) {
+            opts = opts.user_and_password(u.into(), p.into());
+        }
+        if let Some(t) = given(&self.token) {
+            opts = opts.token(t.into());
+        }
+        if let Some(seed) = given(&self.nkey) {
+            opts = opts.nkey(seed.into());
+        }
+        if let Some(f) = given(&self.credentials_file) {
+            let path = cx.resolve(f);
+            opts = opts
+                .credentials_file(&path)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the credentials file {}: {e}", path.display()))?;
+        }
+        if let Some(ca) = given(&self.tls.ca_file) {
+            opts = opts.add_root_certificates(cx.resolve(ca));
+        }
+        if let (Some(c), Some(k)) = (given(&self.tls.cert_file), given(&self.tls.key_file)) {
+            opts = opts.add_client_certificate(cx.resolve(c), cx.resolve(k));
+        }
+        let id = cx.id.clone();
+        opts = opts.event_callback(move |event| {
+            let id = id.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(component = &*id, "connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(component = &*id, "disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::warn!(component = &*id, "NATS: {other}"),
+                }
+            }
+        });
+        Ok(opts.connect(servers).await?)
+    }
+}
+
+impl NatsStream {
+    pub fn validate(&self, at: &str) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.name.is_empty() || self.name.contains(['.', ' ', '*', '>', '\t']) {
+            errs.push(FieldError::new(
+                FieldPath::key(at).child("name"),
+                format!("`{}` cannot name a stream: no dots, spaces or wildcards", self.name),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            errs.push(FieldError::new(FieldPath::key(at).child("replicas"), "replicas are 1 to 5"));
+        }
+        if self.subjects.is_empty() {
+            errs.push(FieldError::new(FieldPath::key(at).child("subjects"), "a stream stores at least one subject"));
+        }
+        errs
+    }
+
+    fn config(&self) -> jetstream::stream::Config {
+        use jetstream::stream::{RetentionPolicy, StorageType};
+        jetstream::stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            num_replicas: self.replicas,
+            retention: match self.retention {
+                Retention::Limits => RetentionPolicy::Limits,
+                Retention::Interest => RetentionPolicy::Interest,
+                Retention::WorkQueue => RetentionPolicy::WorkQueue,
+            },
+            storage: match self.storage {
+                Storage::File => StorageType::File,
+                Storage::Memory => StorageType::Memory,
+            },
+            max_age: Duration::from_secs(self.max_age_secs),
+            max_bytes: if self.max_bytes == 0 { -1 } else { self.max_bytes as i64 },
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            ..Default::default()
+        }
+    }
+
+    /// The stream, created when missing.
+    pub async fn ensure(&self, js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
+        js.get_or_create_stream(self.config())
+            .await
+            .map_err(|e| anyhow::anyhow!("getting or creating the JetStream stream `{}`: {e}", self.name))
+    }
+}
+
+/// This machine's name, as events sent from it carry it.
+pub fn host_name() -> String {
+    sysinfo::System::host_name().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+}

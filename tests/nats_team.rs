@@ -1,0 +1,295 @@
+//! Agent → aggregator through a real three-node NATS JetStream cluster (Debian's `nats-server`,
+//! routes on loopback ports, stream replicas 3): `pipelines/team-agent.toml` on two generated
+//! OpenCode histories, `pipelines/team-aggregator.toml` rolling them up. Nodes, the aggregator,
+//! an agent and the whole cluster go away while events flow; the aggregator's totals equal the
+//! sum of both agents' `ocpipe stats --json`, nothing lost, nothing counted twice.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Node {
+    client: u16,
+    monitor: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three `nats-server`s with JetStream, routed to each other.
+struct Cluster {
+    program: PathBuf,
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(program: PathBuf) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
+        let routes: Vec<String> = ports.iter().map(|(_, r, _)| format!("nats-route://127.0.0.1:{r}")).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, route, monitor))| {
+                let store = dir.path().join(format!("n{i}"));
+                let config = dir.path().join(format!("n{i}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                         jetstream {{ store_dir: \"{}\" }}\n\
+                         cluster {{ name: ocpipe-test\n listen: 127.0.0.1:{route}\n routes: [{}] }}\n",
+                        store.display(),
+                        routes.join(", ")
+                    ),
+                )
+                .unwrap();
+                Node { client: *client, monitor: *monitor, config, child: None }
+            })
+            .collect();
+        let mut c = Cluster { program, nodes, _dir: dir };
+        for i in 0..3 {
+            c.up(i);
+        }
+        c.wait_ready();
+        c
+    }
+
+    fn up(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        assert!(n.child.is_none());
+        n.child = Some(
+            Command::new(&self.program)
+                .arg("-c")
+                .arg(&n.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every node up and the JetStream meta group has a leader.
+    fn wait_ready(&self) {
+        wait_for("the cluster's JetStream leader", Duration::from_secs(60), || {
+            self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let out = Command::new("curl")
+                    .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}/jsz", n.monitor)])
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                v["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
+            })
+            .then_some(())
+        });
+    }
+
+    fn urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client)).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A generated OpenCode history under `dir/NAME/opencode/opencode.db`, and its `ocpipe stats`
+/// totals.
+fn history(dir: &Path, name: &str, messages: usize, seed: u64) -> (PathBuf, serde_json::Value) {
+    let data = dir.join(name);
+    std::fs::create_dir_all(data.join("opencode")).unwrap();
+    let made = Command::new("python3")
+        .arg(root().join("benches/gen_opencode_db.py"))
+        .arg(data.join("opencode/opencode.db"))
+        .args([messages.to_string(), seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let stats = stats_json(&["--data-dir", &data.join("opencode").display().to_string(), "--range", "all"]);
+    (data, stats["totals"].clone())
+}
+
+/// The aggregator database's `all` rollup: messages, input, output, total.
+fn rolled_up(db: &Path) -> Option<[u64; 4]> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT messages, input, output, total FROM rollup WHERE group_by = 'all'", [], |r| {
+        Ok([r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64])
+    })
+    .ok()
+}
+
+fn expected(totals: &[&serde_json::Value]) -> [u64; 4] {
+    let sum = |k: &str| totals.iter().map(|t| t[k].as_u64().unwrap()).sum::<u64>();
+    [sum("messages"), sum("input"), sum("output"), sum("total")]
+}
+
+struct Team<'a> {
+    dir: &'a Path,
+    urls: String,
+}
+
+/// A running agent, with the address of its `/metrics`.
+struct Agent {
+    run: Running,
+    metrics: String,
+}
+
+impl Agent {
+    /// What its `nats` sink has delivered (the stream acknowledged), from `/metrics`.
+    fn delivered(&self) -> Option<u64> {
+        let out = Command::new("curl").args(["-s", "--max-time", "2", &self.metrics]).output().ok()?;
+        text(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("ocpipe_component_sent_events_total{component_id=\"team\""))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Team<'_> {
+    fn agent(&self, name: &str, data: &Path, state: &str) -> Agent {
+        let api = free_port();
+        let pipeline = self.dir.join(format!("{name}-{state}.toml"));
+        let agent = std::fs::read_to_string(root().join("pipelines/team-agent.toml")).unwrap();
+        std::fs::write(&pipeline, format!("api = {{ address = \"127.0.0.1:{api}\" }}\n{agent}")).unwrap();
+        let env = [
+            ("XDG_DATA_HOME", data.display().to_string()),
+            ("HOME", data.display().to_string()),
+            ("OCPIPE_DATA_DIR", self.dir.join(state).display().to_string()),
+            ("OCPIPE_NATS_URL", self.urls.clone()),
+            ("OCPIPE_NATS_REPLICAS", "3".into()),
+            ("OCPIPE_HOST", name.into()),
+        ];
+        let run = Running::start(&pipeline.display().to_string(), &env);
+        Agent { run, metrics: format!("http://127.0.0.1:{api}/metrics") }
+    }
+
+    fn aggregator(&self) -> Running {
+        let env = [
+            ("HOME", self.dir.join("home").display().to_string()),
+            ("OCPIPE_DATA_DIR", self.dir.join("aggregator-state").display().to_string()),
+            ("OCPIPE_OUT", self.dir.join("out").display().to_string()),
+            ("OCPIPE_HTTP", format!("127.0.0.1:{}", free_port())),
+            ("OCPIPE_NATS_URL", self.urls.clone()),
+            ("OCPIPE_NATS_REPLICAS", "3".into()),
+        ];
+        Running::start("pipelines/team-aggregator.toml", &env)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join("out/team.db")
+    }
+}
+
+#[test]
+fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everything_once() {
+    let Some(program) = require("nats-server") else { return };
+    let Some(_) = require("python3") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, totals_a) = history(dir.path(), "a", 6000, 11);
+    let (data_b, totals_b) = history(dir.path(), "b", 6000, 12);
+    let want = expected(&[&totals_a, &totals_b]);
+    let mut cluster = Cluster::start(program);
+    let team = Team { dir: dir.path(), urls: cluster.urls() };
+
+    let aggregator = team.aggregator();
+    let agent_a = team.agent("agent-a", &data_a, "state-a");
+    let agent_b = team.agent("agent-b", &data_b, "state-b");
+    // A node dies while events flow, and comes back.
+    wait_for("the first rollups", Duration::from_secs(60), || rolled_up(&team.db()).filter(|r| r[0] > 0));
+    cluster.kill(1);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.up(1);
+    // The aggregator is killed mid-stream and started again.
+    let partial = rolled_up(&team.db()).unwrap();
+    signal(aggregator.pid(), 9);
+    drop(aggregator);
+    let aggregator = team.aggregator();
+    let got = wait_for("the aggregator to count both agents", Duration::from_secs(120), || {
+        rolled_up(&team.db()).filter(|r| r[0] >= want[0])
+    });
+    assert_eq!(got, want, "aggregator rollup = stats of a + stats of b (partial before the kill: {partial:?})");
+
+    // An agent starts again from nothing (its checkpoint lost): the stream drops the resent.
+    let log_a = agent_a.run.stop_with_log();
+    let sent_a = final_counter(&log_a, "team", "sent");
+    assert!(sent_a > want[0] / 2, "agent a sent its history: {log_a}");
+    let again = team.agent("agent-a", &data_a, "state-a-lost");
+    wait_for("agent a to send its history again", Duration::from_secs(120), || {
+        again.delivered().filter(|n| *n >= sent_a)
+    });
+    let log_again = again.run.stop_with_log();
+    let dups: u64 = log_again
+        .lines()
+        .find(|l| l.contains("dropped by its duplicate window"))
+        .and_then(|l| l.split("duplicates=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(dups, sent_a, "every resent event was a duplicate: {log_again}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rolled_up(&team.db()), Some(want), "nothing counted twice");
+    let log = aggregator.stop_with_log();
+    assert!(!log.contains("skipped"), "{log}");
+    drop(agent_b);
+}
+
+#[test]
+fn a_cluster_away_for_30_seconds_holds_the_agents_backlog_then_it_drains() {
+    let Some(program) = require("nats-server") else { return };
+    let Some(_) = require("python3") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, totals) = history(dir.path(), "a", 20000, 21);
+    let want = expected(&[&totals]);
+    let mut cluster = Cluster::start(program);
+    let team = Team { dir: dir.path(), urls: cluster.urls() };
+    let aggregator = team.aggregator();
+    let agent = team.agent("agent-a", &data, "state-a");
+    wait_for("the first rollups", Duration::from_secs(60), || rolled_up(&team.db()).filter(|r| r[0] > 0));
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let before = rolled_up(&team.db()).unwrap();
+    let mut peak_kb = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_kb = peak_kb.max(rss_kb(agent.run.pid()));
+    }
+    assert!(before[0] < want[0], "the cluster went away before everything was sent: {before:?}");
+    assert!(peak_kb < 300_000, "the agent's memory stays bounded while the cluster is away: {peak_kb} kB");
+    for i in 0..3 {
+        cluster.up(i);
+    }
+    cluster.wait_ready();
+    let got = wait_for("the backlog to drain", Duration::from_secs(120), || {
+        rolled_up(&team.db()).filter(|r| r[0] >= want[0])
+    });
+    assert_eq!(got, want);
+    eprintln!("agent peak RSS while the cluster was away: {peak_kb} kB");
+    agent.run.stop_with_log();
+    aggregator.stop_with_log();
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
