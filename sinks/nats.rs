@@ -130,6 +130,7 @@ impl NatsSink {
 
 /// Publishes through one JetStream context, creating the stream when it is missing.
 struct Publisher {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: NatsStream,
     stream_ready: bool,
@@ -151,7 +152,10 @@ impl Publisher {
     }
 
     /// The outcome of one acknowledgement: whether the stream has the event.
-    fn settled(&mut self, ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>) -> Result<(), String> {
+    fn settled(
+        &mut self,
+        ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> Result<(), String> {
         match ack {
             Ok(a) => {
                 if a.duplicate {
@@ -168,12 +172,19 @@ impl Publisher {
         }
     }
 
-    /// Sends `o` until the stream has it, waiting longer between tries (at most `tries` when
-    /// given). Returns false when it gave up.
-    async fn until_stored(&mut self, o: &Outgoing, tries: Option<u32>) -> bool {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends `o` until the stream has it, waiting longer between tries; once the input is
+    /// ending, a few tries and none while the cluster is away. Returns false when it gave up.
+    async fn until_stored(&mut self, o: &Outgoing, input: &Input) -> bool {
         let mut wait = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {
+            if input.ending() && !self.connected() {
+                return false;
+            }
             attempt += 1;
             let result = match self.publish(o).await {
                 Ok(ack) => ack.await.map_err(|e| e.to_string()).and_then(|a| self.settled(Ok(a))),
@@ -182,10 +193,10 @@ impl Publisher {
             match result {
                 Ok(()) => return true,
                 Err(e) => {
-                    if attempt == 1 || attempt % 10 == 0 {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
                         self.cx.error(format_args!("publishing to `{}` failed ({e}); trying again", o.subject));
                     }
-                    if tries.is_some_and(|t| attempt >= t) {
+                    if input.ending() && attempt >= 3 {
                         return false;
                     }
                 }
@@ -198,15 +209,15 @@ impl Publisher {
 
 impl NatsSink {
     /// Something failed: settles what is in flight, in order, and sends again what the stream
-    /// does not have (`failed` first, `next` last) until it has it — a few tries each once the
-    /// input has ended, then the event fails and its source keeps it.
+    /// does not have (`failed` first, `next` last) until it has it (see `until_stored`); what
+    /// it gives up on fails, and its source keeps it.
     async fn recover(
         &self,
         p: &mut Publisher,
         pending: &mut VecDeque<Pending>,
         failed: Option<Event>,
         next: Option<Outgoing>,
-        input_open: bool,
+        input: &Input,
     ) {
         let mut again: Vec<Outgoing> = failed.into_iter().map(|e| self.prepare(e)).collect();
         // Each acknowledgement's timeout starts when it is awaited: await them together.
@@ -219,7 +230,7 @@ impl NatsSink {
         }
         again.extend(next);
         for o in again {
-            if p.until_stored(&o, (!input_open).then_some(3)).await {
+            if p.until_stored(&o, input).await {
                 self.cx.metrics.sent(1);
             } else {
                 self.cx.metrics.dropped(DropReason::Error, 1);
@@ -236,8 +247,14 @@ impl Sink for NatsSink {
             let js = jetstream::ContextBuilder::new()
                 .timeout(Duration::from_secs(self.cfg.ack_timeout_secs.max(1)))
                 .build(client.clone());
-            let mut p =
-                Publisher { js, stream: self.cfg.stream.clone(), stream_ready: false, cx: self.cx.clone(), duplicates: 0 };
+            let mut p = Publisher {
+                client: client.clone(),
+                js,
+                stream: self.cfg.stream.clone(),
+                stream_ready: false,
+                cx: self.cx.clone(),
+                duplicates: 0,
+            };
             let mut pending: VecDeque<Pending> = VecDeque::new();
             let mut input_open = true;
             while input_open || !pending.is_empty() {
@@ -249,18 +266,24 @@ impl Sink for NatsSink {
                             Ok(()) => self.cx.metrics.sent(1),
                             Err(e) => {
                                 self.cx.error(format_args!("the stream did not store an event ({e}); sending it and those after it again"));
-                                self.recover(&mut p, &mut pending, Some(head.event), None, input_open).await;
+                                self.recover(&mut p, &mut pending, Some(head.event), None, &input).await;
                             }
                         }
                     }
                     ev = input.recv(), if input_open && pending.len() < self.cfg.in_flight => match ev {
+                        // Shutting down with the cluster away: what is left fails at once (its
+                        // source keeps it for the next start).
+                        Some(ev) if input.ending() && !p.connected() => {
+                            self.cx.metrics.dropped(DropReason::Error, 1);
+                            ev.fail();
+                        }
                         Some(ev) => {
                             let o = self.prepare(ev);
                             match p.publish(&o).await {
                                 Ok(ack) => pending.push_back(Pending { event: o.event, ack }),
                                 Err(e) => {
                                     self.cx.error(format_args!("publishing to `{}` failed ({e}); trying again", o.subject));
-                                    self.recover(&mut p, &mut pending, None, Some(o), input_open).await;
+                                    self.recover(&mut p, &mut pending, None, Some(o), &input).await;
                                 }
                             }
                         }
@@ -275,7 +298,7 @@ impl Sink for NatsSink {
                     "events the stream already had (sent again after a restart) were dropped by its duplicate window"
                 );
             }
-            let _ = client.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
             Ok(())
         })
     }

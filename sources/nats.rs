@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::component::{ComponentFuture, Context, SourceConfig, SourceContext};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{Finalizer, Status};
 use crate::event::{DataType, wire};
+use crate::event::{Finalizer, Status};
 use crate::nats::{NatsConnect, NatsStream};
 
 /// Reads the events other ocpipes published (`nats` sink) from a JetStream stream.
@@ -38,6 +38,27 @@ pub struct NatsSourceConfig {
     /// Messages delivered and not yet acknowledged (the rest wait in the stream).
     #[serde(default = "default_max_ack_pending")]
     pub max_ack_pending: i64,
+    /// Prefix each OpenCode instance with the host that sent it (`laptop-7/http://127.0.0.1:4096`),
+    /// so two machines' servers on the same port stay apart on the page.
+    #[serde(default = "yes")]
+    pub host_in_instance: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `instance` of a live event or status, prefixed with the sending host.
+fn qualify(payload: &mut crate::event::Payload, host: &str) {
+    use crate::event::Payload;
+    let instance = match payload {
+        Payload::Live(l) => &mut l.instance,
+        Payload::Status(s) => &mut s.instance,
+        _ => return,
+    };
+    if !instance.is_empty() {
+        *instance = format!("{host}/{instance}");
+    }
 }
 
 fn default_consumer() -> String {
@@ -116,7 +137,11 @@ async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceCo
             let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("pulling messages: {e}"))?;
             anyhow::Ok(messages)
         };
-        match attempt.await {
+        let attempt = tokio::select! {
+            _ = sc.shutdown.cancelled() => return None,
+            a = attempt => a,
+        };
+        match attempt {
             Ok(m) => return Some(m),
             Err(e) => {
                 sc.cx.error(format_args!("{e:#}; trying again"));
@@ -177,7 +202,10 @@ async fn run(cfg: NatsSourceConfig, mut sc: SourceContext) -> anyhow::Result<()>
                     Some(Ok(msg)) => {
                         let (msg, acker) = msg.split();
                         match wire::decode(&msg.payload, &sc.cx.id) {
-                            Ok(received) => {
+                            Ok(mut received) => {
+                                if cfg.host_in_instance {
+                                    qualify(&mut received.event.payload, &received.host);
+                                }
                                 let finalizer = acks.track(acker);
                                 sc.out.send(received.event.with_finalizer(finalizer)).await;
                             }
@@ -191,7 +219,7 @@ async fn run(cfg: NatsSourceConfig, mut sc: SourceContext) -> anyhow::Result<()>
                     Some(Err(e)) => {
                         // Heartbeats missed while the cluster is away; the consumer carries on.
                         quiet_errors += 1;
-                        if quiet_errors == 1 || quiet_errors % 30 == 0 {
+                        if quiet_errors == 1 || quiet_errors.is_multiple_of(30) {
                             tracing::warn!(component = &*sc.cx.id, "pulling from NATS: {e}");
                         }
                     }
@@ -214,6 +242,7 @@ async fn run(cfg: NatsSourceConfig, mut sc: SourceContext) -> anyhow::Result<()>
             _ => break,
         }
     }
-    let _ = client.flush().await;
+    // The last acknowledgements out, unless the cluster is away.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     Ok(())
 }

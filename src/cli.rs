@@ -134,7 +134,8 @@ fn init_logging(level: Option<&str>, file: Option<&Path>) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // The NATS client logs every reconnect attempt; the components say what matters.
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
     };
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     // Nothing is written over a full-screen program (`--log-file` still gets it).

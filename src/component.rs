@@ -268,6 +268,13 @@ impl Input {
         if self.stop.drain.load(Ordering::Acquire) { self.rx.try_recv().ok() } else { None }
     }
 
+    /// Whether the input is ending: every producer is gone (shutdown) or this reader was told
+    /// to stop. What is still buffered can be read. A sink retrying a far end that is away
+    /// gives up then, rather than holding the shutdown.
+    pub fn ending(&self) -> bool {
+        self.rx.is_closed() || self.stop.token.is_cancelled()
+    }
+
     pub async fn recv(&mut self) -> Option<Event> {
         let ev = if self.stop.token.is_cancelled() {
             self.after_stop()

@@ -229,7 +229,10 @@ impl NatsConnect {
                     async_nats::Event::Disconnected => {
                         tracing::warn!(component = &*id, "disconnected from NATS; reconnecting")
                     }
-                    other => tracing::warn!(component = &*id, "NATS: {other}"),
+                    async_nats::Event::ServerError(e) => tracing::warn!(component = &*id, "NATS server: {e}"),
+                    // Each failed reconnect attempt; the disconnect was said.
+                    async_nats::Event::ClientError(e) => tracing::debug!(component = &*id, "NATS: {e}"),
+                    other => tracing::info!(component = &*id, "NATS: {other}"),
                 }
             }
         });

@@ -84,15 +84,18 @@ impl Cluster {
     /// Every node up and the JetStream meta group has a leader.
     fn wait_ready(&self) {
         wait_for("the cluster's JetStream leader", Duration::from_secs(60), || {
-            self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                let out = Command::new("curl")
-                    .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}/jsz", n.monitor)])
-                    .output()
-                    .unwrap();
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                v["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
-            })
-            .then_some(())
+            self.nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|n| {
+                    let out = Command::new("curl")
+                        .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}/jsz", n.monitor)])
+                        .output()
+                        .unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    v["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
+                })
+                .then_some(())
         });
     }
 
@@ -129,7 +132,12 @@ fn history(dir: &Path, name: &str, messages: usize, seed: u64) -> (PathBuf, serd
 fn rolled_up(db: &Path) -> Option<[u64; 4]> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     conn.query_row("SELECT messages, input, output, total FROM rollup WHERE group_by = 'all'", [], |r| {
-        Ok([r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64])
+        Ok([
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+        ])
     })
     .ok()
 }
@@ -282,8 +290,10 @@ fn a_cluster_away_for_30_seconds_holds_the_agents_backlog_then_it_drains() {
     });
     assert_eq!(got, want);
     eprintln!("agent peak RSS while the cluster was away: {peak_kb} kB");
-    agent.run.stop_with_log();
-    aggregator.stop_with_log();
+    let log = agent.run.stop_with_log();
+    eprintln!("AGENT LOG\n{log}");
+    let log = aggregator.stop_with_log();
+    eprintln!("AGGREGATOR LOG\n{log}");
 }
 
 fn rss_kb(pid: u32) -> u64 {

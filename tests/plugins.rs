@@ -45,8 +45,6 @@ fn numbers(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["n"].as_u64().unwrap()).collect()
 }
 
-/// `name=value` of a component's final counters in the log.
-
 const MARKED_CRASH: &str = r#"
 import json, os, sys
 crash_at, marker = int(sys.argv[1]), sys.argv[2]

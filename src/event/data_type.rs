@@ -140,10 +140,10 @@ impl EventKind {
     /// Builds the typed payload from its JSON view, ignoring fields it does not know (a newer
     /// ocpipe's) and defaulting missing ones.
     pub fn payload_lenient(self, view: serde_json::Value) -> Result<Payload, String> {
-        self.from_view(view).map_err(|e| e.to_string())
+        self.parse_view(view).map_err(|e| e.to_string())
     }
 
-    fn from_view(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
+    fn parse_view(self, view: serde_json::Value) -> Result<Payload, serde_json::Error> {
         use serde_json::from_value as from;
         Ok(match self {
             EventKind::Trace => Payload::Trace(Box::new(from(view)?)),

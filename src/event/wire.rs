@@ -92,7 +92,8 @@ pub fn decode(bytes: &[u8], component: &Arc<str>) -> Result<Received, String> {
     }
     let kind: EventKind = serde_json::from_value(serde_json::Value::String(inc.kind.clone()))
         .map_err(|_| format!("unknown event kind `{}`: the sender is a newer ocpipe", inc.kind))?;
-    let payload = kind.payload_lenient(inc.event).map_err(|e| format!("a {} event that does not fit: {e}", kind.name()))?;
+    let payload =
+        kind.payload_lenient(inc.event).map_err(|e| format!("a {} event that does not fit: {e}", kind.name()))?;
     let mut event = Event::new(component.clone(), inc.timestamp, payload);
     event.meta.id = inc.id;
     event.meta.host = Some(inc.host.as_str().into());
@@ -138,9 +139,11 @@ mod tests {
     fn foreign_or_newer_documents_are_refused_with_the_reason() {
         let c: Arc<str> = "team".into();
         assert!(decode(b"hello", &c).unwrap_err().contains("not an ocpipe event"));
-        let newer = br#"{"v":2,"kind":"message","host":"h","source":"s","timestamp":"2026-01-01T00:00:00Z","event":{}}"#;
+        let newer =
+            br#"{"v":2,"kind":"message","host":"h","source":"s","timestamp":"2026-01-01T00:00:00Z","event":{}}"#;
         assert!(decode(newer, &c).unwrap_err().contains("wire format 2"));
-        let kind = br#"{"v":1,"kind":"hologram","host":"h","source":"s","timestamp":"2026-01-01T00:00:00Z","event":{}}"#;
+        let kind =
+            br#"{"v":1,"kind":"hologram","host":"h","source":"s","timestamp":"2026-01-01T00:00:00Z","event":{}}"#;
         assert!(decode(kind, &c).unwrap_err().contains("unknown event kind `hologram`"));
     }
 }
