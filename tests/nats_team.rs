@@ -5,112 +5,15 @@
 //! sum of both agents' `ocpipe stats --json`, nothing lost, nothing counted twice.
 
 mod common;
+#[path = "common/nats_cluster.rs"]
+mod nats_cluster;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Node {
-    client: u16,
-    monitor: u16,
-    config: PathBuf,
-    child: Option<Child>,
-}
-
-/// Three `nats-server`s with JetStream, routed to each other.
-struct Cluster {
-    program: PathBuf,
-    nodes: Vec<Node>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(program: PathBuf) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
-        let routes: Vec<String> = ports.iter().map(|(_, r, _)| format!("nats-route://127.0.0.1:{r}")).collect();
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, route, monitor))| {
-                let store = dir.path().join(format!("n{i}"));
-                let config = dir.path().join(format!("n{i}.conf"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-                         jetstream {{ store_dir: \"{}\" }}\n\
-                         cluster {{ name: ocpipe-test\n listen: 127.0.0.1:{route}\n routes: [{}] }}\n",
-                        store.display(),
-                        routes.join(", ")
-                    ),
-                )
-                .unwrap();
-                Node { client: *client, monitor: *monitor, config, child: None }
-            })
-            .collect();
-        let mut c = Cluster { program, nodes, _dir: dir };
-        for i in 0..3 {
-            c.up(i);
-        }
-        c.wait_ready();
-        c
-    }
-
-    fn up(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        assert!(n.child.is_none());
-        n.child = Some(
-            Command::new(&self.program)
-                .arg("-c")
-                .arg(&n.config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Every node up and the JetStream meta group has a leader.
-    fn wait_ready(&self) {
-        wait_for("the cluster's JetStream leader", Duration::from_secs(60), || {
-            self.nodes
-                .iter()
-                .filter(|n| n.child.is_some())
-                .all(|n| {
-                    let out = Command::new("curl")
-                        .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}/jsz", n.monitor)])
-                        .output()
-                        .unwrap();
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                    v["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
-                })
-                .then_some(())
-        });
-    }
-
-    fn urls(&self) -> String {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client)).collect::<Vec<_>>().join(",")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
-    }
-}
+use nats_cluster::Cluster;
 
 /// A generated OpenCode history under `dir/NAME/opencode/opencode.db`, and its `ocpipe stats`
 /// totals.
