@@ -7,6 +7,7 @@ pub mod html_report;
 pub mod jsonl;
 pub mod mqtt;
 pub mod nats;
+pub mod otlp;
 pub mod push_targets;
 pub mod sqlite;
 pub mod websocket;

@@ -380,7 +380,12 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
                 ],
             )?;
         }
-        Payload::Json(_) | Payload::Live(_) | Payload::Process(_) | Payload::Status(_) | Payload::Capture(_) => {
+        Payload::Json(_)
+        | Payload::Live(_)
+        | Payload::Process(_)
+        | Payload::Status(_)
+        | Payload::Capture(_)
+        | Payload::Call(_) => {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (event_id, kind, source, timestamp, raw) VALUES (?1,?2,?3,?4,?5)",
             )?

@@ -6,5 +6,6 @@ pub mod exec;
 pub mod nats;
 pub mod opencode_sse;
 pub mod opencode_storage;
+pub mod otlp;
 pub mod process_scan;
 pub mod trace_jsonl;

@@ -123,6 +123,11 @@ async fn samples(captures: &std::path::Path) -> Vec<Event> {
     all.extend(rollups);
     all.push(event(Payload::Process(Box::new(process))));
     all.push(event(Payload::Json(serde_json::json!({"n": 1, "note": "untyped"}))));
+    // A model request as the `otlp` source makes it of OpenCode's `ai.streamText.doStream` span.
+    let call = serde_json::json!({"sessionID": "ses_1", "providerID": "mock", "modelID": "mock-1",
+        "tokens": {"input": 2900, "output": 17, "reasoning": 3, "cache_read": 100}, "timeStart": 1764800000000u64,
+        "timeEnd": 1764800000478u64, "msToFirstChunk": 7.1, "traceID": "1e3e", "spanID": "77aa"});
+    all.push(event(Payload::Call(Box::new(serde_json::from_value(call).unwrap()))));
     all.extend(capture(captures));
     let mut all: Vec<Event> = all
         .into_iter()

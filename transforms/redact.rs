@@ -366,7 +366,7 @@ impl FunctionTransform for Redactor {
                     }
                 }
             }
-            Payload::Part(_) | Payload::Rollup(_) | Payload::Status(_) => {}
+            Payload::Part(_) | Payload::Rollup(_) | Payload::Status(_) | Payload::Call(_) => {}
         }
         out.push(event);
     }

@@ -30,15 +30,17 @@ bitflags::bitflags! {
         const JSON = 1 << 8;
         /// Steps of capture runs.
         const CAPTURE = 1 << 9;
+        /// Requests to a model, from OpenTelemetry.
+        const CALL = 1 << 10;
         /// OpenCode's stored records: sessions, messages and parts.
         const OPENCODE = Self::SESSION.bits() | Self::MESSAGE.bits() | Self::PART.bits();
         /// Anything (generic sinks and pass-through transforms).
-        const ANY = (1 << 10) - 1;
+        const ANY = (1 << 11) - 1;
     }
 }
 
 /// Names for messages, in bit order.
-const NAMES: [(DataType, &str); 10] = [
+const NAMES: [(DataType, &str); 11] = [
     (DataType::TRACE, "trace"),
     (DataType::SESSION, "session"),
     (DataType::MESSAGE, "message"),
@@ -49,6 +51,7 @@ const NAMES: [(DataType, &str); 10] = [
     (DataType::STATUS, "status"),
     (DataType::JSON, "json"),
     (DataType::CAPTURE, "capture"),
+    (DataType::CALL, "call"),
 ];
 
 impl DataType {
@@ -65,6 +68,7 @@ impl DataType {
             Payload::Status(_) => DataType::STATUS,
             Payload::Json(_) => DataType::JSON,
             Payload::Capture(_) => DataType::CAPTURE,
+            Payload::Call(_) => DataType::CALL,
         }
     }
 
@@ -88,6 +92,7 @@ pub enum EventKind {
     Status,
     Json,
     Capture,
+    Call,
 }
 
 impl EventKind {
@@ -114,6 +119,7 @@ impl EventKind {
             EventKind::Message | EventKind::Part => &["id", "sessionID"],
             EventKind::Live | EventKind::Status => &["instance"],
             EventKind::Rollup => &["key"],
+            EventKind::Call => &["sessionID", "spanID"],
             _ => return Ok(payload),
         };
         let event = crate::event::Event::new("".into(), chrono::Utc::now(), payload);
@@ -155,12 +161,13 @@ impl EventKind {
             EventKind::Process => Payload::Process(Box::new(from(view)?)),
             EventKind::Status => Payload::Status(Box::new(from(view)?)),
             EventKind::Capture => Payload::Capture(Box::new(from(view)?)),
+            EventKind::Call => Payload::Call(Box::new(from(view)?)),
             EventKind::Json => Payload::Json(view),
         })
     }
 }
 
-const ALL_KINDS: [EventKind; 10] = [
+const ALL_KINDS: [EventKind; 11] = [
     EventKind::Trace,
     EventKind::Session,
     EventKind::Message,
@@ -171,6 +178,7 @@ const ALL_KINDS: [EventKind; 10] = [
     EventKind::Status,
     EventKind::Json,
     EventKind::Capture,
+    EventKind::Call,
 ];
 
 impl fmt::Display for DataType {

@@ -4,6 +4,7 @@
 //! also has a JSON view (`Event::to_json`, `Event::write_json`) that expressions, redaction and
 //! generic sinks use.
 
+mod call;
 mod data_type;
 mod finalizer;
 mod opencode;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub use call::CallInfo;
 pub use data_type::{DataType, EventKind};
 pub use finalizer::{Batch, BatchTracker, Finalizer, Status};
 pub use opencode::{
@@ -67,6 +69,8 @@ pub enum Payload {
     Status(Box<StatusInfo>),
     /// A step of a capture run (started, observed, a native OpenCode event, finished).
     Capture(Box<crate::capture::CaptureEvent>),
+    /// One request to a model, from OpenTelemetry (the `otlp` source).
+    Call(Box<CallInfo>),
     /// An untyped JSON document (tests, generic sources).
     Json(Value),
 }
@@ -103,6 +107,7 @@ impl Event {
                 crate::capture::Step::Native { .. } => "capture.native",
                 crate::capture::Step::Finished(_) => "capture.finished",
             },
+            Payload::Call(_) => "llm.call",
             Payload::Json(_) => "json",
         }
     }
@@ -119,6 +124,7 @@ impl Event {
             Payload::Process(p) => serde_json::to_value(p).expect("serializes"),
             Payload::Status(s) => serde_json::to_value(s).expect("serializes"),
             Payload::Capture(c) => serde_json::to_value(c).expect("serializes"),
+            Payload::Call(c) => serde_json::to_value(c).expect("serializes"),
             Payload::Json(v) => v.clone(),
         }
     }
@@ -135,6 +141,7 @@ impl Event {
             Payload::Process(p) => serde_json::to_writer(&mut *out, p),
             Payload::Status(s) => serde_json::to_writer(&mut *out, s),
             Payload::Capture(c) => serde_json::to_writer(&mut *out, c),
+            Payload::Call(c) => serde_json::to_writer(&mut *out, c),
             Payload::Json(v) => serde_json::to_writer(&mut *out, v),
         };
         result.expect("writing JSON into memory cannot fail");

@@ -15,6 +15,20 @@ pub struct Tokens {
     pub cache_write: u64,
 }
 
+impl Tokens {
+    /// Each kind with its name (`input`, `output`, `reasoning`, `cache_read`, `cache_write`):
+    /// the kinds sum to the total.
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("reasoning", self.reasoning),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+        ]
+    }
+}
+
 /// The largest token count of one kind in one message; larger (or negative, or not a number)
 /// stored counts saturate to the nearest of 0 and this, with a warning naming the message.
 pub const TOKEN_MAX: u64 = u32::MAX as u64;

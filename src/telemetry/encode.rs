@@ -106,14 +106,7 @@ impl Telemetry {
                     ("project", r.project.clone()),
                     ("component_id", component.clone()),
                 ];
-                let t = &r.tokens;
-                for (kind, n) in [
-                    ("input", t.input),
-                    ("output", t.output),
-                    ("reasoning", t.reasoning),
-                    ("cache_read", t.cache_read),
-                    ("cache_write", t.cache_write),
-                ] {
+                for (kind, n) in r.tokens.by_kind() {
                     let mut l = labels.clone();
                     l.insert(0, ("kind", kind.to_string()));
                     tokens.get_or_create(&l).inc_by(n);

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::event::{StatusInfo, Tokens};
 use crate::runtime::Handles;
 
-pub use server::{ApiConfig, routes, serve};
+pub use server::{ApiConfig, names_loopback, routes, serve};
 
 /// Token usage of one (provider, model, agent, project): the label set of `ocpipe_tokens_total`.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -65,7 +65,7 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>,
 }
 
 /// A `Host` header naming this machine's loopback (`localhost`, `127.0.0.1`, `[::1]`, any port).
-fn names_loopback(host: Option<&axum::http::HeaderValue>) -> bool {
+pub fn names_loopback(host: Option<&axum::http::HeaderValue>) -> bool {
     let Some(host) = host.and_then(|h| h.to_str().ok()) else { return false };
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
