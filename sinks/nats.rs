@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::wire;
-use crate::event::{DataType, Event};
+use crate::event::{DataType, Event, Unsettled};
 use crate::metrics::DropReason;
 use crate::nats::{NatsConnect, NatsStream, host_name};
 use crate::template::{TopicSyntax, TopicTemplate};
@@ -105,13 +105,13 @@ type AckFuture = BoxFuture<'static, Result<jetstream::publish::PublishAck, jetst
 
 /// An event published and waiting for the stream's acknowledgement.
 struct Pending {
-    event: Event,
+    event: Unsettled,
     ack: AckFuture,
 }
 
 /// One event ready to go: where, its bytes and its id.
 struct Outgoing {
-    event: Event,
+    event: Unsettled,
     subject: String,
     body: bytes::Bytes,
     msg_id: String,
@@ -119,10 +119,15 @@ struct Outgoing {
 
 impl NatsSink {
     fn prepare(&self, event: Event) -> Outgoing {
+        self.prepare_held(Unsettled::new(event))
+    }
+
+    fn prepare_held(&self, event: Unsettled) -> Outgoing {
+        let e = event.get();
         Outgoing {
-            subject: self.subject.render(&event),
-            body: wire::encode(&event, &self.host).into(),
-            msg_id: wire::content_id(&event, &self.host),
+            subject: self.subject.render(e),
+            body: wire::encode(e, &self.host).into(),
+            msg_id: wire::content_id(e, &self.host),
             event,
         }
     }
@@ -215,26 +220,43 @@ impl NatsSink {
         &self,
         p: &mut Publisher,
         pending: &mut VecDeque<Pending>,
-        failed: Option<Event>,
+        failed: Option<Unsettled>,
         next: Option<Outgoing>,
         input: &Input,
     ) {
-        let mut again: Vec<Outgoing> = failed.into_iter().map(|e| self.prepare(e)).collect();
+        let mut again: Vec<Unsettled> = failed.into_iter().collect();
+        // A later version of a record the stream has makes an earlier one that failed moot:
+        // sending it again now would store the older version last.
+        let mut stored_ids = std::collections::HashSet::new();
         // Each acknowledgement's timeout starts when it is awaited: await them together.
-        let (events, acks): (Vec<Event>, Vec<AckFuture>) = pending.drain(..).map(|x| (x.event, x.ack)).unzip();
+        let (events, acks): (Vec<Unsettled>, Vec<AckFuture>) = pending.drain(..).map(|x| (x.event, x.ack)).unzip();
         for (ev, ack) in events.into_iter().zip(futures::future::join_all(acks).await) {
             match p.settled(ack) {
-                Ok(()) => self.cx.metrics.sent(1),
-                Err(_) => again.push(self.prepare(ev)),
+                Ok(()) => {
+                    stored_ids.extend(ev.get().meta.id.clone());
+                    self.cx.metrics.sent(1);
+                    ev.delivered();
+                }
+                Err(_) => again.push(ev),
             }
         }
-        again.extend(next);
-        for o in again {
+        let mut outgoing: Vec<Outgoing> = Vec::new();
+        for ev in again {
+            if ev.get().meta.id.as_ref().is_some_and(|id| stored_ids.contains(id)) {
+                self.cx.metrics.dropped(DropReason::Intentional, 1);
+                ev.delivered();
+            } else {
+                outgoing.push(self.prepare_held(ev));
+            }
+        }
+        outgoing.extend(next);
+        for o in outgoing {
             if p.until_stored(&o, input).await {
                 self.cx.metrics.sent(1);
+                o.event.delivered();
             } else {
                 self.cx.metrics.dropped(DropReason::Error, 1);
-                o.event.fail();
+                o.event.failed();
             }
         }
     }
@@ -263,7 +285,10 @@ impl Sink for NatsSink {
                     ack = async { (&mut pending.front_mut().expect("checked").ack).await }, if !pending.is_empty() => {
                         let head = pending.pop_front().expect("checked");
                         match p.settled(ack) {
-                            Ok(()) => self.cx.metrics.sent(1),
+                            Ok(()) => {
+                                self.cx.metrics.sent(1);
+                                head.event.delivered();
+                            }
                             Err(e) => {
                                 self.cx.error(format_args!("the stream did not store an event ({e}); sending it and those after it again"));
                                 self.recover(&mut p, &mut pending, Some(head.event), None, &input).await;
@@ -283,6 +308,7 @@ impl Sink for NatsSink {
                                 Ok(ack) => pending.push_back(Pending { event: o.event, ack }),
                                 Err(e) => {
                                     self.cx.error(format_args!("publishing to `{}` failed ({e}); trying again", o.subject));
+
                                     self.recover(&mut p, &mut pending, None, Some(o), &input).await;
                                 }
                             }

@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
-use crate::event::{DataType, Event, EventKind, Payload, Rollup};
+use crate::event::{DataType, Event, EventKind, Payload, Rollup, Unsettled};
 use crate::metrics::DropReason;
 
 /// Exports events to an OpenTelemetry collector as OTLP logs and usage metrics.
@@ -207,13 +207,13 @@ impl OtlpSink {
     }
 
     /// The requests for one batch: (path, body).
-    fn requests(&self, batch: &[Event]) -> Vec<(&'static str, Vec<u8>)> {
+    fn requests(&self, batch: &[Unsettled]) -> Vec<(&'static str, Vec<u8>)> {
         let logs = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(self.resource()),
                 scope_logs: vec![ScopeLogs {
                     scope: Some(Self::scope()),
-                    log_records: batch.iter().map(record).collect(),
+                    log_records: batch.iter().map(|e| record(e.get())).collect(),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -221,6 +221,7 @@ impl OtlpSink {
         };
         let rollups: Vec<(&Rollup, u64)> = batch
             .iter()
+            .map(Unsettled::get)
             .filter_map(|e| match &e.payload {
                 Payload::Rollup(r) => Some((&**r, nanos(e))),
                 _ => None,
@@ -272,7 +273,7 @@ impl OtlpSink {
     }
 
     /// Sends one batch until the collector took it (a few tries once the input is ending).
-    async fn export(&self, batch: &[Event], input: &Input) -> bool {
+    async fn export(&self, batch: &[Unsettled], input: &Input) -> bool {
         let mut wait = Duration::from_millis(200);
         for (path, body) in self.requests(batch) {
             let mut attempt = 0u32;
@@ -304,15 +305,15 @@ impl Sink for OtlpSink {
         Box::pin(async move {
             let mut batch = Vec::new();
             while input.recv_batch(&mut batch, self.cfg.batch_max_events).await {
-                if self.export(&batch, &input).await {
-                    self.cx.metrics.sent(batch.len() as u64);
+                // Held so that an abort (a deadline) fails them rather than passing them as sent.
+                let held: Vec<Unsettled> = batch.drain(..).map(Unsettled::new).collect();
+                if self.export(&held, &input).await {
+                    self.cx.metrics.sent(held.len() as u64);
+                    held.into_iter().for_each(Unsettled::delivered);
                 } else {
-                    self.cx.metrics.dropped(DropReason::Error, batch.len() as u64);
-                    for ev in &batch {
-                        ev.fail();
-                    }
+                    self.cx.metrics.dropped(DropReason::Error, held.len() as u64);
+                    held.into_iter().for_each(Unsettled::failed);
                 }
-                batch.clear();
             }
             Ok(())
         })

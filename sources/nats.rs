@@ -210,9 +210,10 @@ async fn run(cfg: NatsSourceConfig, mut sc: SourceContext) -> anyhow::Result<()>
                                 sc.out.send(received.event.with_finalizer(finalizer)).await;
                             }
                             Err(e) => {
-                                sc.cx.error(format_args!("a message on `{}` skipped: {e}", msg.subject));
-                                // Not ours: never delivered again.
-                                let _ = acker.ack_with(AckKind::Term).await;
+                                sc.cx.error(format_args!("a message on `{}` skipped for now: {e}", msg.subject));
+                                // Perhaps from a newer ocpipe (a rolling upgrade): kept in the
+                                // stream and offered again later, not thrown away.
+                                let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(300)))).await;
                             }
                         }
                     }

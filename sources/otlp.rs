@@ -70,8 +70,12 @@ fn yes() -> bool {
     true
 }
 fn default_wait() -> u64 {
-    30
+    // Under the OpenTelemetry exporters' own 10 s timeout.
+    8
 }
+
+/// The largest request taken (after gzip).
+const BODY_LIMIT: usize = 256 << 20;
 
 const EXAMPLE: &str = r#"address = "127.0.0.1:0"
 "#;
@@ -118,6 +122,8 @@ impl SourceConfig for OtlpSourceConfig {
                 .route("/v1/logs", post(logs))
                 .route("/v1/metrics", post(metrics))
                 .layer(tower_http::decompression::RequestDecompressionLayer::new())
+                // OpenCode's spans carry whole prompts: a batch can be far over axum's 2 MB.
+                .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
                 .with_state(shared.clone());
             sc.cx.metrics.set_caught_up();
             let stop = sc.shutdown.clone();
@@ -214,6 +220,12 @@ impl Shared {
     fn event(&self, time: DateTime<Utc>, payload: Payload) -> Event {
         Event::new(self.cx.id.clone(), time, payload)
     }
+
+    /// A `json` event with an id of what it says, so a request sent again stores nothing twice.
+    fn json(&self, time: DateTime<Utc>, what: &str, view: Value) -> Event {
+        let id = format!("{what}:{:032x}", xxhash_rust::xxh3::xxh3_128(view.to_string().as_bytes()));
+        self.event(time, Payload::Json(view)).with_id(id)
+    }
 }
 
 fn unavailable() -> Response {
@@ -239,7 +251,7 @@ async fn traces(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
                 let id = call.natural_id();
                 events.push(s.event(time(span.start_time_unix_nano), Payload::Call(Box::new(call))).with_id(id));
             } else if s.cfg.spans == Spans::All {
-                events.push(s.event(time(span.start_time_unix_nano), Payload::Json(span_view(span, &resource))));
+                events.push(s.json(time(span.start_time_unix_nano), "span", span_view(span, &resource)));
             } else {
                 ignored += 1;
             }
@@ -283,6 +295,7 @@ async fn logs(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
                 }
             } else if s.cfg.logs {
                 let view = json!({
+                    "timeUnixNano": rec.time_unix_nano.max(rec.observed_time_unix_nano),
                     "severity": rec.severity_text,
                     "body": rec.body.as_ref().map(any).unwrap_or(Value::Null),
                     "attributes": attrs,
@@ -290,7 +303,7 @@ async fn logs(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
                     "spanID": hex(&rec.span_id),
                     "resource": resource,
                 });
-                events.push(s.event(at, Payload::Json(view)));
+                events.push(s.json(at, "log", view));
             }
         }
     }
@@ -322,10 +335,10 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
                     None => Value::Null,
                 };
                 let view = json!({
-                    "metric": m.name, "unit": m.unit, "value": value,
+                    "metric": m.name, "unit": m.unit, "value": value, "timeUnixNano": p.time_unix_nano,
                     "attributes": attributes(&p.attributes), "resource": resource,
                 });
-                events.push(s.event(time(p.time_unix_nano), Payload::Json(view)));
+                events.push(s.json(time(p.time_unix_nano), "metric", view));
             }
         }
     }

@@ -86,10 +86,14 @@ fn the_trace_viewer_in_tmux_lists_opens_copies_and_follows() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Follow: a record appended to a new session's file shows up.
-    for k in ["Escape", "Escape", "Escape"] {
-        t(&["send-keys", "-t", &session, k]);
+    // Back to the list, one Escape at a time (Escapes sent together can be read as one
+    // Alt-Escape sequence by the terminal library).
+    let start = Instant::now();
+    while !t(&["capture-pane", "-p", "-t", &session]).contains("Sessions: 3") {
+        assert!(start.elapsed() < Duration::from_secs(20), "Escape never led back to the list");
+        t(&["send-keys", "-t", &session, "Escape"]);
+        std::thread::sleep(Duration::from_millis(400));
     }
-    pane("Sessions: 3");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("late.jsonl")).unwrap();
     writeln!(
         f,

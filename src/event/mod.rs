@@ -180,6 +180,36 @@ impl Event {
     }
 }
 
+/// An event a sink holds until its far end has it. Dropped without [`Unsettled::delivered`] —
+/// its task aborted at a deadline, a panic — it counts as failed, so its source keeps it.
+#[derive(Debug)]
+pub struct Unsettled(Option<Event>);
+
+impl Unsettled {
+    pub fn new(event: Event) -> Self {
+        Unsettled(Some(event))
+    }
+    pub fn get(&self) -> &Event {
+        self.0.as_ref().expect("held until settled")
+    }
+    /// The far end has it.
+    pub fn delivered(mut self) {
+        self.0.take();
+    }
+    /// It could not be delivered: its source keeps it.
+    pub fn failed(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.take() {
+            e.fail();
+        }
+    }
+}
+
 /// Looks up a dotted path (`a.b.c`) in a JSON value.
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, key| match v {
