@@ -228,20 +228,43 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// One OTLP request: checked, decoded, turned into events by `convert`, answered once they
+    /// were delivered.
+    async fn serve<Req, Resp>(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        path: &str,
+        convert: fn(&Shared, Req) -> Vec<Event>,
+        ok: Resp,
+    ) -> Response
+    where
+        Req: Message + Default + serde::de::DeserializeOwned,
+        Resp: Message + serde::Serialize,
+    {
+        let enc = match self.admit(headers, path) {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let req: Req = match decode(enc, body) {
+            Ok(r) => r,
+            Err(e) => return self.bad(path, e),
+        };
+        if self.deliver(convert(self, req)).await { respond(enc, ok) } else { unavailable() }
+    }
+}
+
 fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "not delivered yet; send it again\n")
         .into_response()
 }
 
 async fn traces(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let enc = match s.admit(&headers, "/v1/traces") {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let req: ExportTraceServiceRequest = match decode(enc, &body) {
-        Ok(r) => r,
-        Err(e) => return s.bad("/v1/traces", e),
-    };
+    s.serve(&headers, &body, "/v1/traces", trace_events, ExportTraceServiceResponse::default()).await
+}
+
+fn trace_events(s: &Shared, req: ExportTraceServiceRequest) -> Vec<Event> {
     let mut events = Vec::new();
     let mut ignored = 0;
     for rs in &req.resource_spans {
@@ -258,18 +281,14 @@ async fn traces(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         }
     }
     s.cx.metrics.dropped(crate::metrics::DropReason::Intentional, ignored);
-    if s.deliver(events).await { respond(enc, ExportTraceServiceResponse::default()) } else { unavailable() }
+    events
 }
 
 async fn logs(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let enc = match s.admit(&headers, "/v1/logs") {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let req: ExportLogsServiceRequest = match decode(enc, &body) {
-        Ok(r) => r,
-        Err(e) => return s.bad("/v1/logs", e),
-    };
+    s.serve(&headers, &body, "/v1/logs", log_events, ExportLogsServiceResponse::default()).await
+}
+
+fn log_events(s: &Shared, req: ExportLogsServiceRequest) -> Vec<Event> {
     let mut events = Vec::new();
     for rl in &req.resource_logs {
         let resource = rl.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
@@ -307,18 +326,14 @@ async fn logs(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
             }
         }
     }
-    if s.deliver(events).await { respond(enc, ExportLogsServiceResponse::default()) } else { unavailable() }
+    events
 }
 
 async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let enc = match s.admit(&headers, "/v1/metrics") {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let req: ExportMetricsServiceRequest = match decode(enc, &body) {
-        Ok(r) => r,
-        Err(e) => return s.bad("/v1/metrics", e),
-    };
+    s.serve(&headers, &body, "/v1/metrics", metric_events, ExportMetricsServiceResponse::default()).await
+}
+
+fn metric_events(s: &Shared, req: ExportMetricsServiceRequest) -> Vec<Event> {
     let mut events = Vec::new();
     for rm in req.resource_metrics.iter().filter(|_| s.cfg.metrics) {
         let resource = rm.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
@@ -342,7 +357,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
             }
         }
     }
-    if s.deliver(events).await { respond(enc, ExportMetricsServiceResponse::default()) } else { unavailable() }
+    events
 }
 
 fn time(nanos: u64) -> DateTime<Utc> {
