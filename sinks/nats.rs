@@ -118,7 +118,9 @@ struct Outgoing {
 }
 
 impl NatsSink {
-    fn prepare(&self, event: Event) -> Outgoing {
+    fn prepare(&self, mut event: Event) -> Outgoing {
+        // Kept when relayed: the order is the first sender's.
+        event.meta.revision.get_or_insert_with(crate::event::revision::next);
         self.prepare_held(Unsettled::new(event))
     }
 

@@ -42,6 +42,10 @@ use crate::event::{DataType, Event, Payload, TraceKind};
 /// `SELECT provider_id || '/' || model_id, sum(total) FROM opencode_message WHERE NOT fork_copy
 /// GROUP BY 1`.
 ///
+/// The four tables updated in place also have `revision`: the sender's order of the record's
+/// versions when it came from another machine (NULL when read here); a row is not replaced by
+/// an older version.
+///
 /// `timestamp` is the record's own (RFC 3339); `raw` is JSON, so
 /// `json_extract(raw, '$.body.model')` reaches inside bodies.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -86,21 +90,22 @@ CREATE TABLE IF NOT EXISTS events (
     timestamp TEXT NOT NULL, raw TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS opencode_session (
     id TEXT PRIMARY KEY, project_id TEXT, project TEXT, parent_id TEXT, title TEXT, directory TEXT,
-    time_created INTEGER, time_updated INTEGER, source TEXT NOT NULL, raw TEXT NOT NULL);
+    time_created INTEGER, time_updated INTEGER, source TEXT NOT NULL, raw TEXT NOT NULL, revision INTEGER);
 CREATE TABLE IF NOT EXISTS opencode_message (
     id TEXT PRIMARY KEY, session_id TEXT NOT NULL, role TEXT, provider_id TEXT, model_id TEXT,
     agent TEXT, root TEXT, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
     cache_write INTEGER, total INTEGER, cost REAL, time_created INTEGER, time_completed INTEGER,
-    finish TEXT, error TEXT, fork_copy INTEGER NOT NULL, source TEXT NOT NULL, raw TEXT NOT NULL);
+    finish TEXT, error TEXT, fork_copy INTEGER NOT NULL, source TEXT NOT NULL, raw TEXT NOT NULL,
+    revision INTEGER);
 CREATE TABLE IF NOT EXISTS opencode_part (
     id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL, type TEXT, tool TEXT,
     status TEXT, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
-    cache_write INTEGER, cost REAL, source TEXT NOT NULL, raw TEXT NOT NULL);
+    cache_write INTEGER, cost REAL, source TEXT NOT NULL, raw TEXT NOT NULL, revision INTEGER);
 CREATE TABLE IF NOT EXISTS rollup (
     id TEXT PRIMARY KEY, group_by TEXT, range TEXT, key TEXT, sessions INTEGER, messages INTEGER,
     responses INTEGER, input INTEGER, output INTEGER, reasoning INTEGER, cache_read INTEGER,
     cache_write INTEGER, total INTEGER, cost REAL, fork_copy_messages INTEGER, updated TEXT,
-    raw TEXT NOT NULL);
+    raw TEXT NOT NULL, revision INTEGER);
 CREATE INDEX IF NOT EXISTS opencode_message_session ON opencode_message(session_id, time_created);
 CREATE INDEX IF NOT EXISTS opencode_message_created ON opencode_message(time_created);
 CREATE INDEX IF NOT EXISTS trace_request_session ON trace_request(session_id, timestamp);
@@ -112,6 +117,9 @@ CREATE INDEX IF NOT EXISTS trace_error_session ON trace_error(session_id, timest
 /// tables only; 2 added the OpenCode and rollup tables, so `SCHEMA` (all `IF NOT EXISTS`)
 /// brings 0 or 1 up to 2.
 const SCHEMA_VERSION: i64 = 2;
+
+/// The tables updated in place, whose rows keep the revision of the version they hold.
+const REVISED: [&str; 4] = ["opencode_session", "opencode_message", "opencode_part", "rollup"];
 
 impl SinkConfig for SqliteConfig {
     fn input(&self) -> DataType {
@@ -159,6 +167,13 @@ pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
         );
     }
     conn.execute_batch(SCHEMA).with_context(|| format!("preparing tables in {}", path.display()))?;
+    // Tables from before revisions: the column is added (older ocpipe writes on, leaving it NULL).
+    for table in REVISED {
+        if conn.prepare(&format!("SELECT revision FROM {table} LIMIT 0")).is_err() {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN revision INTEGER"))
+                .with_context(|| format!("adding `revision` to {table} in {}", path.display()))?;
+        }
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
 }
@@ -214,6 +229,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
         Payload::Session(s) => {
             upsert(
                 tx,
+                ev.meta.revision,
                 "opencode_session",
                 &[
                     "id",
@@ -245,6 +261,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
             let t = &m.tokens;
             upsert(
                 tx,
+                ev.meta.revision,
                 "opencode_message",
                 &[
                     "id",
@@ -300,6 +317,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
             let n = |v: u64| has.then_some(v as i64);
             upsert(
                 tx,
+                ev.meta.revision,
                 "opencode_part",
                 &[
                     "id",
@@ -339,6 +357,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
             let t = &r.tokens;
             upsert(
                 tx,
+                ev.meta.revision,
                 "rollup",
                 &[
                     "id",
@@ -401,22 +420,30 @@ fn insert(tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Inserts a row, or updates the row with the same `id` when any value differs.
+/// Inserts a row, or updates the row with the same `id` when any value differs, unless the
+/// row holds a later version of the record (a higher revision: versions from another machine
+/// can arrive out of order).
 fn upsert(
     tx: &rusqlite::Transaction<'_>,
+    revision: Option<u64>,
     table: &str,
     cols: &[&str],
     values: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<()> {
+    let revision = revision.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+    let mut values = values.to_vec();
+    values.push(&revision);
+    let cols: Vec<&str> = cols.iter().copied().chain(["revision"]).collect();
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> = cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
     let sql = format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw",
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw \
+         AND (excluded.revision IS NULL OR {table}.revision IS NULL OR excluded.revision >= {table}.revision)",
         cols.join(", "),
         placeholders.join(", "),
         updates.join(", ")
     );
-    tx.prepare_cached(&sql)?.execute(values)?;
+    tx.prepare_cached(&sql)?.execute(values.as_slice())?;
     Ok(())
 }
 
@@ -490,6 +517,37 @@ mod tests {
         assert_eq!(mode, "wal");
     }
 
+    #[tokio::test]
+    async fn an_older_version_from_another_machine_does_not_replace_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: SqliteConfig = toml::from_str(r#"path = "t.db""#).unwrap();
+        let message = |input: u64, revision: Option<u64>| {
+            let m: crate::event::MessageInfo = serde_json::from_value(serde_json::json!({
+                "id": "msg_1", "sessionID": "ses_1", "role": "assistant", "tokens": {"input": input}, "timeCreated": 1
+            }))
+            .unwrap();
+            let mut ev = Event::new("team".into(), chrono::Utc::now(), Payload::Message(Box::new(m)));
+            ev.meta.revision = revision;
+            ev
+        };
+        let input = |dir: &std::path::Path| {
+            Connection::open(dir.join("t.db"))
+                .unwrap()
+                .query_row("SELECT input, revision FROM opencode_message", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                })
+                .unwrap()
+        };
+        // The completed version (20) arrives before the one it replaced (10): it stays.
+        testing::run_sink(&cfg, vec![message(100, Some(20)), message(5, Some(10))], dir.path()).await;
+        assert_eq!(input(dir.path()), (100, Some(20)));
+        // A later version replaces it; one read on this machine always does.
+        testing::run_sink(&cfg, vec![message(120, Some(30))], dir.path()).await;
+        assert_eq!(input(dir.path()), (120, Some(30)));
+        testing::run_sink(&cfg, vec![message(7, None)], dir.path()).await;
+        assert_eq!(input(dir.path()), (7, None));
+    }
+
     #[test]
     fn older_databases_are_brought_up_and_newer_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -509,6 +567,9 @@ mod tests {
         let kept: i64 = conn.query_row("SELECT count(*) FROM trace_request", [], |r| r.get(0)).unwrap();
         let rollups: i64 = conn.query_row("SELECT count(*) FROM rollup", [], |r| r.get(0)).unwrap();
         assert_eq!((v, kept, rollups), (SCHEMA_VERSION, 1, 0));
+        for table in REVISED {
+            assert!(conn.prepare(&format!("SELECT revision FROM {table}")).is_ok(), "{table}");
+        }
 
         // Written by a newer ocpipe: refused, untouched.
         let newer = dir.path().join("v9.db");

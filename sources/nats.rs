@@ -26,8 +26,9 @@ pub struct NatsSourceConfig {
     /// The stream (created with these settings when missing).
     #[serde(default)]
     pub stream: NatsStream,
-    /// The durable consumer's name: aggregators sharing it share the work; the cluster keeps
-    /// its place across restarts.
+    /// The durable consumer's name; the cluster keeps its place across restarts. Aggregators
+    /// sharing a name split the messages (each sees part); give each its own name for each to
+    /// see everything.
     #[serde(default = "default_consumer")]
     pub consumer: String,
     /// Only subjects matching this (default: all of the stream's).

@@ -255,6 +255,11 @@ impl Sink for WebsocketSink {
 
 /// Takes one event in; whether usage changed.
 fn take(shared: &Shared, keeper: &mut Keeper, cx: &Context, mut ev: crate::event::Event) -> anyhow::Result<bool> {
+    // A version from another machine older than one already shown: moot.
+    if !keeper.current(&ev) {
+        cx.metrics.dropped(DropReason::Intentional, 1);
+        return Ok(false);
+    }
     match &ev.payload {
         Payload::Status(s) => {
             let key = s.session_id.clone().unwrap_or_default();

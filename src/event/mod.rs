@@ -8,6 +8,7 @@ mod call;
 mod data_type;
 mod finalizer;
 mod opencode;
+pub mod revision;
 mod trace;
 pub mod wire;
 
@@ -46,6 +47,9 @@ pub struct Meta {
     pub finalizer: Option<Finalizer>,
     /// The machine it was sent from, when another ocpipe sent it (the `nats` source).
     pub host: Option<Arc<str>>,
+    /// The sender's order of this record's versions (see [`revision`]): stamped by the `nats`
+    /// sink, kept across the hop, so a receiver ignores a version older than one it has.
+    pub revision: Option<u64>,
 }
 
 /// The typed body of an event. New event families add a variant here.
@@ -77,7 +81,7 @@ pub enum Payload {
 
 impl Event {
     pub fn new(source: Arc<str>, timestamp: DateTime<Utc>, payload: Payload) -> Self {
-        Event { meta: Meta { source, timestamp, id: None, finalizer: None, host: None }, payload }
+        Event { meta: Meta { source, timestamp, id: None, finalizer: None, host: None, revision: None }, payload }
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {

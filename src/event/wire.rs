@@ -3,7 +3,7 @@
 //! rebuilds the typed payload (`Message`, `Rollup`, `Status`, …), not untyped JSON.
 //!
 //! ```json
-//! {"v":1,"kind":"message","host":"laptop-7","source":"opencode","timestamp":"…","id":"msg_1","event":{…}}
+//! {"v":1,"kind":"message","host":"laptop-7","source":"opencode","timestamp":"…","id":"msg_1","rev":1764800000123456789,"event":{…}}
 //! ```
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ struct Outgoing<'a> {
     timestamp: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rev: Option<u64>,
     event: &'a RawValue,
 }
 
@@ -37,6 +39,8 @@ struct Incoming {
     source: String,
     timestamp: DateTime<Utc>,
     id: Option<String>,
+    /// Absent from what ocpipe before revisions sent.
+    rev: Option<u64>,
     event: serde_json::Value,
 }
 
@@ -63,6 +67,7 @@ pub fn encode(event: &Event, host: &str) -> Vec<u8> {
         source: &event.meta.source,
         timestamp: event.meta.timestamp,
         id: event.meta.id.as_deref(),
+        rev: event.meta.revision,
         event: &raw,
     };
     serde_json::to_vec(&out).expect("writing JSON into memory cannot fail")
@@ -96,6 +101,7 @@ pub fn decode(bytes: &[u8], component: &Arc<str>) -> Result<Received, String> {
         kind.payload_lenient(inc.event).map_err(|e| format!("a {} event that does not fit: {e}", kind.name()))?;
     let mut event = Event::new(component.clone(), inc.timestamp, payload);
     event.meta.id = inc.id;
+    event.meta.revision = inc.rev;
     event.meta.host = Some(inc.host.as_str().into());
     Ok(Received { event, host: inc.host, origin: inc.source })
 }
@@ -116,11 +122,13 @@ mod tests {
 
     #[test]
     fn a_typed_event_comes_back_typed_with_its_host_and_id() {
-        let ev = message(10);
+        let mut ev = message(10);
+        ev.meta.revision = Some(42);
         let got = decode(&encode(&ev, "laptop-7"), &"team".into()).unwrap();
         assert_eq!((got.host.as_str(), got.origin.as_str()), ("laptop-7", "opencode"));
         assert_eq!(got.event.meta.id.as_deref(), Some("msg_1"));
         assert_eq!(got.event.meta.host.as_deref(), Some("laptop-7"));
+        assert_eq!(got.event.meta.revision, Some(42));
         assert_eq!(&*got.event.meta.source, "team");
         let Payload::Message(m) = &got.event.payload else { panic!("{:?}", got.event.payload) };
         assert_eq!(m.tokens.input, 10);

@@ -27,13 +27,20 @@ pub struct StateFile {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, project TEXT, title TEXT NOT NULL,
-  directory TEXT NOT NULL DEFAULT '', parent_id TEXT, created INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0);
+  directory TEXT NOT NULL DEFAULT '', parent_id TEXT, created INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0,
+  revision INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS message (
   id TEXT PRIMARY KEY, session_id TEXT NOT NULL, role TEXT NOT NULL, provider TEXT, model TEXT, agent TEXT,
   created INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
-  cache_read INTEGER NOT NULL, cache_write INTEGER NOT NULL, cost REAL NOT NULL, fork_copy INTEGER NOT NULL
+  cache_read INTEGER NOT NULL, cache_write INTEGER NOT NULL, cost REAL NOT NULL, fork_copy INTEGER NOT NULL,
+  revision INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// A revision as stored (revisions fit i64 until the year 2262).
+fn revision(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    r.get::<_, i64>(i).map(|v| v.max(0) as u64)
+}
 
 /// Token counts are stored as SQLite integers (i64); larger ones saturate.
 fn int(v: u64) -> i64 {
@@ -57,6 +64,12 @@ impl StateFile {
                  ALTER TABLE session ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;",
             )?;
         }
+        // Files from before revisions (records from another machine kept their order).
+        for table in ["session", "message"] {
+            if conn.prepare(&format!("SELECT revision FROM {table} LIMIT 0")).is_err() {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"))?;
+            }
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -69,11 +82,12 @@ impl StateFile {
         &self.path
     }
 
-    /// Every session, then every message, as they were taken in.
-    pub fn load(&self, f: &mut dyn FnMut(Record)) -> rusqlite::Result<()> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, project_id, project, title, directory, parent_id, created, updated FROM session")?;
+    /// Every session, then every message, as they were taken in, with their revisions (0:
+    /// read on this machine).
+    pub fn load(&self, f: &mut dyn FnMut(Record, u64)) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare(
+            "SELECT id, project_id, project, title, directory, parent_id, created, updated, revision FROM session",
+        )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             f(Record::Session(SessionInfo {
@@ -86,11 +100,11 @@ impl StateFile {
                 time_created: r.get(6)?,
                 time_updated: r.get(7)?,
                 ..Default::default()
-            }));
+            }), revision(r, 8)?);
         }
         let mut st = self.conn.prepare(
             "SELECT id, session_id, role, provider, model, agent, created, input, output, reasoning, cache_read, \
-             cache_write, cost, fork_copy FROM message",
+             cache_write, cost, fork_copy, revision FROM message",
         )?;
         let mut rows = st.query([])?;
         let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
@@ -113,21 +127,21 @@ impl StateFile {
                 cost: r.get(12)?,
                 fork_copy: r.get(13)?,
                 ..Default::default()
-            }));
+            }), revision(r, 14)?);
         }
         Ok(())
     }
 
-    /// Writes sessions and messages in one durable transaction.
-    pub fn write(&mut self, sessions: &[SessionInfo], messages: &[MessageInfo]) -> rusqlite::Result<()> {
+    /// Writes sessions and messages (with their revisions) in one durable transaction.
+    pub fn write(&mut self, sessions: &[(SessionInfo, u64)], messages: &[(MessageInfo, u64)]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO session (id, project_id, project, title, directory, parent_id, created, updated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO UPDATE SET project_id = ?2, project = ?3, \
-                 title = ?4, directory = ?5, parent_id = ?6, created = ?7, updated = ?8",
+                "INSERT INTO session (id, project_id, project, title, directory, parent_id, created, updated, revision) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) DO UPDATE SET project_id = ?2, project = ?3, \
+                 title = ?4, directory = ?5, parent_id = ?6, created = ?7, updated = ?8, revision = ?9",
             )?;
-            for s in sessions {
+            for (s, rev) in sessions {
                 st.execute(params![
                     s.id,
                     s.project_id,
@@ -136,15 +150,16 @@ impl StateFile {
                     s.directory,
                     s.parent_id,
                     s.time_created,
-                    s.time_updated
+                    s.time_updated,
+                    int(*rev)
                 ])?;
             }
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO message (id, session_id, role, provider, model, agent, created, input, output, \
-                 reasoning, cache_read, cache_write, cost, fork_copy) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 reasoning, cache_read, cache_write, cost, fork_copy, revision) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
-            for m in messages {
+            for (m, rev) in messages {
                 let t = &m.tokens;
                 st.execute(params![
                     m.id,
@@ -160,7 +175,8 @@ impl StateFile {
                     int(t.cache_read),
                     int(t.cache_write),
                     m.cost,
-                    m.fork_copy
+                    m.fork_copy,
+                    int(*rev)
                 ])?;
             }
         }
@@ -194,11 +210,13 @@ mod tests {
             time_updated: 9,
             ..Default::default()
         };
-        f.write(std::slice::from_ref(&session), &[]).unwrap();
+        f.write(&[(session, 77)], &[]).unwrap();
         let mut got = Vec::new();
-        f.load(&mut |r| {
+        let mut revisions = Vec::new();
+        f.load(&mut |r, rev| {
             if let Record::Session(s) = r {
                 got.push(s);
+                revisions.push(rev);
             }
         })
         .unwrap();
@@ -208,6 +226,8 @@ mod tests {
             (got[1].parent_id.as_deref(), got[1].directory.as_str(), got[1].time_updated),
             (Some("s1"), "/w/app", 9)
         );
+        revisions.sort();
+        assert_eq!(revisions, [0, 77], "the old record has none, the new one keeps its own");
         // Opened again: nothing to bring up twice.
         drop(f);
         StateFile::open(&path).unwrap();

@@ -397,6 +397,11 @@ impl Aggregator {
     }
 
     fn take(&mut self, mut ev: Event) {
+        // A version from another machine older than one already summed: moot.
+        if !self.keeper.current(&ev) {
+            self.cx.metrics.dropped(DropReason::Intentional, 1);
+            return;
+        }
         match &ev.payload {
             Payload::Session(s) => self.state.session(s),
             Payload::Message(m) => self.state.message(m),
@@ -521,5 +526,28 @@ mod tests {
             .collect();
         assert_eq!(rollups, [("/w/app".to_string(), 7)]);
         assert_eq!(out.events[0].meta.id.as_deref(), Some("rollup:project:all:/w/app"));
+    }
+
+    #[tokio::test]
+    async fn an_older_version_from_another_machine_is_ignored_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: AggregateConfig = toml::from_str("group_by = [\"all\"]\nthrottle_ms = 60000").unwrap();
+        let version = |input: u64, revision: u64| {
+            let mut e = ev(Payload::Message(Box::new(msg("m1", "s1", "a", input, false))));
+            e.meta.revision = Some(revision);
+            e
+        };
+        let input = |out: &testing::Outcome| match &out.events.last().expect("a rollup").payload {
+            Payload::Rollup(r) => (r.messages, r.tokens.input),
+            other => panic!("{other:?}"),
+        };
+        // Redelivered after its successor: ignored, and counted as dropped on purpose.
+        let out = testing::run_transform(&cfg, vec![version(100, 20), version(5, 10)], dir.path()).await;
+        assert_eq!(input(&out), (1, 100));
+        // Restarted on the same state: the revision came back with the message.
+        let out = testing::run_transform(&cfg, vec![version(6, 15), version(2, 1)], dir.path()).await;
+        assert_eq!(input(&out), (1, 100));
+        let out = testing::run_transform(&cfg, vec![version(130, 21)], dir.path()).await;
+        assert_eq!(input(&out), (1, 130));
     }
 }
