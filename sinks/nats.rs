@@ -17,7 +17,8 @@ use crate::config::{FieldError, FieldPath};
 use crate::event::wire;
 use crate::event::{DataType, Event, Unsettled};
 use crate::metrics::DropReason;
-use crate::nats::{NatsConnect, NatsStream, host_name};
+use crate::event::wire::host_name;
+use crate::nats::{NatsConnect, NatsStream};
 use crate::template::{TopicSyntax, TopicTemplate};
 
 /// Publishes each event (kind, metadata, sending host and JSON view) to a JetStream stream.
@@ -78,8 +79,21 @@ impl SinkConfig for NatsSinkConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = self.connect.validate();
         errs.extend(self.stream.validate("stream"));
-        if let Err(e) = self.subject() {
-            errs.push(e);
+        match self.subject() {
+            Err(e) => errs.push(e),
+            Ok(t) if !self.stream.stores(&t.sample()) => errs.push(
+                FieldError::new(
+                    FieldPath::key("subject"),
+                    format!(
+                        "the stream `{}` stores {}, not `{}`: it would refuse every event",
+                        self.stream.name,
+                        self.stream.subjects.join(", "),
+                        self.subject
+                    ),
+                )
+                .help("write a subject under the stream's (e.g. \"ocpipe.{_kind}.{host}\") or add yours to `stream.subjects`"),
+            ),
+            Ok(_) => {}
         }
         if self.in_flight == 0 {
             errs.push(FieldError::new(FieldPath::key("in_flight"), "`in_flight` must be at least 1"));
@@ -141,6 +155,8 @@ struct Publisher {
     js: jetstream::Context,
     stream: NatsStream,
     stream_ready: bool,
+    /// The subjects the stream stores (as the cluster says).
+    stored: Vec<String>,
     cx: Context,
     duplicates: u64,
 }
@@ -148,8 +164,18 @@ struct Publisher {
 impl Publisher {
     async fn publish(&mut self, o: &Outgoing) -> Result<AckFuture, String> {
         if !self.stream_ready {
-            self.stream.ensure(&self.js).await.map_err(|e| format!("{e:#}"))?;
+            let mut stream = self.stream.ensure(&self.js).await.map_err(|e| format!("{e:#}"))?;
+            // An existing stream is used as it is: its subjects, not ours, decide.
+            self.stored = stream.info().await.map(|i| i.config.subjects.clone()).unwrap_or_default();
             self.stream_ready = true;
+        }
+        if !self.stored.is_empty() && !crate::nats::stored_in(&self.stored, &o.subject) {
+            return Err(format!(
+                "the stream `{}` stores {}, not `{}`: change the sink's `subject` or the stream's subjects",
+                self.stream.name,
+                self.stored.join(", "),
+                o.subject
+            ));
         }
         let msg = jetstream::message::PublishMessage::build().payload(o.body.clone()).message_id(&o.msg_id);
         match self.js.send_publish(o.subject.clone(), msg).await {
@@ -276,6 +302,7 @@ impl Sink for NatsSink {
                 js,
                 stream: self.cfg.stream.clone(),
                 stream_ready: false,
+                stored: Vec::new(),
                 cx: self.cx.clone(),
                 duplicates: 0,
             };
@@ -329,5 +356,34 @@ impl Sink for NatsSink {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(toml_text: &str) -> Vec<String> {
+        let cfg: NatsSinkConfig = toml::from_str(toml_text).unwrap();
+        cfg.validate().iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+    }
+
+    #[test]
+    fn a_subject_the_stream_would_not_store_is_refused_before_the_start() {
+        assert_eq!(errors(r#"url = "nats://127.0.0.1:4222""#), Vec::<String>::new());
+        let errs = errors(
+            r#"url = "nats://127.0.0.1:4222"
+               subject = "team.{_kind}.{host}""#,
+        );
+        assert_eq!(
+            errs,
+            ["subject: the stream `OCPIPE` stores ocpipe.>, not `team.{_kind}.{host}`: it would refuse every event"]
+        );
+        let fits = errors(
+            r#"url = "nats://127.0.0.1:4222"
+               subject = "team.{_kind}.{host}"
+               stream = { subjects = ["team.*.*"] }"#,
+        );
+        assert!(fits.is_empty(), "{fits:?}");
     }
 }

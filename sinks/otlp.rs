@@ -86,7 +86,10 @@ impl SinkConfig for OtlpSinkConfig {
             )),
             Err(e) => errs.push(FieldError::new(
                 FieldPath::key("endpoint"),
-                format!("`{}` is not a URL ({e}); write e.g. http://127.0.0.1:4318", self.endpoint),
+                format!(
+                    "`{}` is not a URL ({e}); write e.g. http://127.0.0.1:4318",
+                    crate::config::without_secrets(&self.endpoint)
+                ),
             )),
         }
         if self.batch_max_events == 0 {
@@ -97,7 +100,7 @@ impl SinkConfig for OtlpSinkConfig {
 
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(self.timeout_secs.max(1))).build()?;
-        let host = crate::nats::host_name();
+        let host = crate::event::wire::host_name();
         Ok(Box::new(OtlpSink { cfg: self.clone(), client, host, cx: cx.clone() }))
     }
 }
@@ -251,6 +254,7 @@ impl OtlpSink {
 
     /// One POST: Ok, or why not and whether trying again could help.
     async fn post(&self, path: &str, body: Vec<u8>) -> Result<(), (String, bool)> {
+        use crate::config::without_secrets;
         let url = format!("{}{path}", self.cfg.endpoint.trim_end_matches('/'));
         let ct = match self.cfg.protocol {
             Protocol::Protobuf => "application/x-protobuf",
@@ -266,9 +270,9 @@ impl OtlpSink {
                 let status = r.status();
                 let again = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
                 let text = r.text().await.unwrap_or_default();
-                Err((format!("{url} answered {status}: {}", text.trim()), again))
+                Err((format!("{} answered {status}: {}", without_secrets(&url), text.trim()), again))
             }
-            Err(e) => Err((format!("{url}: {e}"), true)),
+            Err(e) => Err((format!("{}: {}", without_secrets(&url), e.without_url()), true)),
         }
     }
 

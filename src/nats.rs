@@ -122,7 +122,11 @@ fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Er
     }
     match Given::deserialize(d)? {
         Given::Number(n) => Ok(n),
-        Given::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("`{t}` is not a number"))),
+        // An unset `${OCPIPE_NATS_REPLICAS:-}`: the default.
+        Given::Text(t) if t.trim().is_empty() => Ok(one()),
+        Given::Text(t) => t.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!("`{t}` is not a number of copies: write 1 to 5 (3 for a three-node cluster)"))
+        }),
     }
 }
 
@@ -156,8 +160,9 @@ impl NatsConnect {
         }
         list.iter()
             .map(|u| {
-                u.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| format!("`{u}` is not a NATS server address ({e}); write nats://HOST:PORT"))
+                u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    format!("`{}` is not a NATS server address ({e}); write nats://HOST:PORT", crate::config::without_secrets(u))
+                })
             })
             .collect()
     }
@@ -174,15 +179,25 @@ impl NatsConnect {
                 "`user` and `password` go together",
             ));
         }
-        let ways = [user, given(&self.token), given(&self.nkey), given(&self.credentials_file)].map(|w| w.is_some());
-        if ways.iter().filter(|w| **w).count() > 1 {
+        let ways = [
+            ("user", user),
+            ("token", given(&self.token)),
+            ("nkey", given(&self.nkey)),
+            ("credentials_file", given(&self.credentials_file)),
+        ];
+        let chosen: Vec<&str> = ways.iter().filter(|(_, w)| w.is_some()).map(|(name, _)| *name).collect();
+        if let [first, second, ..] = chosen[..] {
             errs.push(FieldError::new(
-                FieldPath::key("token"),
-                "more than one way to log in: keep one of user/password, token, nkey, credentials_file",
+                FieldPath::key(second),
+                format!("more than one way to log in (`{first}` and `{second}`): keep one of user/password, token, nkey, credentials_file"),
             ));
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            errs.push(FieldError::new(FieldPath::key("tls"), "`cert_file` and `key_file` go together"));
+        let (cert, key) = (given(&self.tls.cert_file), given(&self.tls.key_file));
+        if cert.is_some() != key.is_some() {
+            errs.push(FieldError::new(
+                FieldPath::key("tls").child(if cert.is_some() { "key_file" } else { "cert_file" }),
+                "`cert_file` and `key_file` go together (a client certificate and its key)",
+            ));
         }
         errs
     }
@@ -258,6 +273,11 @@ impl NatsStream {
         errs
     }
 
+    /// Whether the stream stores `subject` (one of its subjects, wildcards included, matches).
+    pub fn stores(&self, subject: &str) -> bool {
+        stored_in(&self.subjects, subject)
+    }
+
     fn config(&self) -> jetstream::stream::Config {
         use jetstream::stream::{RetentionPolicy, StorageType};
         jetstream::stream::Config {
@@ -288,7 +308,75 @@ impl NatsStream {
     }
 }
 
-/// This machine's name, as events sent from it carry it.
-pub fn host_name() -> String {
-    sysinfo::System::host_name().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+/// Whether one of `patterns` (NATS subjects: `*` one level, `>` the rest) matches `subject`.
+pub fn stored_in(patterns: &[String], subject: &str) -> bool {
+    patterns.iter().any(|p| {
+        let (mut p, mut s) = (p.split('.'), subject.split('.'));
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) | (None, None) => return true,
+                (Some(a), Some(b)) if a == "*" || a == b => continue,
+                _ => return false,
+            }
+        }
+    })
+}
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(toml_text: &str) -> NatsConnect {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn subjects_match_like_the_server_matches_them() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(stored_in(&p(&["ocpipe.>"]), "ocpipe.message.laptop"));
+        assert!(!stored_in(&p(&["ocpipe.>"]), "ocpipe"));
+        assert!(stored_in(&p(&["ocpipe.*.laptop"]), "ocpipe.status.laptop"));
+        assert!(!stored_in(&p(&["ocpipe.*"]), "ocpipe.status.laptop"));
+        assert!(!stored_in(&p(&["team.>", "ocpipe.x"]), "ocpipe.x.y"));
+        assert!(stored_in(&p(&["team.>", "ocpipe.x.y"]), "ocpipe.x.y"));
+    }
+
+    #[test]
+    fn errors_never_show_a_password_or_token() {
+        use crate::config::without_secrets;
+        assert_eq!(without_secrets("nats://alice:s3cret@10.0.0.1:4222"), "nats://alice:***@10.0.0.1:4222");
+        assert_eq!(without_secrets("nats://t0ken@10.0.0.1:4222"), "nats://***@10.0.0.1:4222");
+        assert_eq!(without_secrets("nats://10.0.0.1:4222"), "nats://10.0.0.1:4222");
+        assert_eq!(without_secrets("al:s3cret@bad host"), "***@bad host");
+        let errs = connect(r#"url = "nats://alice:s3cret@bad host:4222""#).validate();
+        assert!(errs.iter().all(|e| !e.message.contains("s3cret")), "{errs:?}");
+    }
+
+    #[test]
+    fn login_errors_point_at_what_to_remove() {
+        let errs = connect(
+            r#"url = "nats://h:4222"
+               nkey = "SUAB"
+               credentials_file = "a.creds"
+               token = ""
+               tls = { cert_file = "c.pem", key_file = "" }"#,
+        )
+        .validate();
+        let got: Vec<String> = errs.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("credentials_file: more than one way to log in (`nkey` and `credentials_file`)"), "{got:?}");
+        assert!(got[1].starts_with("tls.key_file: `cert_file` and `key_file` go together"), "{got:?}");
+    }
+
+    #[test]
+    fn replicas_from_an_unset_variable_are_the_default_and_bad_text_says_what_to_write() {
+        let s: NatsStream = toml::from_str(r#"replicas = """#).unwrap();
+        assert_eq!(s.replicas, 1);
+        let s: NatsStream = toml::from_str(r#"replicas = " 3 ""#).unwrap();
+        assert_eq!(s.replicas, 3);
+        let e = toml::from_str::<NatsStream>(r#"replicas = "three""#).unwrap_err().to_string();
+        assert!(e.contains("`three` is not a number of copies: write 1 to 5"), "{e}");
+    }
 }

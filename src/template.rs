@@ -236,6 +236,18 @@ impl TopicTemplate {
         value.chars().map(|c| if self.syntax.reserved.contains(&c) || c.is_control() { '_' } else { c }).collect()
     }
 
+    /// The template with each placeholder as one level `x`: what any rendering looks like, to
+    /// check it against a stream's subjects.
+    pub fn sample(&self) -> String {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.as_str(),
+                Piece::Field(_) => "x",
+            })
+            .collect()
+    }
+
     pub fn render(&self, event: &Event) -> String {
         let mut out = String::new();
         for p in &self.pieces {

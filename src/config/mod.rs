@@ -159,3 +159,23 @@ impl Pipeline {
         self.components.iter().find(|c| c.id == id)
     }
 }
+
+/// `url` with its password or token (`nats://user:secret@host`) replaced by `***`, for errors.
+pub fn without_secrets(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.has_host() && u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(mut u) if u.has_host() && !u.username().is_empty() => {
+            let _ = u.set_username("***");
+            u.to_string()
+        }
+        Ok(u) if u.has_host() => url.to_string(),
+        // Not a URL with a host: whatever stands before an `@` may be a secret.
+        _ => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        },
+    }
+}

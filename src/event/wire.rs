@@ -54,6 +54,11 @@ pub struct Received {
     pub origin: String,
 }
 
+/// This machine's name, as events sent from it carry it.
+pub fn host_name() -> String {
+    sysinfo::System::host_name().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
 /// The wire form of `event`, sent from `host`.
 pub fn encode(event: &Event, host: &str) -> Vec<u8> {
     let mut view = Vec::with_capacity(256);
