@@ -115,24 +115,30 @@ fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everythin
     let Some(program) = require("nats-server") else { return };
     let Some(_) = require("python3") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (data_a, totals_a) = history(dir.path(), "a", 6000, 11);
-    let (data_b, totals_b) = history(dir.path(), "b", 6000, 12);
+    let (data_a, totals_a) = history(dir.path(), "a", 10000, 11);
+    let (data_b, totals_b) = history(dir.path(), "b", 10000, 12);
     let want = expected(&[&totals_a, &totals_b]);
     let mut cluster = Cluster::start(program);
     let team = Team { dir: dir.path(), urls: cluster.urls() };
 
-    let aggregator = team.aggregator();
     let agent_a = team.agent("agent-a", &data_a, "state-a");
     let agent_b = team.agent("agent-b", &data_b, "state-b");
-    // A node dies while events flow, and comes back.
-    wait_for("the first rollups", Duration::from_secs(60), || rolled_up(&team.db()).filter(|r| r[0] > 0));
+    let delivered = || agent_a.delivered().unwrap_or(0) + agent_b.delivered().unwrap_or(0);
+    // A node dies while events flow, and comes back: the other two go on storing them.
+    wait_for("the first events in the stream", Duration::from_secs(60), || Some(delivered()).filter(|n| *n > 0));
     cluster.kill(1);
+    let at_kill = delivered();
     std::thread::sleep(Duration::from_secs(3));
+    let while_down = delivered();
     cluster.up(1);
-    // The aggregator is killed mid-stream and started again.
-    let partial = rolled_up(&team.db()).unwrap();
+    eprintln!("delivered when node 1 was killed: {at_kill}, 3 s later: {while_down}");
+    assert!(while_down > at_kill, "events went on being stored with one node down ({at_kill} → {while_down})");
+    // The aggregator starts on a full stream, is killed mid-stream and started again.
+    let aggregator = team.aggregator();
+    let partial = wait_for("the first rollups", Duration::from_secs(60), || rolled_up(&team.db()).filter(|r| r[0] > 0));
     signal(aggregator.pid(), 9);
     drop(aggregator);
+    assert!(partial[0] < want[0], "killed mid-stream: {partial:?} of {want:?}");
     let aggregator = team.aggregator();
     let got = wait_for("the aggregator to count both agents", Duration::from_secs(120), || {
         rolled_up(&team.db()).filter(|r| r[0] >= want[0])
@@ -177,12 +183,16 @@ fn a_cluster_away_for_30_seconds_holds_the_agents_backlog_then_it_drains() {
         cluster.kill(i);
     }
     let before = rolled_up(&team.db()).unwrap();
+    let delivered_before = agent.delivered().unwrap();
     let mut peak_kb = 0;
     for _ in 0..30 {
         std::thread::sleep(Duration::from_secs(1));
         peak_kb = peak_kb.max(rss_kb(agent.run.pid()));
     }
     assert!(before[0] < want[0], "the cluster went away before everything was sent: {before:?}");
+    // Nothing counts as delivered while nothing can store it: the backlog is held, not lost.
+    let delivered_away = agent.delivered().unwrap();
+    assert!(delivered_away <= delivered_before + 256, "at most the in-flight window settled: {delivered_before} → {delivered_away}");
     assert!(peak_kb < 300_000, "the agent's memory stays bounded while the cluster is away: {peak_kb} kB");
     for i in 0..3 {
         cluster.up(i);
