@@ -247,3 +247,95 @@ fn opencode_exports_its_model_requests_as_calls_with_the_stored_tokens() {
     );
     rx.stop_with_log();
 }
+
+/// A web page open in the same browser, and a DNS-rebinding name, cannot feed the receiver:
+/// a page can send only "simple" requests (text/plain, no preflight), which are refused with
+/// 415; a request for a host name that is not loopback is refused with 403. The same log
+/// record sent properly arrives, so the empty output is the refusals' doing.
+#[test]
+fn a_hostile_page_or_a_rebound_host_name_cannot_feed_the_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("got.jsonl");
+    let (rx, port) = receiver(dir.path(), "receiver", "true", &got);
+    let url = format!("http://127.0.0.1:{port}/v1/logs");
+    let record = |text: &str| {
+        format!(r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"body":{{"stringValue":"{text}"}}}}]}}]}}]}}"#)
+    };
+    let post = |extra: &[&str], body: String| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", "POST", &url])
+            .args(extra)
+            .args(["--data-binary", &body])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let rebound = post(&["-H", "content-type: application/json", "-H", "Host: evil.example"], record("rebound"));
+    assert_eq!(rebound, "403");
+    let simple = post(&["-H", "content-type: text/plain"], record("simple"));
+    assert_eq!(simple, "415");
+
+    if let Some(chromium) = require("chromium") {
+        let page = format!(
+            r#"<html><body><script>
+(async () => {{
+  const out = [];
+  for (const [name, init] of [
+    ["simple", {{method: "POST", mode: "no-cors", headers: {{"content-type": "text/plain"}}, body: `{simple}`}}],
+    ["json", {{method: "POST", headers: {{"content-type": "application/json"}}, body: `{json}`}}],
+  ]) {{
+    try {{ const r = await fetch("{url}", init); out.push(name + ":" + r.status); }}
+    catch (e) {{ out.push(name + ":blocked"); }}
+  }}
+  document.body.setAttribute("data-result", out.join("|"));
+}})();
+</script></body></html>"#,
+            simple = record("from-a-page-simple"),
+            json = record("from-a-page-json"),
+        );
+        let site = dir.path().join("evil");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("index.html"), page).unwrap();
+        let evil_port = free_port();
+        let mut server = Command::new("python3")
+            .args(["-m", "http.server", &evil_port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let evil = format!("http://127.0.0.1:{evil_port}/");
+        wait_for("the hostile page's server", Duration::from_secs(10), || {
+            let out = Command::new("curl").args(["-s", "-f", &evil]).output().ok()?;
+            out.status.success().then_some(())
+        });
+        let out = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                &evil,
+            ])
+            .output()
+            .unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        let dom = text(&out.stdout);
+        let result = dom.split("data-result=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+        assert!(result.contains("json:blocked"), "the preflight is refused: {dom}");
+        assert!(result.contains("simple:"), "the page ran: {dom}");
+    }
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(views(&got), Vec::<Value>::new(), "nothing from a page or a foreign host name got in");
+    let proper = post(&["-H", "content-type: application/json"], record("proper"));
+    assert_eq!(proper, "200");
+    wait_for("the proper record", Duration::from_secs(10), || (views(&got).len() == 1).then_some(()));
+    let log = rx.stop_with_log();
+    let all = std::fs::read_to_string(&got).unwrap();
+    assert!(all.contains("proper") && !all.contains("from-a-page") && !all.contains("rebound"), "{all}\n{log}");
+}
