@@ -212,7 +212,7 @@ impl Publisher {
     /// Sends `o` until the stream has it, waiting longer between tries; once the input is
     /// ending, a few tries and none while the cluster is away. Returns false when it gave up.
     async fn until_stored(&mut self, o: &Outgoing, input: &Input) -> bool {
-        let mut wait = Duration::from_millis(100);
+        let mut delays = crate::component::retry_delays(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0u32;
         loop {
             if input.ending() && !self.connected() {
@@ -234,8 +234,7 @@ impl Publisher {
                     }
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
         }
     }
 }

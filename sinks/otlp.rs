@@ -278,7 +278,7 @@ impl OtlpSink {
 
     /// Sends one batch until the collector took it (a few tries once the input is ending).
     async fn export(&self, batch: &[Unsettled], input: &Input) -> bool {
-        let mut wait = Duration::from_millis(200);
+        let mut delays = crate::component::retry_delays(Duration::from_millis(200), Duration::from_secs(10));
         for (path, body) in self.requests(batch) {
             let mut attempt = 0u32;
             loop {
@@ -296,8 +296,7 @@ impl OtlpSink {
                         }
                     }
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
             }
         }
         true

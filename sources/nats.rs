@@ -119,7 +119,7 @@ async fn pause(sc: &SourceContext, wait: Duration) -> bool {
 
 /// The durable consumer, made when missing; tried again until the cluster answers.
 async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceContext) -> Option<pull::Stream> {
-    let mut wait = Duration::from_millis(200);
+    let mut delays = crate::component::retry_delays(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let attempt = async {
             let stream = cfg.stream.ensure(js).await?;
@@ -146,10 +146,9 @@ async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceCo
             Ok(m) => return Some(m),
             Err(e) => {
                 sc.cx.error(format_args!("{e:#}; trying again"));
-                if !pause(sc, wait).await {
+                if !pause(sc, delays.next().unwrap_or(Duration::from_secs(5))).await {
                     return None;
                 }
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }

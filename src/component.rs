@@ -195,6 +195,13 @@ impl std::fmt::Debug for Resources {
     }
 }
 
+/// The waits between tries at a far end (a broker, a collector): from `min`, doubling, up
+/// to `max`, without end.
+pub fn retry_delays(min: std::time::Duration, max: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).without_max_times().build()
+}
+
 pub fn expand_home(path: &str) -> PathBuf {
     match path.strip_prefix("~/") {
         Some(rest) => home_dir().join(rest),
