@@ -162,6 +162,40 @@ fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everythin
     assert_eq!(dups, sent_a, "every resent event was a duplicate: {log_again}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rolled_up(&team.db()), Some(want), "nothing counted twice");
+
+    // OpenCode writes a new message on agent b's machine, then completes it in place (its
+    // tokens arrive): the new version passes the duplicate window and replaces the first.
+    let conn = rusqlite::Connection::open(data_b.join("opencode/opencode.db")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let tokens = |input: u64, output: u64| {
+        format!(r#"{{"total":{},"input":{input},"output":{output},"reasoning":0,"cache":{{"write":0,"read":0}}}}"#, input + output)
+    };
+    conn.execute(
+        "INSERT INTO message (id, session_id, time_created, time_updated, data)
+         SELECT 'msg_zzlive', session_id, ?1, ?1,
+                json_set(json_remove(data, '$.time.completed', '$.finish'), '$.tokens', json(?2), '$.cost', 0,
+                         '$.time.created', ?1)
+         FROM message WHERE rowid = (SELECT max(rowid) FROM message WHERE json_extract(data, '$.role') = 'assistant')",
+        rusqlite::params![now, tokens(0, 0)],
+    )
+    .unwrap();
+    let opened = [want[0] + 1, want[1], want[2], want[3]];
+    let got = wait_for("the new message at the aggregator", Duration::from_secs(60), || {
+        rolled_up(&team.db()).filter(|r| r[0] > want[0])
+    });
+    assert_eq!(got, opened, "the message in progress counted once, without tokens yet");
+    conn.execute(
+        "UPDATE message SET data = json_set(data, '$.tokens', json(?1), '$.time.completed', ?2, '$.finish', 'stop'),
+           time_updated = ?2 WHERE id = 'msg_zzlive'",
+        rusqlite::params![tokens(1000, 10), now + 1000],
+    )
+    .unwrap();
+    drop(conn);
+    let completed = [want[0] + 1, want[1] + 1000, want[2] + 10, want[3] + 1010];
+    let got = wait_for("the completed message at the aggregator", Duration::from_secs(60), || {
+        rolled_up(&team.db()).filter(|r| r[1] > want[1])
+    });
+    assert_eq!(got, completed, "the completed version replaced the first");
     let log = aggregator.stop_with_log();
     assert!(!log.contains("skipped"), "{log}");
     drop(agent_b);
