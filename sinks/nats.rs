@@ -157,6 +157,8 @@ struct Publisher {
     stream_ready: bool,
     /// The subjects the stream stores (as the cluster says).
     stored: Vec<String>,
+    /// How long to wait for the first connection before calling the cluster away (once).
+    first_wait: Option<Duration>,
     cx: Context,
     duplicates: u64,
 }
@@ -209,13 +211,28 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Whether the cluster is away, for an ending input: not connected, after waiting once for
+    /// a first connection (a short run's events come before the client has connected).
+    async fn away(&mut self) -> bool {
+        if self.connected() {
+            return false;
+        }
+        if let Some(limit) = self.first_wait.take() {
+            let deadline = tokio::time::Instant::now() + limit;
+            while !self.connected() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        !self.connected()
+    }
+
     /// Sends `o` until the stream has it, waiting longer between tries; once the input is
     /// ending, a few tries and none while the cluster is away. Returns false when it gave up.
     async fn until_stored(&mut self, o: &Outgoing, input: &Input) -> bool {
         let mut delays = crate::component::retry_delays(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0u32;
         loop {
-            if input.ending() && !self.connected() {
+            if input.ending() && self.away().await {
                 return false;
             }
             attempt += 1;
@@ -302,6 +319,7 @@ impl Sink for NatsSink {
                 stream: self.cfg.stream.clone(),
                 stream_ready: false,
                 stored: Vec::new(),
+                first_wait: Some(Duration::from_secs(self.cfg.connect.connect_timeout_secs.max(1))),
                 cx: self.cx.clone(),
                 duplicates: 0,
             };
@@ -326,7 +344,7 @@ impl Sink for NatsSink {
                     ev = input.recv(), if input_open && pending.len() < self.cfg.in_flight => match ev {
                         // Shutting down with the cluster away: what is left fails at once (its
                         // source keeps it for the next start).
-                        Some(ev) if input.ending() && !p.connected() => {
+                        Some(ev) if input.ending() && p.away().await => {
                             self.cx.metrics.dropped(DropReason::Error, 1);
                             ev.fail();
                         }

@@ -235,23 +235,57 @@ impl NatsConnect {
         if let (Some(c), Some(k)) = (given(&self.tls.cert_file), given(&self.tls.key_file)) {
             opts = opts.add_client_certificate(cx.resolve(c), cx.resolve(k));
         }
+        let tls = self.tls.require
+            || given(&self.tls.ca_file).is_some()
+            || servers.iter().any(|s| s.scheme() == "tls");
         let id = cx.id.clone();
+        // Said once per streak of failures, again after a connection.
+        let said = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         opts = opts.event_callback(move |event| {
-            let id = id.clone();
+            let (id, said) = (id.clone(), said.clone());
             async move {
+                use std::sync::atomic::Ordering::Relaxed;
                 match event {
-                    async_nats::Event::Connected => tracing::info!(component = &*id, "connected to NATS"),
+                    async_nats::Event::Connected => {
+                        said.store(false, Relaxed);
+                        tracing::info!(component = &*id, "connected to NATS")
+                    }
                     async_nats::Event::Disconnected => {
                         tracing::warn!(component = &*id, "disconnected from NATS; reconnecting")
                     }
                     async_nats::Event::ServerError(e) => tracing::warn!(component = &*id, "NATS server: {e}"),
-                    // Each failed reconnect attempt; the disconnect was said.
+                    // Each failed (re)connect attempt: what the user can fix is said once.
+                    async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
+                        if said.swap(true, Relaxed) {
+                            tracing::debug!(component = &*id, "NATS: {e}")
+                        } else {
+                            tracing::error!(component = &*id, "{}; retrying", connect_trouble(&e, tls))
+                        }
+                    }
                     async_nats::Event::ClientError(e) => tracing::debug!(component = &*id, "NATS: {e}"),
                     other => tracing::info!(component = &*id, "NATS: {other}"),
                 }
             }
         });
         Ok(opts.connect(servers).await?)
+    }
+}
+
+/// What went wrong connecting (async-nats says only the kind) and what to check.
+fn connect_trouble(error: &str, tls: bool) -> String {
+    const TLS: &str = "with TLS, the server's certificate must be signed by `tls.ca_file` (or a system CA) and name \
+                       the host in `url`, and a server asking for a client certificate needs `tls.cert_file` and `key_file`";
+    match error {
+        "authorization violation" | "failed signing nonce" => "the cluster refused the login (authorization \
+            violation): check `user`/`password`, `token`, `nkey` or `credentials_file` against the server's \
+            authorization"
+            .into(),
+        "TLS error" => format!("the TLS handshake failed: {TLS}"),
+        other if tls => format!(
+            "cannot connect to any NATS server ({other}): check that they run and listen at `url`; the TLS handshake \
+             may have failed: {TLS}"
+        ),
+        other => format!("cannot connect to any NATS server ({other}): check that they run and listen at `url`"),
     }
 }
 
