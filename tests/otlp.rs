@@ -22,6 +22,11 @@ const ROLLUPS: &str = r#"{"groupBy": "all", "range": "all", "key": "all", "sessi
 /// A pipeline printing the statuses and rollups into an `otlp` sink at `endpoint`, and into
 /// `sent.jsonl` (their views as ocpipe has them).
 fn exporter(dir: &Path, endpoint: &str, protocol: &str) -> String {
+    exporter_with(dir, endpoint, protocol, "")
+}
+
+/// The same, with more options for the `otlp` sink (TOML lines).
+fn exporter_with(dir: &Path, endpoint: &str, protocol: &str, options: &str) -> String {
     std::fs::write(dir.join("statuses.jsonl"), STATUSES).unwrap();
     std::fs::write(dir.join("rollups.jsonl"), ROLLUPS).unwrap();
     let p = dir.join("exporter.toml");
@@ -30,7 +35,7 @@ fn exporter(dir: &Path, endpoint: &str, protocol: &str) -> String {
         format!(
             "[sources.statuses]\ntype = \"exec\"\nkind = \"status\"\nmode = \"once\"\ncommand = [\"cat\", \"statuses.jsonl\"]\n\
              [sources.rollups]\ntype = \"exec\"\nkind = \"rollup\"\nmode = \"once\"\ncommand = [\"cat\", \"rollups.jsonl\"]\n\
-             [sinks.collector]\ntype = \"otlp\"\ninputs = [\"statuses\", \"rollups\"]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n\
+             [sinks.collector]\ntype = \"otlp\"\ninputs = [\"statuses\", \"rollups\"]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n{options}\n\
              [sinks.sent]\ntype = \"jsonl\"\ninputs = [\"statuses\", \"rollups\"]\npath = \"sent.jsonl\"\n"
         ),
     )
@@ -105,6 +110,11 @@ class H(http.server.BaseHTTPRequestHandler):
         out = resp().SerializeToString()
         self.send_response(200); self.send_header("Content-Type", "application/x-protobuf"); self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
 s = http.server.HTTPServer(("127.0.0.1", 0), H)
+if len(sys.argv) > 2:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 open("port", "w").write(str(s.server_address[1]))
 s.serve_forever()
 "#;
@@ -117,17 +127,39 @@ fn the_reference_protobuf_definitions_decode_what_the_sink_sends() {
     let Some(()) = require_that("the Python package opentelemetry-proto (pip install opentelemetry-proto)", ok) else {
         return;
     };
+    let Some(openssl) = require("openssl") else { return };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("decoder.py"), DECODER).unwrap();
-    let mut server =
-        Command::new(&python).arg("decoder.py").current_dir(dir.path()).stdout(Stdio::null()).spawn().unwrap();
-    let port =
-        wait_for("the decoder", Duration::from_secs(20), || std::fs::read_to_string(dir.path().join("port")).ok());
-    let sender = Running::start_args_in(
-        dir.path(),
-        &["run", &exporter(dir.path(), &format!("http://127.0.0.1:{port}"), "protobuf")],
-        &[],
-    );
+    let d = dir.path();
+    // The collector speaks HTTPS with a certificate from a CA of its own.
+    let ssl = |args: &[&str]| {
+        let out = Command::new(&openssl).args(args).current_dir(d).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+    };
+    for ca in ["ca", "other"] {
+        ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &format!("/CN={ca}")]);
+    }
+    ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    ssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"]);
+    std::fs::write(d.join("decoder.py"), DECODER).unwrap();
+    let mut server = Command::new(&python)
+        .args(["decoder.py", "server.pem", "server.key"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = wait_for("the decoder", Duration::from_secs(20), || std::fs::read_to_string(d.join("port")).ok());
+    let endpoint = format!("https://127.0.0.1:{port}");
+    // Trusting another CA: refused, said, nothing counted as sent.
+    let other = format!("tls = {{ ca_file = \"{}\" }}", d.join("other.pem").display());
+    let sender = Running::start_args_in(d, &["run", &exporter_with(d, &endpoint, "protobuf", &other)], &[]);
+    let (_, log) = sender.finish(Duration::from_secs(60));
+    assert!(log.contains("UnknownIssuer"), "the log says the certificate is not trusted: {log}");
+    assert_eq!(final_counter(&log, "collector", "sent"), 0, "{log}");
+    assert!(!d.join("decoded.jsonl").exists());
+    std::fs::remove_file(d.join("sent.jsonl")).unwrap();
+    let ca = format!("tls = {{ ca_file = \"{}\" }}", d.join("ca.pem").display());
+    let sender = Running::start_args_in(d, &["run", &exporter_with(d, &endpoint, "protobuf", &ca)], &[]);
     let (status, log) = sender.finish(Duration::from_secs(60));
     let _ = server.kill();
     let _ = server.wait();

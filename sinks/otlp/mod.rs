@@ -21,6 +21,8 @@ use prost::Message;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod http;
+
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::{DataType, Event, EventKind, Payload, Rollup, Unsettled};
@@ -30,8 +32,11 @@ use crate::metrics::DropReason;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct OtlpSinkConfig {
     /// The collector's OTLP/HTTP base URL (`/v1/logs` and `/v1/metrics` are added), e.g.
-    /// `http://127.0.0.1:4318`. Plain HTTP (a collector on this machine or in its network).
+    /// `http://127.0.0.1:4318` or `https://otel.example.com:4318`.
     pub endpoint: String,
+    /// For an `https://` endpoint: `{ ca_file, cert_file, key_file }` (default: the system's CAs).
+    #[serde(default)]
+    pub tls: http::OtlpTls,
     /// `protobuf` (default) or `json`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -79,10 +84,10 @@ impl SinkConfig for OtlpSinkConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         match url::Url::parse(&self.endpoint) {
-            Ok(u) if u.scheme() == "http" => {}
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(u) => errs.push(FieldError::new(
                 FieldPath::key("endpoint"),
-                format!("`{}`: only http:// collectors are supported", u.scheme()),
+                format!("`{}:` is not an OTLP/HTTP scheme: write http:// or https://", u.scheme()),
             )),
             Err(e) => errs.push(FieldError::new(
                 FieldPath::key("endpoint"),
@@ -92,6 +97,21 @@ impl SinkConfig for OtlpSinkConfig {
                 ),
             )),
         }
+        for (k, v) in &self.headers {
+            use axum::http::{HeaderName, HeaderValue};
+            if HeaderName::from_bytes(k.as_bytes()).is_err() || HeaderValue::from_str(v).is_err() {
+                errs.push(FieldError::new(
+                    FieldPath::key("headers").child(k),
+                    "not a valid HTTP header: a name of letters, digits and `-`, a value of visible characters",
+                ));
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            errs.push(FieldError::new(
+                FieldPath::key("tls").child(if self.tls.cert_file.is_some() { "key_file" } else { "cert_file" }),
+                "`cert_file` and `key_file` go together (a client certificate and its key)",
+            ));
+        }
         if self.batch_max_events == 0 {
             errs.push(FieldError::new(FieldPath::key("batch_max_events"), "`batch_max_events` must be at least 1"));
         }
@@ -99,7 +119,7 @@ impl SinkConfig for OtlpSinkConfig {
     }
 
     fn build(&self, cx: &Context) -> anyhow::Result<Box<dyn Sink>> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(self.timeout_secs.max(1))).build()?;
+        let client = http::HttpClient::new(&self.tls, Duration::from_secs(self.timeout_secs.max(1)), cx)?;
         let host = crate::event::wire::host_name();
         Ok(Box::new(OtlpSink { cfg: self.clone(), client, host, cx: cx.clone() }))
     }
@@ -107,7 +127,7 @@ impl SinkConfig for OtlpSinkConfig {
 
 struct OtlpSink {
     cfg: OtlpSinkConfig,
-    client: reqwest::Client,
+    client: http::HttpClient,
     host: String,
     cx: Context,
 }
@@ -260,19 +280,16 @@ impl OtlpSink {
             Protocol::Protobuf => "application/x-protobuf",
             Protocol::Json => "application/json",
         };
-        let mut req = self.client.post(&url).header("content-type", ct).body(body);
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k, v);
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => {
-                let status = r.status();
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", ct)];
+        headers.extend(self.cfg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        match self.client.post(&url, &headers, body).await {
+            Ok(a) if a.status.is_success() => Ok(()),
+            Ok(a) => {
+                let status = a.status;
                 let again = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-                let text = r.text().await.unwrap_or_default();
-                Err((format!("{} answered {status}: {}", without_secrets(&url), text.trim()), again))
+                Err((format!("{} answered {status}: {}", without_secrets(&url), a.text.trim()), again))
             }
-            Err(e) => Err((format!("{}: {}", without_secrets(&url), e.without_url()), true)),
+            Err(e) => Err((format!("{}: {e}", without_secrets(&url)), true)),
         }
     }
 
