@@ -81,11 +81,11 @@ impl SinkConfig for NatsSinkConfig {
         errs.extend(self.stream.validate("stream"));
         match self.subject() {
             Err(e) => errs.push(e),
-            Ok(t) if !self.stream.stores(&t.sample()) => errs.push(
+            Ok(t) if !self.stream.could_store(&t.shape()) => errs.push(
                 FieldError::new(
                     FieldPath::key("subject"),
                     format!(
-                        "the stream `{}` stores {}, not `{}`: it would refuse every event",
+                        "the stream `{}` stores {}, which `{}` can never be: it would refuse every event",
                         self.stream.name,
                         self.stream.subjects.join(", "),
                         self.subject
@@ -113,6 +113,46 @@ struct NatsSink {
     subject: TopicTemplate,
     host: String,
     cx: Context,
+}
+
+/// Events between two writes of the last revision.
+const KEEP_REVISION_EVERY: usize = 5_000;
+
+/// The last revision this sink gave, on disk (`revision` in its data dir), so the next run's
+/// revisions start above it whatever the clock says.
+struct RevisionFloor {
+    path: Option<std::path::PathBuf>,
+}
+
+impl RevisionFloor {
+    fn restore(cx: &Context) -> RevisionFloor {
+        let path = match cx.data_dir() {
+            Ok(d) => Some(d.join("revision")),
+            Err(e) => {
+                cx.error(format_args!("no data dir for the last revision ({e}); revisions follow the clock alone"));
+                None
+            }
+        };
+        if let Some(floor) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok()) {
+            crate::event::revision::at_least(floor);
+        }
+        RevisionFloor { path }
+    }
+
+    /// Writes the last revision given (on a blocking thread); a failure is logged.
+    async fn keep(&self) {
+        let Some(path) = self.path.clone() else { return };
+        let last = crate::event::revision::last();
+        let res = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, last.to_string())?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!("keeping the last revision: {e}");
+        }
+    }
 }
 
 type AckFuture = BoxFuture<'static, Result<jetstream::publish::PublishAck, jetstream::context::PublishError>>;
@@ -159,6 +199,8 @@ struct Publisher {
     stored: Vec<String>,
     /// How long to wait for the first connection before calling the cluster away (once).
     first_wait: Option<Duration>,
+    /// Raised when a connection attempt failed since the last connection.
+    attempt_failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cx: Context,
     duplicates: u64,
 }
@@ -211,15 +253,19 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Whether the cluster is away, for an ending input: not connected, after waiting once for
-    /// a first connection (a short run's events come before the client has connected).
+    /// Whether the cluster is away, for an ending input: not connected and an attempt failed
+    /// (a short run's events come before the first connection: that one is waited for, up to
+    /// the connect timeout).
     async fn away(&mut self) -> bool {
         if self.connected() {
             return false;
         }
         if let Some(limit) = self.first_wait.take() {
             let deadline = tokio::time::Instant::now() + limit;
-            while !self.connected() && tokio::time::Instant::now() < deadline {
+            while !self.connected()
+                && !self.attempt_failed.load(std::sync::atomic::Ordering::Relaxed)
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
@@ -269,15 +315,19 @@ impl NatsSink {
         input: &Input,
     ) {
         let mut again: Vec<Unsettled> = failed.into_iter().collect();
-        // A later version of a record the stream has makes an earlier one that failed moot:
-        // sending it again now would store the older version last.
-        let mut stored_ids = std::collections::HashSet::new();
+        // A later version of a record the stream has makes an earlier one that failed moot
+        // (receivers would ignore it anyway); a later one that failed is sent again.
+        let mut stored: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         // Each acknowledgement's timeout starts when it is awaited: await them together.
         let (events, acks): (Vec<Unsettled>, Vec<AckFuture>) = pending.drain(..).map(|x| (x.event, x.ack)).unzip();
         for (ev, ack) in events.into_iter().zip(futures::future::join_all(acks).await) {
             match p.settled(ack) {
                 Ok(()) => {
-                    stored_ids.extend(ev.get().meta.id.clone());
+                    let meta = &ev.get().meta;
+                    if let Some(id) = &meta.id {
+                        let rev = stored.entry(id.clone()).or_default();
+                        *rev = (*rev).max(meta.revision.unwrap_or(0));
+                    }
                     self.cx.metrics.sent(1);
                     ev.delivered();
                 }
@@ -286,7 +336,9 @@ impl NatsSink {
         }
         let mut outgoing: Vec<Outgoing> = Vec::new();
         for ev in again {
-            if ev.get().meta.id.as_ref().is_some_and(|id| stored_ids.contains(id)) {
+            let meta = &ev.get().meta;
+            let superseded = meta.id.as_ref().and_then(|id| stored.get(id)).is_some_and(|&r| r > meta.revision.unwrap_or(0));
+            if superseded {
                 self.cx.metrics.dropped(DropReason::Intentional, 1);
                 ev.delivered();
             } else {
@@ -309,7 +361,8 @@ impl NatsSink {
 impl Sink for NatsSink {
     fn run(self: Box<Self>, mut input: Input) -> ComponentFuture {
         Box::pin(async move {
-            let client = self.cfg.connect.connect(&self.cx, &format!("ocpipe {} on {}", self.cx.id, self.host)).await?;
+            let name = format!("ocpipe {} on {}", self.cx.id, self.host);
+            let (client, attempt_failed) = self.cfg.connect.connect_watched(&self.cx, &name).await?;
             let js = jetstream::ContextBuilder::new()
                 .timeout(Duration::from_secs(self.cfg.ack_timeout_secs.max(1)))
                 .build(client.clone());
@@ -320,11 +373,14 @@ impl Sink for NatsSink {
                 stream_ready: false,
                 stored: Vec::new(),
                 first_wait: Some(Duration::from_secs(self.cfg.connect.connect_timeout_secs.max(1))),
+                attempt_failed,
                 cx: self.cx.clone(),
                 duplicates: 0,
             };
+            let floor = RevisionFloor::restore(&self.cx);
             let mut pending: VecDeque<Pending> = VecDeque::new();
             let mut input_open = true;
+            let mut since_kept = 0usize;
             while input_open || !pending.is_empty() {
                 tokio::select! {
                     biased;
@@ -350,6 +406,11 @@ impl Sink for NatsSink {
                         }
                         Some(ev) => {
                             let o = self.prepare(ev);
+                            since_kept += 1;
+                            if since_kept >= KEEP_REVISION_EVERY {
+                                since_kept = 0;
+                                floor.keep().await;
+                            }
                             match p.publish(&o).await {
                                 Ok(ack) => pending.push_back(Pending { event: o.event, ack }),
                                 Err(e) => {
@@ -363,6 +424,7 @@ impl Sink for NatsSink {
                     },
                 }
             }
+            floor.keep().await;
             if p.duplicates > 0 {
                 tracing::info!(
                     component = &*self.cx.id,
@@ -394,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             errs,
-            ["subject: the stream `OCPIPE` stores ocpipe.>, not `team.{_kind}.{host}`: it would refuse every event"]
+            ["subject: the stream `OCPIPE` stores ocpipe.>, which `team.{_kind}.{host}` can never be: it would refuse every event"]
         );
         let fits = errors(
             r#"url = "nats://127.0.0.1:4222"

@@ -437,7 +437,8 @@ fn upsert(
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> = cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
     let sql = format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} WHERE raw IS NOT excluded.raw \
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(id) DO UPDATE SET {} \
+         WHERE (raw IS NOT excluded.raw OR excluded.revision > {table}.revision) \
          AND (excluded.revision IS NULL OR {table}.revision IS NULL OR excluded.revision >= {table}.revision)",
         cols.join(", "),
         placeholders.join(", "),
@@ -541,6 +542,10 @@ mod tests {
         // The completed version (20) arrives before the one it replaced (10): it stays.
         testing::run_sink(&cfg, vec![message(100, Some(20)), message(5, Some(10))], dir.path()).await;
         assert_eq!(input(dir.path()), (100, Some(20)));
+        // The same content again, later (a re-send after a restart): the row's revision rises,
+        // so an older version that comes after still cannot replace it.
+        testing::run_sink(&cfg, vec![message(100, Some(25)), message(5, Some(22))], dir.path()).await;
+        assert_eq!(input(dir.path()), (100, Some(25)));
         // A later version replaces it; one read on this machine always does.
         testing::run_sink(&cfg, vec![message(120, Some(30))], dir.path()).await;
         assert_eq!(input(dir.path()), (120, Some(30)));

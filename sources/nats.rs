@@ -1,7 +1,8 @@
 //! `nats`: events from a NATS JetStream stream through a durable pull consumer (the aggregator's
 //! half of agent → aggregator). A message is acknowledged only once every sink downstream has
-//! the event, so an aggregator that crashes gets it again rather than losing it; several
-//! aggregators may share one durable consumer. Events come back typed, with the sending host.
+//! the event, so an aggregator that crashes gets it again rather than losing it; aggregators
+//! sharing one durable consumer split the messages. Events come back typed, with the sending
+//! host and the sender's revision.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -205,6 +205,16 @@ impl NatsConnect {
     /// A client that keeps (re)connecting in the background; connection changes are logged
     /// under the component's id.
     pub async fn connect(&self, cx: &Context, name: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(self.connect_watched(cx, name).await?.0)
+    }
+
+    /// The same, with a flag raised when a connection attempt failed since the last connection
+    /// (so a caller can tell "still connecting" from "away").
+    pub async fn connect_watched(
+        &self,
+        cx: &Context,
+        name: &str,
+    ) -> anyhow::Result<(async_nats::Client, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
         let servers = self.servers().map_err(|e| anyhow::anyhow!(e))?;
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
@@ -241,13 +251,16 @@ impl NatsConnect {
         let id = cx.id.clone();
         // Said once per streak of failures, again after a connection.
         let said = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed_out = failed.clone();
         opts = opts.event_callback(move |event| {
-            let (id, said) = (id.clone(), said.clone());
+            let (id, said, failed) = (id.clone(), said.clone(), failed.clone());
             async move {
                 use std::sync::atomic::Ordering::Relaxed;
                 match event {
                     async_nats::Event::Connected => {
                         said.store(false, Relaxed);
+                        failed.store(false, Relaxed);
                         tracing::info!(component = &*id, "connected to NATS")
                     }
                     async_nats::Event::Disconnected => {
@@ -256,6 +269,7 @@ impl NatsConnect {
                     async_nats::Event::ServerError(e) => tracing::warn!(component = &*id, "NATS server: {e}"),
                     // Each failed (re)connect attempt: what the user can fix is said once.
                     async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
+                        failed.store(true, Relaxed);
                         if said.swap(true, Relaxed) {
                             tracing::debug!(component = &*id, "NATS: {e}")
                         } else {
@@ -267,7 +281,7 @@ impl NatsConnect {
                 }
             }
         });
-        Ok(opts.connect(servers).await?)
+        Ok((opts.connect(servers).await?, failed_out))
     }
 }
 
@@ -276,9 +290,11 @@ fn connect_trouble(error: &str, tls: bool) -> String {
     const TLS: &str = "with TLS, the server's certificate must be signed by `tls.ca_file` (or a system CA) and name \
                        the host in `url`, and a server asking for a client certificate needs `tls.cert_file` and `key_file`";
     match error {
-        "authorization violation" | "failed signing nonce" => "the cluster refused the login (authorization \
-            violation): check `user`/`password`, `token`, `nkey` or `credentials_file` against the server's \
-            authorization"
+        "authorization violation" => "the cluster refused the login (authorization violation): check \
+            `user`/`password`, `token`, `nkey` or `credentials_file` against the server's authorization"
+            .into(),
+        "failed signing nonce" => "signing the server's login challenge failed: check that `nkey` holds a user \
+            seed (`SU…`) or that `credentials_file` holds a valid seed"
             .into(),
         "TLS error" => format!("the TLS handshake failed: {TLS}"),
         other if tls => format!(
@@ -307,9 +323,10 @@ impl NatsStream {
         errs
     }
 
-    /// Whether the stream stores `subject` (one of its subjects, wildcards included, matches).
-    pub fn stores(&self, subject: &str) -> bool {
-        stored_in(&self.subjects, subject)
+    /// Whether the stream could store a subject of `shape` (a template's shape: `*` in a level
+    /// stands for a value, which may be anything).
+    pub fn could_store(&self, shape: &str) -> bool {
+        self.subjects.iter().any(|p| matches(p, shape, true))
     }
 
     fn config(&self) -> jetstream::stream::Config {
@@ -344,16 +361,20 @@ impl NatsStream {
 
 /// Whether one of `patterns` (NATS subjects: `*` one level, `>` the rest) matches `subject`.
 pub fn stored_in(patterns: &[String], subject: &str) -> bool {
-    patterns.iter().any(|p| {
-        let (mut p, mut s) = (p.split('.'), subject.split('.'));
-        loop {
-            match (p.next(), s.next()) {
-                (Some(">"), Some(_)) | (None, None) => return true,
-                (Some(a), Some(b)) if a == "*" || a == b => continue,
-                _ => return false,
-            }
+    patterns.iter().any(|p| matches(p, subject, false))
+}
+
+/// Whether `pattern` matches `subject`; with `shape`, a subject level holding `*` (a value to
+/// come) matches any one level.
+fn matches(pattern: &str, subject: &str, shape: bool) -> bool {
+    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) | (None, None) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b || (shape && b.contains('*')) => continue,
+            _ => return false,
         }
-    })
+    }
 }
 
 
@@ -375,6 +396,20 @@ mod tests {
         assert!(!stored_in(&p(&["ocpipe.*"]), "ocpipe.status.laptop"));
         assert!(!stored_in(&p(&["team.>", "ocpipe.x"]), "ocpipe.x.y"));
         assert!(stored_in(&p(&["team.>", "ocpipe.x.y"]), "ocpipe.x.y"));
+    }
+
+    #[test]
+    fn a_template_fits_a_stream_when_some_value_could_make_it_fit() {
+        let stream = |subjects: &[&str]| NatsStream {
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..NatsStream::default()
+        };
+        assert!(stream(&["ocpipe.>"]).could_store("ocpipe.*.*"));
+        assert!(stream(&["ocpipe.message.*", "ocpipe.status.*"]).could_store("ocpipe.*.*"));
+        assert!(stream(&["ocpipe.*.laptop7"]).could_store("ocpipe.*.*"));
+        assert!(stream(&["ocpipe.*.laptop7"]).could_store("ocpipe.*.x*"));
+        assert!(!stream(&["ocpipe.>"]).could_store("team.*.*"));
+        assert!(!stream(&["ocpipe.*"]).could_store("ocpipe.*.*"));
     }
 
     #[test]

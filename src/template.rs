@@ -236,14 +236,14 @@ impl TopicTemplate {
         value.chars().map(|c| if self.syntax.reserved.contains(&c) || c.is_control() { '_' } else { c }).collect()
     }
 
-    /// The template with each placeholder as one level `x`: what any rendering looks like, to
-    /// check it against a stream's subjects.
-    pub fn sample(&self) -> String {
+    /// The template with each placeholder as `*` (the template's own text has no wildcards):
+    /// the shape of every rendering, to check it against a stream's subjects.
+    pub fn shape(&self) -> String {
         self.pieces
             .iter()
             .map(|p| match p {
                 Piece::Text(t) => t.as_str(),
-                Piece::Field(_) => "x",
+                Piece::Field(_) => "*",
             })
             .collect()
     }

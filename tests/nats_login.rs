@@ -100,15 +100,8 @@ fn tls_with_a_password_a_token_and_an_nkey_each_carry_events_and_a_wrong_passwor
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    // A CA of our own and a server certificate for 127.0.0.1.
-    let ssl = |args: &[&str]| {
-        let out = Command::new(&openssl).args(args).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
-    };
-    ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ocpipe test CA"]);
-    ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    ssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"]);
+    // A CA of our own and a server certificate for 127.0.0.1; another CA.
+    test_certificates(&openssl, d);
 
     // TLS, user and password.
     let tls = format!(
@@ -131,7 +124,6 @@ fn tls_with_a_password_a_token_and_an_nkey_each_carry_events_and_a_wrong_passwor
     assert!(!log.contains("old-pw"), "{log}");
     assert_eq!(final_counter(&log, "team", "sent"), 0, "{log}");
     // A CA that did not sign the server's certificate: said as such.
-    ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=another CA"]);
     let other = format!("tls = {{ ca_file = \"{}\" }}", d.join("other.pem").display());
     let login = format!("user = \"alice\"\npassword = \"s3cret-pw\"\n{other}\n{quick}");
     let (got, log) = round_trip(d, "other-ca", &url, &login);

@@ -131,16 +131,7 @@ fn the_reference_protobuf_definitions_decode_what_the_sink_sends() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The collector speaks HTTPS with a certificate from a CA of its own.
-    let ssl = |args: &[&str]| {
-        let out = Command::new(&openssl).args(args).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
-    };
-    for ca in ["ca", "other"] {
-        ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &format!("/CN={ca}")]);
-    }
-    ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    ssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"]);
+    test_certificates(&openssl, d);
     std::fs::write(d.join("decoder.py"), DECODER).unwrap();
     let mut server = Command::new(&python)
         .args(["decoder.py", "server.pem", "server.key"])
@@ -341,22 +332,9 @@ fn a_hostile_page_or_a_rebound_host_name_cannot_feed_the_receiver() {
             let out = Command::new("curl").args(["-s", "-f", &evil]).output().ok()?;
             out.status.success().then_some(())
         });
-        let out = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                &evil,
-            ])
-            .output()
-            .unwrap();
+        let dom = headless_dom(&chromium, &evil);
         let _ = server.kill();
         let _ = server.wait();
-        let dom = text(&out.stdout);
         let result = dom.split("data-result=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
         assert!(result.contains("json:blocked"), "the preflight is refused: {dom}");
         assert!(result.contains("simple:"), "the page ran: {dom}");

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
@@ -229,24 +228,7 @@ async fn a_hostile_page_in_chromium_can_neither_add_nor_read_a_broker() {
     let evil_url = format!("http://{}/", evil.local_addr().unwrap());
     let app = axum::Router::new().route("/", axum::routing::get(move || async move { axum::response::Html(page) }));
     tokio::spawn(async move { axum::serve(evil, app).await });
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-            ])
-            .arg(&evil_url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let dom = text(&out.stdout);
+    let dom = tokio::task::spawn_blocking(move || headless_dom(&chromium, &evil_url)).await.unwrap();
     let result = dom.split("data-result=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
     assert!(!result.is_empty(), "the page ran: {dom}");
     assert!(result.contains("json:blocked"), "{result}");

@@ -1,6 +1,6 @@
 //! The `otlp` sink's HTTP client: plain HTTP, or HTTPS with rustls (aws-lc-rs, the one crypto
 //! provider in the binary) trusting the system's CAs or the collector's own `ca_file`, with a
-//! client certificate when the collector asks for one.
+//! client certificate when the collector asks for one. It connects directly (no HTTP proxy).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +90,15 @@ impl HttpClient {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| chain(&e))?;
             let status = resp.status();
-            // A collector's answer is small; an error's text is shown.
-            let body = resp.into_body().collect().await.map_err(|e| chain(&e))?.to_bytes();
-            Ok(Answer { status, text: String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned() })
+            // Read up to 64 KiB of it: a collector's answer is small, an error's text is shown.
+            let text = match http_body_util::Limited::new(resp.into_body(), 64 << 10).collect().await {
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned()
+                }
+                Err(_) => String::new(),
+            };
+            Ok(Answer { status, text })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,

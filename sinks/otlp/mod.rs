@@ -84,6 +84,21 @@ impl SinkConfig for OtlpSinkConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         match url::Url::parse(&self.endpoint) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => errs.push(
+                FieldError::new(
+                    FieldPath::key("endpoint"),
+                    format!("`{}` carries a login: it is not sent from the URL", crate::config::without_secrets(&self.endpoint)),
+                )
+                .help("write the URL without it and send the login as a header: headers = { authorization = \"Basic …\" }"),
+            ),
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https")
+                && self.endpoint.parse::<axum::http::Uri>().is_err() =>
+            {
+                errs.push(FieldError::new(
+                    FieldPath::key("endpoint"),
+                    format!("`{}` is not a URL an HTTP request can go to; write e.g. https://otel.example.com:4318", self.endpoint),
+                ))
+            }
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(u) => errs.push(FieldError::new(
                 FieldPath::key("endpoint"),
@@ -337,5 +352,30 @@ impl Sink for OtlpSink {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(toml_text: &str) -> Vec<String> {
+        let cfg: OtlpSinkConfig = toml::from_str(toml_text).unwrap();
+        cfg.validate().iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+    }
+
+    #[test]
+    fn endpoints_headers_and_certificates_are_checked_at_load() {
+        assert!(errors(r#"endpoint = "https://otel.example.com:4318""#).is_empty());
+        let got = errors(
+            r#"endpoint = "https://bob:s3cret@otel.example.com:4318"
+               headers = { "bad header" = "x", authorization = "Bearer ok" }
+               tls = { cert_file = "c.pem" }"#,
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("endpoint: `https://bob:***@otel.example.com:4318/` carries a login"), "{got:?}");
+        assert!(got[1].starts_with("headers.\"bad header\": not a valid HTTP header") || got[1].starts_with("headers.bad header"), "{got:?}");
+        assert!(got[2].starts_with("tls.key_file: `cert_file` and `key_file` go together"), "{got:?}");
+        assert!(errors(r#"endpoint = "grpc://otel:4317""#)[0].contains("write http:// or https://"));
     }
 }

@@ -4,8 +4,9 @@
 //! agent in order, but a hop through a cluster can reorder them: a message the aggregator
 //! could not store is redelivered after later ones, an acknowledgement lost on the way brings
 //! an old version back. The sending side stamps each event with a revision (`next`: wall-clock
-//! nanoseconds, strictly increasing within the process, so a restarted agent's versions are
-//! later than those of its previous run); a receiver keeps the newest revision per record
+//! nanoseconds, strictly increasing within the process; the sender keeps the last one on disk
+//! and starts above it (`at_least`), so a restarted agent's versions are later than its previous
+//! run's even when its clock was set back); a receiver keeps the newest revision per record
 //! (`Revisions`) and ignores an older version instead of letting it overwrite a newer one.
 
 use std::collections::HashMap;
@@ -18,6 +19,16 @@ pub fn next() -> u64 {
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX).max(0) as u64;
     let prev = LAST.fetch_max(now, Ordering::Relaxed);
     if prev < now { now } else { LAST.fetch_add(1, Ordering::Relaxed) + 1 }
+}
+
+/// Every later revision is above `floor` (the last one a previous run gave).
+pub fn at_least(floor: u64) {
+    LAST.fetch_max(floor, Ordering::Relaxed);
+}
+
+/// The last revision given (0 before any).
+pub fn last() -> u64 {
+    LAST.load(Ordering::Relaxed)
 }
 
 /// The newest revision taken in per record (about 32 bytes a record).
@@ -69,6 +80,14 @@ mod tests {
             assert!(r > last, "{r} after {last}");
             last = r;
         }
+    }
+
+    #[test]
+    fn a_floor_from_a_previous_run_lifts_every_later_revision() {
+        let far = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64 + 3_600_000_000_000;
+        at_least(far);
+        assert!(next() > far, "a clock set back an hour still gives later revisions");
+        assert!(last() > far);
     }
 
     #[test]

@@ -78,7 +78,12 @@ impl Keeper {
             Payload::Session(s) => key("session", &s.id),
             Payload::Message(m) => key("message", &m.id),
             // Shown, not kept: remembered for this run only.
-            Payload::Status(s) => format!("status:{}:{}", s.instance, s.session_id.as_deref().unwrap_or("")),
+            Payload::Status(s) => format!(
+                "status:{}:{}:{}",
+                ev.meta.host.as_deref().unwrap_or(""),
+                s.instance,
+                s.session_id.as_deref().unwrap_or("")
+            ),
             _ => return true,
         };
         self.revisions.admit(&key, ev.meta.revision)

@@ -776,3 +776,40 @@ pub fn final_counter(log: &str, component: &str, name: &str) -> u64 {
     let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
     line[at..].split(' ').next().unwrap().parse().unwrap()
 }
+
+/// What headless Chromium made of `url` (its DOM after scripts ran, up to 5 s virtual time).
+pub fn headless_dom(chromium: &Path, url: &str) -> String {
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+}
+
+/// A CA of the test's own (`ca.pem`), another one (`other.pem`) and a server certificate for
+/// 127.0.0.1 and localhost signed by the first (`server.pem`, `server.key`), written in `dir`.
+pub fn test_certificates(openssl: &Path, dir: &Path) {
+    let ssl = |args: &[&str]| {
+        let out = Command::new(openssl).args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+    };
+    for ca in ["ca", "other"] {
+        let (key, pem, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=ocpipe test {ca}"));
+        ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject]);
+    }
+    ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    ssl(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
+        "-days", "2", "-extfile", "san.ext",
+    ]);
+}
