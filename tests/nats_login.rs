@@ -1,5 +1,6 @@
 //! Logging in to a real `nats-server`: TLS with our own CA plus user and password, a token, an
-//! NKey. Each time three message events go agent-side `nats` sink → server → `nats` source and
+//! NKey, a credentials file (an operator-mode server: operator, account and user JWTs made
+//! here and signed with NKeys). Each time three message events go agent-side `nats` sink → server → `nats` source and
 //! arrive typed; a wrong password is said plainly and delivers nothing.
 
 mod common;
@@ -35,12 +36,25 @@ fn server(program: &Path, dir: &Path, name: &str, settings: &str) -> (Server, u1
         ),
     )
     .unwrap();
-    let child =
-        Command::new(program).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let server = Server(child);
-    wait_for("nats-server to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    });
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(program)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let ended = server.0.try_wait().unwrap().is_some();
+        assert!(
+            !ended && start.elapsed() < Duration::from_secs(20),
+            "nats-server ({name}) did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     (server, port)
 }
 
@@ -94,7 +108,7 @@ fn assert_arrived(got: &[serde_json::Value], how: &str, log: &str) {
 }
 
 #[test]
-fn tls_with_a_password_a_token_and_an_nkey_each_carry_events_and_a_wrong_password_is_said() {
+fn every_way_to_log_in_carries_events_and_a_wrong_password_or_ca_is_said() {
     let Some(program) = require("nats-server") else { return };
     let Some(openssl) = require("openssl") else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -135,10 +149,73 @@ fn tls_with_a_password_a_token_and_an_nkey_each_carry_events_and_a_wrong_passwor
     let (got, log) = round_trip(d, "token", &format!("nats://127.0.0.1:{port}"), "token = \"t0ken-abc\"");
     assert_arrived(&got, "token", &log);
 
+    // A credentials file: the server trusts an operator, which signed an account, which signed
+    // the user whose JWT and seed the file holds.
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let holder = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator,
+        serde_json::json!({"type": "operator", "version": 2, "system_account": system.public_key()}),
+    );
+    let system_jwt = jwt(&operator, &system, serde_json::json!({"type": "account", "version": 2}));
+    let account_jwt = jwt(
+        &operator,
+        &account,
+        serde_json::json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1,
+            "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &holder,
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    std::fs::write(
+        d.join("user.creds"),
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            holder.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let settings = format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {sys}: {system_jwt}, {}: {account_jwt} }}",
+        account.public_key(),
+        sys = system.public_key()
+    );
+    let (_c, port) = server(&program, d, "creds", &settings);
+    let creds = format!("credentials_file = \"{}\"", d.join("user.creds").display());
+    let (got, log) = round_trip(d, "creds", &format!("nats://127.0.0.1:{port}"), &creds);
+    assert_arrived(&got, "credentials file", &log);
+
     // An NKey.
     let user = nkeys::KeyPair::new_user();
     let (_n, port) = server(&program, d, "nkey", &format!("authorization {{ users = [ {{ nkey: {} }} ] }}", user.public_key()));
     let seed = user.seed().unwrap();
     let (got, log) = round_trip(d, "nkey", &format!("nats://127.0.0.1:{port}"), &format!("nkey = \"{seed}\""));
     assert_arrived(&got, "nkey", &log);
+}
+
+/// A NATS JWT (ed25519-nkey) about `subject`, signed by `issuer`, with `nats` as its claims.
+fn jwt(issuer: &nkeys::KeyPair, subject: &nkeys::KeyPair, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("ocpipe-test-{}-{now}", subject.public_key()),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": "ocpipe-test",
+        "sub": subject.public_key(),
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", b64(&signature))
 }
