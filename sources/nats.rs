@@ -144,7 +144,15 @@ async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceCo
             a = attempt => a,
         };
         match attempt {
-            Ok(m) => return Some(m),
+            Ok(m) => {
+                tracing::info!(
+                    component = &*sc.cx.id,
+                    "reading the stream `{}` through the durable consumer `{}`",
+                    cfg.stream.name,
+                    cfg.consumer
+                );
+                return Some(m);
+            }
             Err(e) => {
                 sc.cx.error(format_args!("{e:#}; trying again"));
                 if !pause(sc, delays.next().unwrap_or(Duration::from_secs(5))).await {

@@ -100,14 +100,22 @@ impl Team<'_> {
     }
 
     fn aggregator(&self) -> Member {
-        let (pipeline, metrics) = with_api(self.dir, "aggregator", "pipelines/team-aggregator.toml");
+        self.aggregator_named("aggregator", "ocpipe-aggregator")
+    }
+
+    /// An aggregator with its own state and output (`dir/NAME-state`, `dir/out` for the first,
+    /// `dir/NAME-out` for others) reading through the durable consumer `consumer`.
+    fn aggregator_named(&self, name: &str, consumer: &str) -> Member {
+        let (pipeline, metrics) = with_api(self.dir, name, "pipelines/team-aggregator.toml");
+        let out = if name == "aggregator" { self.dir.join("out") } else { self.dir.join(format!("{name}-out")) };
         let env = [
             ("HOME", self.dir.join("home").display().to_string()),
-            ("OCPIPE_DATA_DIR", self.dir.join("aggregator-state").display().to_string()),
-            ("OCPIPE_OUT", self.dir.join("out").display().to_string()),
+            ("OCPIPE_DATA_DIR", self.dir.join(format!("{name}-state")).display().to_string()),
+            ("OCPIPE_OUT", out.display().to_string()),
             ("OCPIPE_HTTP", format!("127.0.0.1:{}", free_port())),
             ("OCPIPE_NATS_URL", self.urls.clone()),
             ("OCPIPE_NATS_REPLICAS", "3".into()),
+            ("OCPIPE_NATS_CONSUMER", consumer.into()),
         ];
         Member { run: Running::start(&pipeline.display().to_string(), &env), metrics }
     }
@@ -253,6 +261,75 @@ fn a_cluster_away_for_30_seconds_holds_the_agents_backlog_then_it_drains() {
     eprintln!("AGENT LOG\n{log}");
     let log = aggregator.run.stop_with_log();
     eprintln!("AGGREGATOR LOG\n{log}");
+}
+
+/// The ids in an aggregator database's `opencode_message` table.
+fn message_ids(db: &Path) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return Vec::new();
+    };
+    let Ok(mut st) = conn.prepare("SELECT id FROM opencode_message") else { return Vec::new() };
+    st.query_map([], |r| r.get(0)).map(|rows| rows.filter_map(Result::ok).collect()).unwrap_or_default()
+}
+
+#[test]
+fn aggregators_sharing_a_consumer_take_each_message_once_and_one_goes_on_when_the_other_stops() {
+    let Some(program) = require("nats-server") else { return };
+    let Some(_) = require("python3") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = history(dir.path(), "a", 3000, 31);
+    let db = data.join("opencode/opencode.db");
+    // Every message row (the `stats` total leaves fork copies out; the tables keep them).
+    let count = || -> usize {
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM message", [], |r| r.get::<_, i64>(0)).unwrap()
+            as usize
+    };
+    let messages = count();
+    let cluster = Cluster::start(program);
+    let team = Team { dir: dir.path(), urls: cluster.urls() };
+    // Both pull from the shared consumer before anything is published.
+    let members = [team.aggregator_named("first", "shared"), team.aggregator_named("second", "shared")];
+    for m in &members {
+        wait_for("the aggregator's consumer", Duration::from_secs(30), || {
+            m.run.log().contains("through the durable consumer `shared`").then_some(())
+        });
+    }
+    let agent = team.agent("agent-a", &data, "state-a");
+    let dbs = [dir.path().join("first-out/team.db"), dir.path().join("second-out/team.db")];
+    let taken = |want: usize| {
+        wait_for("every message in one of the two databases", Duration::from_secs(120), || {
+            let ids = [message_ids(&dbs[0]), message_ids(&dbs[1])];
+            (ids[0].len() + ids[1].len() >= want).then_some(ids)
+        })
+    };
+    let [a, b] = taken(messages);
+    let both: std::collections::HashSet<&String> = a.iter().collect();
+    let twice = b.iter().filter(|id| both.contains(id)).count();
+    assert_eq!((a.len() + b.len(), twice), (messages, 0), "each message taken by exactly one aggregator");
+    eprintln!("shares: {} and {}", a.len(), b.len());
+
+    // The one that took more stops; new messages all go to the other, which goes on from the
+    // consumer's place (it reads nothing again).
+    let [first, second] = members;
+    let (stopping, going_on, other_db) = if a.len() >= b.len() { (first, second, 1) } else { (second, first, 0) };
+    stopping.run.stop_with_log();
+    let before = message_ids(&dbs[other_db]).len();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO message (id, session_id, time_created, time_updated, data)
+             SELECT 'msg_zznew' || rowid, session_id, ?1, ?1, data FROM message ORDER BY rowid LIMIT 50",
+            [now],
+        )
+        .unwrap();
+    let [a, b] = taken(messages + 50);
+    let both: std::collections::HashSet<&String> = a.iter().collect();
+    let twice = b.iter().filter(|id| both.contains(id)).count();
+    assert_eq!((a.len() + b.len(), twice), (count(), 0), "still each message once");
+    assert_eq!(message_ids(&dbs[other_db]).len(), before + 50, "the one going on took all the new ones");
+    going_on.run.stop_with_log();
+    agent.run.stop_with_log();
 }
 
 fn rss_kb(pid: u32) -> u64 {
