@@ -118,6 +118,11 @@ async fn pause(sc: &SourceContext, wait: Duration) -> bool {
     }
 }
 
+/// How long one pull request waits for messages, and how often the cluster says it is alive
+/// meanwhile (two missed heartbeats: the request is made again).
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// The durable consumer, made when missing; tried again until the cluster answers.
 async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceContext) -> Option<pull::Stream> {
     let mut delays = crate::component::retry_delays(Duration::from_millis(200), Duration::from_secs(5));
@@ -136,7 +141,17 @@ async fn consumer(cfg: &NatsSourceConfig, js: &jetstream::Context, sc: &SourceCo
                 .get_or_create_consumer(&cfg.consumer, config)
                 .await
                 .map_err(|e| anyhow::anyhow!("the consumer `{}`: {e}", cfg.consumer))?;
-            let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("pulling messages: {e}"))?;
+            // Short pull requests with heartbeats: a request the cluster lost (sent while the
+            // consumer's leader was being elected, or to a node that died) is noticed within
+            // seconds, not after async-nats' default 30 s.
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(200)
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("pulling messages: {e}"))?;
             anyhow::Ok(messages)
         };
         let attempt = tokio::select! {
@@ -227,10 +242,18 @@ async fn run(cfg: NatsSourceConfig, mut sc: SourceContext) -> anyhow::Result<()>
                         }
                     }
                     Some(Err(e)) => {
-                        // Heartbeats missed while the cluster is away; the consumer carries on.
                         quiet_errors += 1;
                         if quiet_errors == 1 || quiet_errors.is_multiple_of(30) {
                             tracing::warn!(component = &*sc.cx.id, "pulling from NATS: {e}");
+                        }
+                        // Heartbeats missed: the cluster lost the pull request (a node went
+                        // away, the consumer's leader changed). async-nats would wait for it
+                        // to expire; a new subscription asks again now.
+                        if e.kind() == pull::MessagesErrorKind::MissingHeartbeat {
+                            if !pause(&sc, Duration::from_millis(200)).await {
+                                break 'outer;
+                            }
+                            continue 'outer;
                         }
                     }
                     None => {
