@@ -429,7 +429,7 @@ impl Sink for NatsSink {
                 tracing::info!(
                     component = &*self.cx.id,
                     duplicates = p.duplicates,
-                    "events the stream already had (sent again after a restart) were dropped by its duplicate window"
+                    "events the stream already had (sent again after a restart or a reconnect, or read again unchanged) were dropped by its duplicate window"
                 );
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
@@ -443,8 +443,7 @@ mod tests {
     use super::*;
 
     fn errors(toml_text: &str) -> Vec<String> {
-        let cfg: NatsSinkConfig = toml::from_str(toml_text).unwrap();
-        cfg.validate().iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+        crate::testing::sink_errors::<NatsSinkConfig>(toml_text)
     }
 
     #[test]

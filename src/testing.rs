@@ -111,6 +111,12 @@ pub async fn run_transform(cfg: &dyn TransformConfig, events: Vec<Event>, dir: &
     Outcome { events: got, metrics, per_event }
 }
 
+/// What a sink's `validate` says of `toml_text` (its options), as `path: message` lines.
+pub fn sink_errors<C: SinkConfig + serde::de::DeserializeOwned>(toml_text: &str) -> Vec<String> {
+    let cfg: C = toml::from_str(toml_text).expect("the options parse");
+    cfg.validate().iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+}
+
 /// Feeds `events` to a sink, ends its input, and checks that it finishes and counts them.
 pub async fn run_sink(cfg: &dyn SinkConfig, events: Vec<Event>, dir: &Path) -> MetricsSnapshot {
     let n = events.len() as u64;

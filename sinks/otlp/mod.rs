@@ -360,8 +360,7 @@ mod tests {
     use super::*;
 
     fn errors(toml_text: &str) -> Vec<String> {
-        let cfg: OtlpSinkConfig = toml::from_str(toml_text).unwrap();
-        cfg.validate().iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+        crate::testing::sink_errors::<OtlpSinkConfig>(toml_text)
     }
 
     #[test]
