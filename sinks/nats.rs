@@ -15,9 +15,9 @@ use serde::Deserialize;
 use crate::component::{ComponentFuture, Context, Input, Sink, SinkConfig};
 use crate::config::{FieldError, FieldPath};
 use crate::event::wire;
+use crate::event::wire::host_name;
 use crate::event::{DataType, Event, Unsettled};
 use crate::metrics::DropReason;
-use crate::event::wire::host_name;
 use crate::nats::{NatsConnect, NatsStream};
 use crate::template::{TopicSyntax, TopicTemplate};
 
@@ -337,7 +337,8 @@ impl NatsSink {
         let mut outgoing: Vec<Outgoing> = Vec::new();
         for ev in again {
             let meta = &ev.get().meta;
-            let superseded = meta.id.as_ref().and_then(|id| stored.get(id)).is_some_and(|&r| r > meta.revision.unwrap_or(0));
+            let superseded =
+                meta.id.as_ref().and_then(|id| stored.get(id)).is_some_and(|&r| r > meta.revision.unwrap_or(0));
             if superseded {
                 self.cx.metrics.dropped(DropReason::Intentional, 1);
                 ev.delivered();
@@ -455,7 +456,9 @@ mod tests {
         );
         assert_eq!(
             errs,
-            ["subject: the stream `OCPIPE` stores ocpipe.>, which `team.{_kind}.{host}` can never be: it would refuse every event"]
+            [
+                "subject: the stream `OCPIPE` stores ocpipe.>, which `team.{_kind}.{host}` can never be: it would refuse every event"
+            ]
         );
         let fits = errors(
             r#"url = "nats://127.0.0.1:4222"

@@ -125,7 +125,9 @@ fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Er
         // An unset `${OCPIPE_NATS_REPLICAS:-}`: the default.
         Given::Text(t) if t.trim().is_empty() => Ok(one()),
         Given::Text(t) => t.trim().parse().map_err(|_| {
-            serde::de::Error::custom(format!("`{t}` is not a number of copies: write 1 to 5 (3 for a three-node cluster)"))
+            serde::de::Error::custom(format!(
+                "`{t}` is not a number of copies: write 1 to 5 (3 for a three-node cluster)"
+            ))
         }),
     }
 }
@@ -161,7 +163,10 @@ impl NatsConnect {
         list.iter()
             .map(|u| {
                 u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                    format!("`{}` is not a NATS server address ({e}); write nats://HOST:PORT", crate::config::without_secrets(u))
+                    format!(
+                        "`{}` is not a NATS server address ({e}); write nats://HOST:PORT",
+                        crate::config::without_secrets(u)
+                    )
                 })
             })
             .collect()
@@ -245,9 +250,7 @@ impl NatsConnect {
         if let (Some(c), Some(k)) = (given(&self.tls.cert_file), given(&self.tls.key_file)) {
             opts = opts.add_client_certificate(cx.resolve(c), cx.resolve(k));
         }
-        let tls = self.tls.require
-            || given(&self.tls.ca_file).is_some()
-            || servers.iter().any(|s| s.scheme() == "tls");
+        let tls = self.tls.require || given(&self.tls.ca_file).is_some() || servers.iter().any(|s| s.scheme() == "tls");
         let id = cx.id.clone();
         // Said once per streak of failures, again after a connection.
         let said = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -377,8 +380,6 @@ fn matches(pattern: &str, subject: &str, shape: bool) -> bool {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,7 +436,10 @@ mod tests {
         .validate();
         let got: Vec<String> = errs.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
         assert_eq!(got.len(), 2, "{got:?}");
-        assert!(got[0].starts_with("credentials_file: more than one way to log in (`nkey` and `credentials_file`)"), "{got:?}");
+        assert!(
+            got[0].starts_with("credentials_file: more than one way to log in (`nkey` and `credentials_file`)"),
+            "{got:?}"
+        );
         assert!(got[1].starts_with("tls.key_file: `cert_file` and `key_file` go together"), "{got:?}");
     }
 

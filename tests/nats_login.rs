@@ -93,7 +93,11 @@ fn round_trip(dir: &Path, name: &str, url: &str, login: &str) -> (Vec<serde_json
     let lines = || std::fs::read_to_string(&out).unwrap_or_default().lines().count();
     let start = std::time::Instant::now();
     while lines() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(30), "{name}: the three messages did not arrive: {}\nsender: {send_log}", rx.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name}: the three messages did not arrive: {}\nsender: {send_log}",
+            rx.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     rx.stop_with_log();
@@ -195,7 +199,8 @@ fn every_way_to_log_in_carries_events_and_a_wrong_password_or_ca_is_said() {
 
     // An NKey.
     let user = nkeys::KeyPair::new_user();
-    let (_n, port) = server(&program, d, "nkey", &format!("authorization {{ users = [ {{ nkey: {} }} ] }}", user.public_key()));
+    let (_n, port) =
+        server(&program, d, "nkey", &format!("authorization {{ users = [ {{ nkey: {} }} ] }}", user.public_key()));
     let seed = user.seed().unwrap();
     let (got, log) = round_trip(d, "nkey", &format!("nats://127.0.0.1:{port}"), &format!("nkey = \"{seed}\""));
     assert_arrived(&got, "nkey", &log);

@@ -152,9 +152,8 @@ fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everythin
     // The aggregator starts on a full stream, is killed as soon as it has taken something,
     // and started again.
     let aggregator = team.aggregator();
-    let taken = wait_for("the aggregator to take events", Duration::from_secs(60), || {
-        aggregator.sent().filter(|n| *n > 0)
-    });
+    let taken =
+        wait_for("the aggregator to take events", Duration::from_secs(60), || aggregator.sent().filter(|n| *n > 0));
     signal(aggregator.run.pid(), 9);
     drop(aggregator);
     assert!(taken < want[0], "killed mid-stream: {taken} events of more than {} taken", want[0]);
@@ -170,9 +169,7 @@ fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everythin
     let sent_a = final_counter(&log_a, "team", "sent");
     assert!(sent_a > want[0] / 2, "agent a sent its history: {log_a}");
     let again = team.agent("agent-a", &data_a, "state-a-lost");
-    wait_for("agent a to send its history again", Duration::from_secs(120), || {
-        again.sent().filter(|n| *n >= sent_a)
-    });
+    wait_for("agent a to send its history again", Duration::from_secs(120), || again.sent().filter(|n| *n >= sent_a));
     let log_again = again.run.stop_with_log();
     let dups: u64 = log_again
         .lines()
@@ -188,7 +185,10 @@ fn two_agents_through_a_cluster_losing_a_node_and_the_aggregator_count_everythin
     let conn = rusqlite::Connection::open(data_b.join("opencode/opencode.db")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let tokens = |input: u64, output: u64| {
-        format!(r#"{{"total":{},"input":{input},"output":{output},"reasoning":0,"cache":{{"write":0,"read":0}}}}"#, input + output)
+        format!(
+            r#"{{"total":{},"input":{input},"output":{output},"reasoning":0,"cache":{{"write":0,"read":0}}}}"#,
+            input + output
+        )
     };
     conn.execute(
         "INSERT INTO message (id, session_id, time_created, time_updated, data)
@@ -246,7 +246,10 @@ fn a_cluster_away_for_30_seconds_holds_the_agents_backlog_then_it_drains() {
     assert!(before[0] < want[0], "the cluster went away before everything was sent: {before:?}");
     // Nothing counts as delivered while nothing can store it: the backlog is held, not lost.
     let delivered_away = wait_for("the agent's count", Duration::from_secs(10), || agent.sent());
-    assert!(delivered_away <= delivered_before + 256, "at most the in-flight window settled: {delivered_before} → {delivered_away}");
+    assert!(
+        delivered_away <= delivered_before + 256,
+        "at most the in-flight window settled: {delivered_before} → {delivered_away}"
+    );
     assert!(peak_kb < 300_000, "the agent's memory stays bounded while the cluster is away: {peak_kb} kB");
     for i in 0..3 {
         cluster.up(i);
@@ -281,8 +284,10 @@ fn aggregators_sharing_a_consumer_take_each_message_once_and_one_goes_on_when_th
     let db = data.join("opencode/opencode.db");
     // Every message row (the `stats` total leaves fork copies out; the tables keep them).
     let count = || -> usize {
-        rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM message", [], |r| r.get::<_, i64>(0)).unwrap()
-            as usize
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM message", [], |r| r.get::<_, i64>(0))
+            .unwrap() as usize
     };
     let messages = count();
     let cluster = Cluster::start(program);

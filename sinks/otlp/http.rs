@@ -69,8 +69,8 @@ impl HttpClient {
                 let certs = CertificateDer::pem_file_iter(&c)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                     .map_err(|e| anyhow::anyhow!("tls.cert_file {}: {e}", c.display()))?;
-                let key =
-                    PrivateKeyDer::from_pem_file(&k).map_err(|e| anyhow::anyhow!("tls.key_file {}: {e}", k.display()))?;
+                let key = PrivateKeyDer::from_pem_file(&k)
+                    .map_err(|e| anyhow::anyhow!("tls.key_file {}: {e}", k.display()))?;
                 builder.with_client_auth_cert(certs, key)?
             }
             _ => builder.with_no_client_auth(),
@@ -86,7 +86,10 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.header(header::CONTENT_LENGTH, body.len()).body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        let req = req
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| chain(&e))?;
             let status = resp.status();

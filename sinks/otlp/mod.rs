@@ -373,7 +373,11 @@ mod tests {
         );
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got[0].starts_with("endpoint: `https://bob:***@otel.example.com:4318/` carries a login"), "{got:?}");
-        assert!(got[1].starts_with("headers.\"bad header\": not a valid HTTP header") || got[1].starts_with("headers.bad header"), "{got:?}");
+        assert!(
+            got[1].starts_with("headers.\"bad header\": not a valid HTTP header")
+                || got[1].starts_with("headers.bad header"),
+            "{got:?}"
+        );
         assert!(got[2].starts_with("tls.key_file: `cert_file` and `key_file` go together"), "{got:?}");
         assert!(errors(r#"endpoint = "grpc://otel:4317""#)[0].contains("write http:// or https://"));
     }

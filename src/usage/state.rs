@@ -90,17 +90,20 @@ impl StateFile {
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            f(Record::Session(SessionInfo {
-                id: r.get(0)?,
-                project_id: r.get(1)?,
-                project: r.get(2)?,
-                title: r.get(3)?,
-                directory: r.get(4)?,
-                parent_id: r.get(5)?,
-                time_created: r.get(6)?,
-                time_updated: r.get(7)?,
-                ..Default::default()
-            }), revision(r, 8)?);
+            f(
+                Record::Session(SessionInfo {
+                    id: r.get(0)?,
+                    project_id: r.get(1)?,
+                    project: r.get(2)?,
+                    title: r.get(3)?,
+                    directory: r.get(4)?,
+                    parent_id: r.get(5)?,
+                    time_created: r.get(6)?,
+                    time_updated: r.get(7)?,
+                    ..Default::default()
+                }),
+                revision(r, 8)?,
+            );
         }
         let mut st = self.conn.prepare(
             "SELECT id, session_id, role, provider, model, agent, created, input, output, reasoning, cache_read, \
@@ -109,25 +112,28 @@ impl StateFile {
         let mut rows = st.query([])?;
         let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
         while let Some(r) = rows.next()? {
-            f(Record::Message(MessageInfo {
-                id: r.get(0)?,
-                session_id: r.get(1)?,
-                role: r.get(2)?,
-                provider_id: r.get(3)?,
-                model_id: r.get(4)?,
-                agent: r.get(5)?,
-                time_created: r.get(6)?,
-                tokens: Tokens {
-                    input: n(r, 7)?,
-                    output: n(r, 8)?,
-                    reasoning: n(r, 9)?,
-                    cache_read: n(r, 10)?,
-                    cache_write: n(r, 11)?,
-                },
-                cost: r.get(12)?,
-                fork_copy: r.get(13)?,
-                ..Default::default()
-            }), revision(r, 14)?);
+            f(
+                Record::Message(MessageInfo {
+                    id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    role: r.get(2)?,
+                    provider_id: r.get(3)?,
+                    model_id: r.get(4)?,
+                    agent: r.get(5)?,
+                    time_created: r.get(6)?,
+                    tokens: Tokens {
+                        input: n(r, 7)?,
+                        output: n(r, 8)?,
+                        reasoning: n(r, 9)?,
+                        cache_read: n(r, 10)?,
+                        cache_write: n(r, 11)?,
+                    },
+                    cost: r.get(12)?,
+                    fork_copy: r.get(13)?,
+                    ..Default::default()
+                }),
+                revision(r, 14)?,
+            );
         }
         Ok(())
     }
