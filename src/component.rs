@@ -197,7 +197,10 @@ impl std::fmt::Debug for Resources {
 
 /// The waits between tries at a far end (a broker, a collector): from `min`, doubling, up
 /// to `max`, without end.
-pub fn retry_delays(min: std::time::Duration, max: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {
+pub fn retry_delays(
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> impl Iterator<Item = std::time::Duration> + Send + use<> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).without_max_times().build()
 }

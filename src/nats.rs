@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::component::Context;
-use crate::config::{FieldError, FieldPath};
+use crate::config::{FieldError, FieldPath, TlsFiles, given};
 
 /// Where the cluster is and how to log in.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
@@ -38,9 +38,8 @@ pub struct NatsConnect {
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 pub struct NatsTls {
-    pub ca_file: Option<String>,
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
+    #[serde(flatten)]
+    pub files: TlsFiles,
     #[serde(default)]
     pub require: bool,
 }
@@ -148,11 +147,6 @@ fn default_duplicate_window() -> u64 {
     600
 }
 
-/// An option given as an empty string (an unset `${VAR:-}`) is not given.
-fn given(o: &Option<String>) -> Option<&str> {
-    o.as_deref().filter(|s| !s.is_empty())
-}
-
 impl NatsConnect {
     /// The servers, parsed.
     fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
@@ -197,13 +191,7 @@ impl NatsConnect {
                 format!("more than one way to log in (`{first}` and `{second}`): keep one of user/password, token, nkey, credentials_file"),
             ));
         }
-        let (cert, key) = (given(&self.tls.cert_file), given(&self.tls.key_file));
-        if cert.is_some() != key.is_some() {
-            errs.push(FieldError::new(
-                FieldPath::key("tls").child(if cert.is_some() { "key_file" } else { "cert_file" }),
-                "`cert_file` and `key_file` go together (a client certificate and its key)",
-            ));
-        }
+        errs.extend(self.tls.files.validate("tls"));
         errs
     }
 
@@ -244,13 +232,13 @@ impl NatsConnect {
                 .await
                 .map_err(|e| anyhow::anyhow!("reading the credentials file {}: {e}", path.display()))?;
         }
-        if let Some(ca) = given(&self.tls.ca_file) {
+        if let Some(ca) = self.tls.files.ca() {
             opts = opts.add_root_certificates(cx.resolve(ca));
         }
-        if let (Some(c), Some(k)) = (given(&self.tls.cert_file), given(&self.tls.key_file)) {
+        if let Some((c, k)) = self.tls.files.client() {
             opts = opts.add_client_certificate(cx.resolve(c), cx.resolve(k));
         }
-        let tls = self.tls.require || given(&self.tls.ca_file).is_some() || servers.iter().any(|s| s.scheme() == "tls");
+        let tls = self.tls.require || self.tls.files.ca().is_some() || servers.iter().any(|s| s.scheme() == "tls");
         let id = cx.id.clone();
         // Said once per streak of failures, again after a connection.
         let said = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -270,7 +269,7 @@ impl Supervised {
 
 /// Waits between restarts: 100 ms doubling to 30 s, back to the start after a run of a minute.
 pub struct Restarts {
-    delays: backon::ExponentialBackoff,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
 }
 
 /// A plugin that ran this long was healthy: the next failure waits the shortest time again.
@@ -283,12 +282,8 @@ impl Default for Restarts {
 }
 
 impl Restarts {
-    fn fresh() -> backon::ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times()
-            .build()
+    fn fresh() -> Box<dyn Iterator<Item = Duration> + Send> {
+        Box::new(crate::component::retry_delays(Duration::from_millis(100), Duration::from_secs(30)))
     }
 
     /// The wait before the next start, given how long the last run lasted.

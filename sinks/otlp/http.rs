@@ -13,21 +13,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use schemars::JsonSchema;
-use serde::Deserialize;
 
 use crate::component::Context;
-
-/// TLS for an `https://` collector.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpTls {
-    /// The CA that signed the collector's certificate (PEM; default: the system's CAs).
-    pub ca_file: Option<String>,
-    /// A client certificate and its key (PEM), for a collector that asks for one.
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
-}
+use crate::config::TlsFiles;
 
 pub struct HttpClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -41,11 +29,11 @@ pub struct Answer {
 }
 
 impl HttpClient {
-    pub fn new(tls: &OtlpTls, timeout: Duration, cx: &Context) -> anyhow::Result<HttpClient> {
+    pub fn new(tls: &TlsFiles, timeout: Duration, cx: &Context) -> anyhow::Result<HttpClient> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
         let mut roots = rustls::RootCertStore::empty();
-        match &tls.ca_file {
+        match tls.ca() {
             Some(f) => {
                 let path = cx.resolve(f);
                 let certs = CertificateDer::pem_file_iter(&path)
@@ -63,8 +51,8 @@ impl HttpClient {
             }
         }
         let builder = builder.with_root_certificates(roots);
-        let config = match (&tls.cert_file, &tls.key_file) {
-            (Some(c), Some(k)) => {
+        let config = match tls.client() {
+            Some((c, k)) => {
                 let (c, k) = (cx.resolve(c), cx.resolve(k));
                 let certs = CertificateDer::pem_file_iter(&c)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -73,7 +61,7 @@ impl HttpClient {
                     .map_err(|e| anyhow::anyhow!("tls.key_file {}: {e}", k.display()))?;
                 builder.with_client_auth_cert(certs, key)?
             }
-            _ => builder.with_no_client_auth(),
+            None => builder.with_no_client_auth(),
         };
         let https =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();

@@ -36,7 +36,7 @@ pub struct OtlpSinkConfig {
     pub endpoint: String,
     /// For an `https://` endpoint: `{ ca_file, cert_file, key_file }` (default: the system's CAs).
     #[serde(default)]
-    pub tls: http::OtlpTls,
+    pub tls: crate::config::TlsFiles,
     /// `protobuf` (default) or `json`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -121,12 +121,7 @@ impl SinkConfig for OtlpSinkConfig {
                 ));
             }
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            errs.push(FieldError::new(
-                FieldPath::key("tls").child(if self.tls.cert_file.is_some() { "key_file" } else { "cert_file" }),
-                "`cert_file` and `key_file` go together (a client certificate and its key)",
-            ));
-        }
+        errs.extend(self.tls.validate("tls"));
         if self.batch_max_events == 0 {
             errs.push(FieldError::new(FieldPath::key("batch_max_events"), "`batch_max_events` must be at least 1"));
         }

@@ -179,3 +179,41 @@ pub fn without_secrets(url: &str) -> String {
         },
     }
 }
+
+/// An option given as an empty string (an unset `${VAR:-}`) is not given.
+pub fn given(o: &Option<String>) -> Option<&str> {
+    o.as_deref().filter(|s| !s.is_empty())
+}
+
+/// A TLS client's files (PEM): the CA that signed the server's certificate (default: the
+/// system's CAs), and a client certificate and its key for a server that asks for one. An
+/// empty value is not given.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+pub struct TlsFiles {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+impl TlsFiles {
+    pub fn ca(&self) -> Option<&str> {
+        given(&self.ca_file)
+    }
+
+    /// The client certificate and its key, when both are given.
+    pub fn client(&self) -> Option<(&str, &str)> {
+        given(&self.cert_file).zip(given(&self.key_file))
+    }
+
+    /// The certificate without its key (or the key alone), located under `at`.
+    pub fn validate(&self, at: &str) -> Vec<FieldError> {
+        let (cert, key) = (given(&self.cert_file), given(&self.key_file));
+        if cert.is_some() == key.is_some() {
+            return Vec::new();
+        }
+        vec![FieldError::new(
+            FieldPath::key(at).child(if cert.is_some() { "key_file" } else { "cert_file" }),
+            "`cert_file` and `key_file` go together (a client certificate and its key)",
+        )]
+    }
+}
