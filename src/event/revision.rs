@@ -54,6 +54,11 @@ impl Revisions {
         true
     }
 
+    /// Whether no revision was taken in (everything came from this machine).
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
     /// The newest revision of `record` taken in (0 when none).
     pub fn get(&self, record: &str) -> u64 {
         self.seen.get(&Self::key(record)).copied().unwrap_or(0)

@@ -74,6 +74,9 @@ impl Keeper {
     /// Whether `ev` is the newest version of its record taken in (always, for what was read on
     /// this machine); an older one is to be ignored (and counts as delivered: nothing is lost).
     pub fn current(&mut self, ev: &Event) -> bool {
+        if ev.meta.revision.is_none() {
+            return true;
+        }
         let key = match &ev.payload {
             Payload::Session(s) => key("session", &s.id),
             Payload::Message(m) => key("message", &m.id),
@@ -89,16 +92,22 @@ impl Keeper {
         self.revisions.admit(&key, ev.meta.revision)
     }
 
+    /// The newest revision of a record taken in (0 when none; no lookup while nothing came
+    /// from another machine).
+    fn revision_of(&self, kind: &str, id: &str) -> u64 {
+        if self.revisions.is_empty() { 0 } else { self.revisions.get(&key(kind, id)) }
+    }
+
     /// Keeps a session or message event's record (to be written) and its finalizer (released
     /// when written). Other payloads: `false`, untouched.
     pub fn keep(&mut self, ev: &mut Event) -> bool {
         match &ev.payload {
             Payload::Session(s) => {
-                let rev = self.revisions.get(&key("session", &s.id));
+                let rev = self.revision_of("session", &s.id);
                 self.sessions.insert(s.id.clone(), ((**s).clone(), rev));
             }
             Payload::Message(m) => {
-                let rev = self.revisions.get(&key("message", &m.id));
+                let rev = self.revision_of("message", &m.id);
                 self.messages.insert(m.id.clone(), ((**m).clone(), rev));
             }
             _ => return false,
